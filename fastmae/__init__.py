@@ -1,0 +1,45 @@
+"""fastmae: Masked Autoencoder pretraining with fused Triton kernels and an exact PyTorch reference.
+
+The model (``MaskedAutoencoderViT`` and the official factories), the functional ops (``fastmae.ops``:
+the backend is picked per call), the reference path (``fastmae.reference``), masking helpers and
+the official checkpoint loader. Importing fastmae touches no GPU and does not import Triton.
+"""
+
+from . import ops, reference
+from .masking import MaskGenerator, random_masking
+from .model import (
+    MODELS,
+    MaskedAutoencoderViT,
+    create_model,
+    mae_vit_base_patch16,
+    mae_vit_base_patch16_dec512d8b,
+    mae_vit_huge_patch14,
+    mae_vit_huge_patch14_dec512d8b,
+    mae_vit_large_patch16,
+    mae_vit_large_patch16_dec512d8b,
+    mae_vit_micro_patch4,
+    mae_vit_tiny_patch4,
+)
+from .official import load_official_checkpoint
+from .ops import (
+    decoder_input,
+    encoder_input,
+    get_backend,
+    masked_mse_loss,
+    patchify,
+    patchify_gather,
+    unpatchify,
+    use_backend,
+)
+from .pos_embed import get_2d_sincos_pos_embed, interpolate_pos_embed
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MODELS", "MaskGenerator", "MaskedAutoencoderViT", "create_model", "decoder_input", "encoder_input",
+    "get_2d_sincos_pos_embed", "get_backend", "interpolate_pos_embed", "load_official_checkpoint",
+    "mae_vit_base_patch16", "mae_vit_base_patch16_dec512d8b", "mae_vit_huge_patch14",
+    "mae_vit_huge_patch14_dec512d8b", "mae_vit_large_patch16", "mae_vit_large_patch16_dec512d8b",
+    "mae_vit_micro_patch4", "mae_vit_tiny_patch4", "masked_mse_loss", "ops", "patchify", "patchify_gather",
+    "random_masking", "reference", "unpatchify", "use_backend",
+]

@@ -1,0 +1,109 @@
+"""Argument checks shared by the public ops, the model and the masking helpers.
+
+Every check raises ``TypeError`` (wrong kind or dtype) or ``ValueError`` (wrong shape, range or
+device) whose message names the argument and says what was expected. Checks read shapes, dtypes and
+devices only: nothing here reads tensor data, so nothing synchronises with the device.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+INDEX_DTYPES = (torch.int64, torch.int32)
+
+
+def _dtype_names(dtypes) -> str:
+    return ", ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def tensor(name: str, t, ndim: int | None = None, dtypes=None) -> torch.Tensor:
+    """``t`` is a tensor of rank ``ndim`` with a dtype in ``dtypes``."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    if dtypes is not None and t.dtype not in dtypes:
+        raise TypeError(f"{name} must have dtype in ({_dtype_names(dtypes)}), got {str(t.dtype).replace('torch.', '')}")
+    return t
+
+
+def images(name: str, imgs, patch_size: int, in_chans: int | None = None) -> torch.Tensor:
+    """``imgs`` is ``[N, C, H, W]`` floating point, ``N >= 1``, ``H`` and ``W`` divisible by the patch."""
+    tensor(name, imgs, 4, FLOAT_DTYPES)
+    n, c, hh, ww = imgs.shape
+    if n == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(imgs.shape)}); need at least one image")
+    if in_chans is not None and c != in_chans:
+        raise ValueError(f"{name} has {c} channels, expected {in_chans} (shape {tuple(imgs.shape)})")
+    if hh % patch_size or ww % patch_size or hh == 0 or ww == 0:
+        raise ValueError(
+            f"{name} size {hh}x{ww} must be a positive multiple of patch_size {patch_size} in both dimensions"
+        )
+    return imgs
+
+
+def patch_size(p) -> int:
+    if isinstance(p, bool) or not isinstance(p, int):
+        raise TypeError(f"patch_size must be an int, got {type(p).__name__}")
+    if p < 1:
+        raise ValueError(f"patch_size must be >= 1, got {p}")
+    return p
+
+
+def mask_ratio(r) -> float:
+    """``r`` is a real number in ``[0, 1)``."""
+    if isinstance(r, bool) or not isinstance(r, (int, float)):
+        raise TypeError(f"mask_ratio must be a float in [0, 1), got {type(r).__name__}")
+    if not math.isfinite(r) or not 0.0 <= r < 1.0:
+        raise ValueError(f"mask_ratio must be in [0, 1), got {r}")
+    return float(r)
+
+
+def len_keep(num_patches: int, ratio: float) -> int:
+    """The official ``int(L * (1 - mask_ratio))``, refused when it keeps no patch."""
+    ratio = mask_ratio(ratio)
+    k = int(num_patches * (1 - ratio))
+    if k < 1:
+        raise ValueError(
+            f"mask_ratio {ratio} keeps no patch out of {num_patches} (int(L * (1 - mask_ratio)) = 0); "
+            f"use a smaller mask_ratio"
+        )
+    return k
+
+
+def ids(name: str, t, n: int, length: int | None, upper: int, device: torch.device) -> torch.Tensor:
+    """An integer index tensor ``[n, length]`` on ``device`` with values in ``[0, upper)``.
+
+    The value range is checked for CPU tensors (cheap, no device to wait for) and for CUDA tensors
+    only when ``FASTMAE_CHECK_INDICES=1``, since reading it would synchronise every call. The
+    kernels mask every access either way, so a bad index never reads or writes out of bounds.
+    """
+    tensor(name, t, 2, INDEX_DTYPES)
+    if t.shape[0] != n or (length is not None and t.shape[1] != length):
+        want = f"[{n}, {length if length is not None else 'K'}]"
+        raise ValueError(f"{name} must have shape {want}, got {tuple(t.shape)}")
+    same_device(name, t, device)
+    if t.shape[1] > upper:
+        raise ValueError(f"{name} has {t.shape[1]} indices per row but only {upper} patches exist")
+    if t.numel() and (t.device.type == "cpu" or os.environ.get("FASTMAE_CHECK_INDICES") == "1"):
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi >= upper:
+            raise ValueError(f"{name} values must lie in [0, {upper}), got min {lo} and max {hi}")
+    return t
+
+
+def same_device(name: str, t: torch.Tensor, device: torch.device) -> None:
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device}, expected {device} (all inputs must share one device)")
+
+
+def noise(t, n: int, num_patches: int, device: torch.device) -> torch.Tensor:
+    tensor("noise", t, 2, FLOAT_DTYPES + (torch.float64,))
+    if tuple(t.shape) != (n, num_patches):
+        raise ValueError(f"noise must have shape [{n}, {num_patches}] (batch, patches), got {tuple(t.shape)}")
+    same_device("noise", t, device)
+    return t

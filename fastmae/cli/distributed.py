@@ -1,0 +1,61 @@
+"""Process-group setup for ``torchrun`` (env ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``).
+
+NCCL when the run is on CUDA, gloo otherwise. Without those variables everything is a single
+process and none of this touches ``torch.distributed``.
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in the run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self):
+        return self.world_size > 1
+
+    @property
+    def is_main(self):
+        """Rank 0: the one process that prints, logs and writes files."""
+        return self.rank == 0
+
+
+def from_env():
+    """Read the torchrun variables; a single process when they are absent."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return DistInfo()
+    return DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]),
+                    int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init(info, device):
+    """Join the process group (when ``info.enabled``) with the backend that fits ``device``."""
+    if not info.enabled:
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, rank=info.rank, world_size=info.world_size,
+                            device_id=device if device.type == "cuda" else None)
+
+
+def cleanup(info):
+    """Leave the process group, if this process joined one."""
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def sum_across(values, device, info):
+    """Sum a list of floats over all ranks (returned unchanged for a single process)."""
+    if not info.enabled:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()

@@ -1,0 +1,335 @@
+"""``MaskedAutoencoderViT``: the official MAE model, with a fast path built on ``fastmae.ops``.
+
+Drop-in for facebookresearch/mae ``models_mae.py``: same constructor, factories, methods, state-dict
+keys and initialisation. Two ways through ``forward``, chosen per call by ``backend``:
+
+* ``"reference"`` — the official algorithm: conv patch-embed of every patch, add positions, mask,
+  gather, and the official decoder and loss.
+* ``"torch"`` / ``"triton"`` (and ``"auto"``) — the fast path: mask first, embed only the visible
+  patches (a GEMM with the conv weight in (p, q, c) order), assemble encoder and decoder inputs in
+  one pass each, and, when the caller does not need the full ``pred``, run ``decoder_pred`` on the
+  masked tokens only.
+
+Both give the same loss, pred, mask and gradients for the same noise (up to float rounding).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import _validate as check
+from . import ops
+from .layers import Block, PatchEmbed
+from .pos_embed import get_2d_sincos_pos_embed, interpolate_pos_embed
+from .reference import (
+    decoder_input_ref,
+    gather_tokens_ref,
+    masked_mse_loss_ref,
+    patchify_ref,
+    random_masking_ref,
+    unpatchify_ref,
+)
+
+__all__ = ["MaskedAutoencoderViT", "MODELS", "create_model"]
+
+
+class MaskedAutoencoderViT(nn.Module):
+    """Masked Autoencoder with a ViT backbone (He et al. 2021).
+
+    Args are the official ones, plus ``backend`` (``"auto"``, ``"triton"``, ``"torch"`` or
+    ``"reference"``; see ``fastmae.ops``), read at every forward. ``img_size`` may be ``(H, W)``.
+    Images of another size (a multiple of the patch) also work: the fixed sin-cos position tables are
+    rebuilt for that grid, which is exact; a position table that has been made trainable is
+    interpolated bicubically instead.
+    """
+
+    def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=1024, depth=24, num_heads=16,
+                 decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0,
+                 norm_layer=nn.LayerNorm, norm_pix_loss=False, backend="auto"):
+        super().__init__()
+        check.patch_size(patch_size)
+        for name, v in (("in_chans", in_chans), ("embed_dim", embed_dim), ("decoder_embed_dim", decoder_embed_dim)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        ops._check_name(backend)
+        self.backend = backend
+        self.in_chans = in_chans
+        self.norm_pix_loss = norm_pix_loss
+
+        # encoder
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.img_size = self.patch_embed.img_size
+        if self.img_size[0] % patch_size or self.img_size[1] % patch_size:
+            raise ValueError(f"img_size {self.img_size} must be divisible by patch_size {patch_size}")
+        num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim), requires_grad=False)
+        self.blocks = nn.ModuleList(
+            [Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer) for _ in range(depth)]
+        )
+        self.norm = norm_layer(embed_dim)
+
+        # decoder
+        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim, bias=True)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, decoder_embed_dim), requires_grad=False)
+        self.decoder_blocks = nn.ModuleList(
+            [Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
+             for _ in range(decoder_depth)]
+        )
+        self.decoder_norm = norm_layer(decoder_embed_dim)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans, bias=True)
+
+        self._pos_cache: dict = {}  # (which, grid, device, dtype) -> table for other resolutions
+        self.initialize_weights()
+
+    # ---------------------------------------------------------------------------------------------
+    # initialisation (official)
+    # ---------------------------------------------------------------------------------------------
+
+    def initialize_weights(self):
+        grid = self.patch_embed.grid_size
+        self.pos_embed.data.copy_(get_2d_sincos_pos_embed(self.pos_embed.shape[-1], grid, cls_token=True)[None])
+        self.decoder_pos_embed.data.copy_(
+            get_2d_sincos_pos_embed(self.decoder_pos_embed.shape[-1], grid, cls_token=True)[None]
+        )
+        w = self.patch_embed.proj.weight.data
+        nn.init.xavier_uniform_(w.view([w.shape[0], -1]))  # like a Linear, not a conv
+        nn.init.normal_(self.cls_token, std=0.02)
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)  # the fused qkv as one matrix, as the official code
+            if m.bias is not None:
+                nn.init.constant_(m.bias, 0)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.constant_(m.bias, 0)
+            nn.init.constant_(m.weight, 1.0)
+
+    # ---------------------------------------------------------------------------------------------
+    # shapes and helpers
+    # ---------------------------------------------------------------------------------------------
+
+    @property
+    def patch_size(self) -> int:
+        return self.patch_embed.patch_size
+
+    def grid_of(self, imgs: torch.Tensor) -> tuple[int, int]:
+        p = self.patch_size
+        return imgs.shape[-2] // p, imgs.shape[-1] // p
+
+    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
+        """``[N, C, H, W]`` -> ``[N, L, p*p*C]``."""
+        check.images("imgs", imgs, self.patch_size)
+        return patchify_ref(imgs, self.patch_size)
+
+    def unpatchify(self, x: torch.Tensor, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """``[N, L, p*p*C]`` -> ``[N, C, H, W]``; the grid defaults to the model's when ``L`` matches it."""
+        if grid_size is None and x.shape[1] == self.patch_embed.num_patches:
+            grid_size = self.patch_embed.grid_size
+        return ops.unpatchify(x, self.patch_size, grid_size, self.in_chans, backend="reference")
+
+    def patch_embed_weight(self) -> torch.Tensor:
+        """The conv weight ``[D, C, p, q]`` as a GEMM weight over (p, q, c)-ordered patches: ``[D, P]``."""
+        w = self.patch_embed.proj.weight
+        return w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)
+
+    def _pos_tables(self, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder and decoder position tables ``[1, L+1, D]`` for a ``grid`` of patches."""
+        if tuple(grid) == tuple(self.patch_embed.grid_size):
+            return self.pos_embed, self.decoder_pos_embed
+        return self._pos_table("enc", self.pos_embed, grid), self._pos_table("dec", self.decoder_pos_embed, grid)
+
+    def _pos_table(self, which: str, table: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        if table.requires_grad:  # trained positions: interpolate (differentiably), never cache
+            return interpolate_pos_embed(table, grid, self.patch_embed.grid_size)
+        key = (which, tuple(grid), table.device, table.dtype)
+        if key not in self._pos_cache:
+            fresh = get_2d_sincos_pos_embed(table.shape[-1], grid, cls_token=True)[None]
+            self._pos_cache[key] = fresh.to(device=table.device, dtype=table.dtype)
+        return self._pos_cache[key]
+
+    def _check_inputs(self, imgs, mask_ratio, noise):
+        check.images("imgs", imgs, self.patch_size, self.in_chans)
+        h, w = self.grid_of(imgs)
+        len_keep = check.len_keep(h * w, mask_ratio)
+        if noise is not None:
+            check.noise(noise, imgs.shape[0], h * w, imgs.device)
+        else:
+            noise = torch.rand(imgs.shape[0], h * w, device=imgs.device)  # [N, L]
+        return len_keep, noise
+
+    def _backend(self, device: torch.device) -> str:
+        return ops.resolve_backend(self.backend, device)
+
+    # ---------------------------------------------------------------------------------------------
+    # encoder
+    # ---------------------------------------------------------------------------------------------
+
+    def random_masking(self, x: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
+        """Official signature: ``x [N, L, D]`` -> ``x_masked [N, K, D]``, ``mask [N, L]``, ``ids_restore [N, L]``."""
+        from .masking import random_masking
+
+        return random_masking(x, mask_ratio, noise, backend=self.backend)
+
+    def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
+        """``imgs [N, C, H, W]`` -> ``latent [N, K+1, D]``, ``mask [N, L]``, ``ids_restore [N, L]``."""
+        len_keep, noise = self._check_inputs(imgs, mask_ratio, noise)
+        latent, mask, ids_restore, _ = self._encode(imgs, len_keep, noise, self._backend(imgs.device))
+        return latent, mask, ids_restore
+
+    def _encode(self, imgs, len_keep, noise, backend):
+        pos_embed, _ = self._pos_tables(self.grid_of(imgs))
+        if backend == "reference":
+            x = self.patch_embed(imgs)  # [N, L, D]
+            x = x + pos_embed[:, 1:, :]
+            ids_keep, ids_restore, mask = random_masking_ref(noise, len_keep)
+            x = gather_tokens_ref(x, ids_keep)  # [N, K, D]
+            cls_tokens = (self.cls_token + pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
+            x = torch.cat((cls_tokens, x), dim=1)  # [N, K+1, D]
+        else:
+            ids_keep, ids_restore, mask = ops.random_masking(noise, len_keep, backend=backend)
+            x = ops.patchify_gather(imgs, ids_keep, self.patch_size, backend=backend)  # [N, K, P]
+            x = F.linear(x, self.patch_embed_weight(), self.patch_embed.proj.bias)  # [N, K, D]
+            x = ops.encoder_input(x, pos_embed, self.cls_token, ids_keep, backend=backend)  # [N, K+1, D]
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x), mask, ids_restore, ids_keep
+
+    # ---------------------------------------------------------------------------------------------
+    # decoder
+    # ---------------------------------------------------------------------------------------------
+
+    def forward_decoder(self, x: torch.Tensor, ids_restore: torch.Tensor, grid_size: tuple[int, int] | None = None):
+        """``latent [N, K+1, D]``, ``ids_restore [N, L]`` -> ``pred [N, L, p*p*C]``.
+
+        ``grid_size`` is needed only for a non-square grid other than the model's own.
+        """
+        check.tensor("x", x, 3)
+        check.tensor("ids_restore", ids_restore, 2, check.INDEX_DTYPES)
+        grid = self._grid_for(ids_restore.shape[1], grid_size)
+        x = self._decode(x, ids_restore, grid, self._backend(x.device))
+        return self.decoder_pred(x[:, 1:, :])  # drop cls
+
+    def _grid_for(self, num_patches: int, grid_size):
+        if grid_size is not None:
+            return tuple(grid_size)
+        if num_patches == self.patch_embed.num_patches:
+            return self.patch_embed.grid_size
+        side = int(round(num_patches**0.5))
+        if side * side != num_patches:
+            raise ValueError(f"ids_restore has {num_patches} patches: pass grid_size=(h, w)")
+        return (side, side)
+
+    def _decode(self, x, ids_restore, grid, backend):
+        """The decoder up to ``decoder_norm``: ``[N, K+1, D]`` -> ``[N, L+1, Dd]``."""
+        _, dec_pos = self._pos_tables(grid)
+        x = self.decoder_embed(x)  # [N, K+1, Dd]
+        if backend == "reference":
+            x = decoder_input_ref(x, ids_restore, self.mask_token, dec_pos)
+        else:
+            x = ops.decoder_input(x, ids_restore, self.mask_token, dec_pos, backend=backend)  # [N, L+1, Dd]
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        return self.decoder_norm(x)
+
+    # ---------------------------------------------------------------------------------------------
+    # loss and forward
+    # ---------------------------------------------------------------------------------------------
+
+    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``imgs [N, C, H, W]``, ``pred [N, L, P]``, ``mask [N, L]`` -> scalar (official, 0 when nothing is masked)."""
+        backend = self._backend(imgs.device)
+        if backend == "reference":
+            check.images("imgs", imgs, self.patch_size, self.in_chans)
+            return masked_mse_loss_ref(pred, imgs, mask, self.patch_size, self.norm_pix_loss)
+        return ops.masked_mse_loss(pred, imgs, mask, self.patch_size, self.norm_pix_loss, backend=backend)
+
+    def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None,
+                full_pred: bool = True):
+        """``imgs [N, C, H, W]`` -> ``loss`` (scalar), ``pred [N, L, p*p*C]``, ``mask [N, L]`` (1 = removed).
+
+        Args:
+            mask_ratio: in ``[0, 1)``; ``int(L * (1 - mask_ratio))`` patches are kept (at least one).
+                With ``mask_ratio=0`` nothing is masked and the loss is 0 (the official code gives NaN).
+            noise: ``[N, L]`` masking noise (small = kept); ``torch.rand`` when omitted.
+            full_pred: ``False`` predicts only the masked patches, which is all the loss needs,
+                and returns ``pred=None`` (fast path only; the reference path always predicts all).
+        """
+        len_keep, noise = self._check_inputs(imgs, mask_ratio, noise)
+        backend = self._backend(imgs.device)
+        grid = self.grid_of(imgs)
+        latent, mask, ids_restore, _ = self._encode(imgs, len_keep, noise, backend)
+        x = self._decode(latent, ids_restore, grid, backend)  # [N, L+1, Dd]
+        if backend == "reference":
+            pred = self.decoder_pred(x[:, 1:, :])  # [N, L, P]
+            return masked_mse_loss_ref(pred, imgs, mask, self.patch_size, self.norm_pix_loss), pred, mask
+        if full_pred:
+            pred = self.decoder_pred(x[:, 1:, :])  # [N, L, P]
+            loss = ops.masked_mse_loss(pred, imgs, mask, self.patch_size, self.norm_pix_loss, backend=backend)
+            return loss, pred, mask
+        # Only the masked patches: their ids are ids_shuffle[:, K:], the inverse of ids_restore.
+        n, num_patches = ids_restore.shape
+        arange = torch.arange(num_patches, device=imgs.device).expand(n, -1)
+        ids_shuffle = torch.empty_like(ids_restore).scatter_(1, ids_restore, arange)  # [N, L]
+        ids_masked = ids_shuffle[:, len_keep:]  # [N, M]
+        pred_masked = self.decoder_pred(gather_tokens_ref(x[:, 1:, :], ids_masked))  # [N, M, P]
+        loss = ops.masked_mse_loss(pred_masked, imgs, None, self.patch_size, self.norm_pix_loss,
+                                   ids_masked=ids_masked, backend=backend)
+        return loss, None, mask
+
+
+# -------------------------------------------------------------------------------------------------
+# factories (official names and configurations, plus small ones that train on a CPU in minutes)
+# -------------------------------------------------------------------------------------------------
+
+_LN = partial(nn.LayerNorm, eps=1e-6)
+
+
+def _factory(**config):
+    def make(**kwargs):
+        return MaskedAutoencoderViT(**{**config, "mlp_ratio": 4, "norm_layer": _LN, **kwargs})
+    return make
+
+
+mae_vit_base_patch16_dec512d8b = _factory(patch_size=16, embed_dim=768, depth=12, num_heads=12,
+                                          decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16)
+mae_vit_large_patch16_dec512d8b = _factory(patch_size=16, embed_dim=1024, depth=24, num_heads=16,
+                                           decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16)
+mae_vit_huge_patch14_dec512d8b = _factory(patch_size=14, embed_dim=1280, depth=32, num_heads=16,
+                                          decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16)
+# Small configurations for CPUs and tests (32 px images, 4 px patches: an 8 x 8 grid).
+mae_vit_tiny_patch4 = _factory(img_size=32, patch_size=4, embed_dim=128, depth=4, num_heads=4,
+                               decoder_embed_dim=96, decoder_depth=2, decoder_num_heads=4)
+mae_vit_micro_patch4 = _factory(img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=2,
+                                decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+
+# recommended names, as the official code
+mae_vit_base_patch16 = mae_vit_base_patch16_dec512d8b
+mae_vit_large_patch16 = mae_vit_large_patch16_dec512d8b
+mae_vit_huge_patch14 = mae_vit_huge_patch14_dec512d8b
+
+MODELS = {
+    "mae_vit_base_patch16": mae_vit_base_patch16,
+    "mae_vit_large_patch16": mae_vit_large_patch16,
+    "mae_vit_huge_patch14": mae_vit_huge_patch14,
+    "mae_vit_base_patch16_dec512d8b": mae_vit_base_patch16_dec512d8b,
+    "mae_vit_large_patch16_dec512d8b": mae_vit_large_patch16_dec512d8b,
+    "mae_vit_huge_patch14_dec512d8b": mae_vit_huge_patch14_dec512d8b,
+    "mae_vit_tiny_patch4": mae_vit_tiny_patch4,
+    "mae_vit_micro_patch4": mae_vit_micro_patch4,
+}
+
+
+def create_model(name: str, **kwargs) -> MaskedAutoencoderViT:
+    """Build a model by factory name (see ``MODELS``); keyword arguments override the configuration."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    return MODELS[name](**kwargs)

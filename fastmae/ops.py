@@ -1,0 +1,339 @@
+"""The public functional ops, and the one place that picks an implementation per call.
+
+Backends:
+    ``"triton"``     the fused kernels in ``fastmae.kernels`` (CUDA tensors, or CPU tensors under
+                     ``TRITON_INTERPRET=1``);
+    ``"torch"``      the same fast path written with torch ops (``fastmae.torch_ops``);
+    ``"reference"``  the official algorithm (``fastmae.reference``), for checking and benchmarking;
+    ``"auto"``       triton for CUDA tensors or under ``TRITON_INTERPRET=1``, torch otherwise.
+
+The backend is read on every call, in this order: the ``backend=`` argument, the innermost
+``use_backend(...)`` context, the ``FASTMAE_BACKEND`` environment variable, ``"auto"``.
+
+Every op validates its arguments before anything runs (shapes, dtypes, devices, index ranges where
+cheap) and makes its inputs contiguous, so the implementations below see fixed-rank dense tensors.
+All ops are differentiable; none reads tensor data on the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import threading
+from typing import Iterator
+
+import torch
+
+from . import _validate as check
+from . import reference, torch_ops
+
+__all__ = [
+    "BACKENDS",
+    "get_backend",
+    "use_backend",
+    "resolve_backend",
+    "patchify",
+    "unpatchify",
+    "patchify_gather",
+    "encoder_input",
+    "decoder_input",
+    "masked_mse_loss",
+    "random_masking",
+]
+
+BACKENDS = ("auto", "triton", "torch", "reference")
+_local = threading.local()
+
+
+def _check_name(name: str, what: str = "backend") -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"{what} must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+def get_backend() -> str:
+    """The backend requested now (before ``"auto"`` is resolved)."""
+    stack = getattr(_local, "stack", None)
+    if stack:
+        return stack[-1]
+    return _check_name(os.environ.get("FASTMAE_BACKEND", "auto"), "FASTMAE_BACKEND")
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run the enclosed ops (and models built with ``backend="auto"``) on ``name``; restored on exit."""
+    _check_name(name)
+    stack = _local.__dict__.setdefault("stack", [])
+    stack.append(name)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def resolve_backend(backend: str | None, device: torch.device) -> str:
+    """``backend`` (or the current default) resolved to ``"triton"``, ``"torch"`` or ``"reference"``."""
+    name = get_backend() if backend in (None, "auto") else _check_name(backend)
+    if name == "auto":
+        return "triton" if device.type == "cuda" or _interpreting() else "torch"
+    if name == "triton" and device.type != "cuda" and not _interpreting():
+        raise ValueError(
+            f"backend 'triton' needs CUDA tensors (got {device}) or TRITON_INTERPRET=1 set before import"
+        )
+    return name
+
+
+def _kernels():
+    # Imported on first use: fastmae itself works without Triton installed.
+    return importlib.import_module("fastmae.kernels")
+
+
+def _contiguous(*ts):
+    return tuple(t.contiguous() for t in ts)
+
+
+# --------------------------------------------------------------------------------------------------
+# patchify / unpatchify
+# --------------------------------------------------------------------------------------------------
+
+
+def patchify(imgs: torch.Tensor, patch_size: int, *, backend: str | None = None) -> torch.Tensor:
+    """Cut images into patches: ``[N, C, H, W]`` -> ``[N, L, p*p*C]``.
+
+    Patches are row-major; inside a patch (row, column, channel) with channel fastest, as the
+    official ``patchify``. Differentiable (the backward is ``unpatchify``).
+    """
+    check.patch_size(patch_size)
+    check.images("imgs", imgs, patch_size)
+    (imgs,) = _contiguous(imgs)
+    impl = resolve_backend(backend, imgs.device)
+    if impl == "triton":
+        return _kernels().patchify(imgs, patch_size)
+    return reference.patchify_ref(imgs, patch_size)
+
+
+def unpatchify(
+    x: torch.Tensor,
+    patch_size: int,
+    grid_size: tuple[int, int] | None = None,
+    in_chans: int | None = None,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Inverse of :func:`patchify`: ``[N, L, p*p*C]`` -> ``[N, C, h*p, w*p]``.
+
+    ``grid_size=(h, w)`` defaults to a square grid; ``in_chans`` defaults to ``P / p²``.
+    """
+    check.patch_size(patch_size)
+    check.tensor("x", x, 3, check.FLOAT_DTYPES + (torch.float64,))
+    n, num_patches, pdim = x.shape
+    if in_chans is None:
+        if pdim % (patch_size * patch_size):
+            raise ValueError(f"x has {pdim} values per patch, not a multiple of patch_size² = {patch_size ** 2}")
+        in_chans = pdim // (patch_size * patch_size)
+    if pdim != patch_size * patch_size * in_chans:
+        raise ValueError(f"x has {pdim} values per patch, expected patch_size² * in_chans = {patch_size ** 2 * in_chans}")
+    if grid_size is None:
+        side = int(round(num_patches**0.5))
+        if side * side != num_patches:
+            raise ValueError(f"x has {num_patches} patches, not a square grid; pass grid_size=(h, w)")
+        grid_size = (side, side)
+    if grid_size[0] * grid_size[1] != num_patches:
+        raise ValueError(f"grid_size {tuple(grid_size)} does not hold the {num_patches} patches of x")
+    (x,) = _contiguous(x)
+    impl = resolve_backend(backend, x.device)
+    if impl == "triton" and x.dtype != torch.float64:
+        return _kernels().unpatchify(x, patch_size, grid_size[0], grid_size[1], in_chans)
+    return reference.unpatchify_ref(x, patch_size, tuple(grid_size), in_chans)
+
+
+def patchify_gather(
+    imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size: int, *, backend: str | None = None
+) -> torch.Tensor:
+    """The patches ``ids_keep`` names, straight from the image: ``[N, C, H, W]`` -> ``[N, K, p*p*C]``.
+
+    Equals ``patchify(imgs)`` gathered by ``ids_keep`` but reads only those patches' pixels. The
+    result feeds a patch-embed GEMM whose weight is the conv weight permuted to (p, q, c) order
+    (see ``MaskedAutoencoderViT.patch_embed_weight``).
+    """
+    check.patch_size(patch_size)
+    check.images("imgs", imgs, patch_size)
+    n, _, hh, ww = imgs.shape
+    check.ids("ids_keep", ids_keep, n, None, (hh // patch_size) * (ww // patch_size), imgs.device)
+    imgs, ids_keep = _contiguous(imgs, ids_keep)
+    impl = resolve_backend(backend, imgs.device)
+    if impl == "triton":
+        return _kernels().patchify_gather(imgs, ids_keep, patch_size)
+    if impl == "torch":
+        return torch_ops.patchify_gather(imgs, ids_keep, patch_size)
+    return reference.patchify_gather_ref(imgs, ids_keep, patch_size)
+
+
+# --------------------------------------------------------------------------------------------------
+# encoder and decoder inputs
+# --------------------------------------------------------------------------------------------------
+
+
+def _tokens_and_table(x_name, x, pos_embed, token_name, token, ids_name, ids):
+    """Shared checks: ``x [N, T, D]``, ``pos_embed [1, L+1, D]``, ``token [1, 1, D]``, one device."""
+    check.tensor(x_name, x, 3, check.FLOAT_DTYPES)
+    check.tensor("pos_embed", pos_embed, 3, check.FLOAT_DTYPES)
+    check.tensor(token_name, token, 3, check.FLOAT_DTYPES)
+    n, _, d = x.shape
+    if n == 0:
+        raise ValueError(f"{x_name} is an empty batch (shape {tuple(x.shape)})")
+    if pos_embed.shape[0] != 1 or pos_embed.shape[2] != d or pos_embed.shape[1] < 2:
+        raise ValueError(f"pos_embed must have shape [1, L+1, {d}], got {tuple(pos_embed.shape)}")
+    if tuple(token.shape) != (1, 1, d):
+        raise ValueError(f"{token_name} must have shape [1, 1, {d}], got {tuple(token.shape)}")
+    for name, t in ((ids_name, ids), ("pos_embed", pos_embed), (token_name, token)):
+        check.same_device(name, t, x.device)
+
+
+def encoder_input(
+    x_vis: torch.Tensor,
+    pos_embed: torch.Tensor,
+    cls_token: torch.Tensor,
+    ids_keep: torch.Tensor,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Assemble the encoder's tokens in one pass: ``[N, K, D]`` -> ``[N, K+1, D]``.
+
+    Row 0 is ``cls_token + pos_embed[0]``; row ``1+k`` is ``x_vis[k] + pos_embed[1 + ids_keep[k]]``.
+    The result's dtype is the promotion of the three inputs' (as the official ``x + pos_embed``: a
+    bf16 ``x_vis`` with a float32 table gives float32); sums are computed in float32.
+    """
+    _tokens_and_table("x_vis", x_vis, pos_embed, "cls_token", cls_token, "ids_keep", ids_keep)
+    n, k, _ = x_vis.shape
+    check.ids("ids_keep", ids_keep, n, k, pos_embed.shape[1] - 1, x_vis.device)
+    x_vis, pos_embed, cls_token, ids_keep = _contiguous(x_vis, pos_embed, cls_token, ids_keep)
+    impl = resolve_backend(backend, x_vis.device)
+    if impl == "triton":
+        return _kernels().encoder_input(x_vis, pos_embed, cls_token, ids_keep)
+    if impl == "torch":
+        return torch_ops.encoder_input(x_vis, pos_embed, cls_token, ids_keep)
+    return reference.encoder_input_ref(x_vis, pos_embed, cls_token, ids_keep)
+
+
+def decoder_input(
+    x: torch.Tensor,
+    ids_restore: torch.Tensor,
+    mask_token: torch.Tensor,
+    pos_embed: torch.Tensor,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Mask-token scatter and unshuffle in one pass: ``[N, K+1, D]`` -> ``[N, L+1, D]``.
+
+    Row 0 is ``x[0] + pos_embed[0]``; row ``1+l`` is ``x[1 + ids_restore[l]]`` when that index is
+    below ``K`` (a visible patch) and ``mask_token`` otherwise, plus ``pos_embed[1+l]``. The
+    result's dtype is the promotion of the three inputs' (as the official concatenation and sum).
+    """
+    _tokens_and_table("x", x, pos_embed, "mask_token", mask_token, "ids_restore", ids_restore)
+    n, k1, _ = x.shape
+    num_patches = pos_embed.shape[1] - 1
+    if k1 < 2 or k1 > num_patches + 1:
+        raise ValueError(f"x must have shape [N, K+1, D] with 1 <= K <= L = {num_patches}, got {tuple(x.shape)}")
+    check.ids("ids_restore", ids_restore, n, num_patches, num_patches, x.device)
+    x, ids_restore, mask_token, pos_embed = _contiguous(x, ids_restore, mask_token, pos_embed)
+    impl = resolve_backend(backend, x.device)
+    if impl == "triton":
+        return _kernels().decoder_input(x, ids_restore, mask_token, pos_embed)
+    if impl == "torch":
+        return torch_ops.decoder_input(x, ids_restore, mask_token, pos_embed)
+    return reference.decoder_input_ref(x, ids_restore, mask_token, pos_embed)
+
+
+# --------------------------------------------------------------------------------------------------
+# loss
+# --------------------------------------------------------------------------------------------------
+
+
+def masked_mse_loss(
+    pred: torch.Tensor,
+    imgs: torch.Tensor,
+    mask: torch.Tensor | None,
+    patch_size: int,
+    norm_pix_loss: bool = False,
+    ids_masked: torch.Tensor | None = None,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """MAE's reconstruction loss, with the target patchified from ``imgs`` on the fly.
+
+    Two forms:
+        ``pred [N, L, P]`` with ``mask [N, L]`` (1 = counts): ``sum(mask * e) / sum(mask)``;
+        ``pred [N, M, P]`` with ``ids_masked [N, M]`` (``mask`` may be None): ``mean(e)``,
+    where ``e`` is each patch's mean squared error against its (optionally norm-pix normalised,
+    unbiased variance + 1e-6) target. Accumulates in float32; returns a float32 scalar. With no
+    masked patch (``sum(mask) == 0`` or ``M == 0``) the loss is 0 rather than the official 0/0.
+    """
+    check.patch_size(patch_size)
+    check.images("imgs", imgs, patch_size)
+    check.tensor("pred", pred, 3, check.FLOAT_DTYPES)
+    if not isinstance(norm_pix_loss, bool):
+        raise TypeError(f"norm_pix_loss must be a bool, got {type(norm_pix_loss).__name__}")
+    n, c, hh, ww = imgs.shape
+    num_patches, pdim = (hh // patch_size) * (ww // patch_size), patch_size * patch_size * c
+    check.same_device("pred", pred, imgs.device)
+    if ids_masked is not None:
+        check.ids("ids_masked", ids_masked, n, None, num_patches, imgs.device)
+        want = (n, ids_masked.shape[1], pdim)
+        mask = None
+    else:
+        if mask is None:
+            raise ValueError("mask is required when ids_masked is not given")
+        check.tensor("mask", mask, 2, check.FLOAT_DTYPES)
+        check.same_device("mask", mask, imgs.device)
+        if tuple(mask.shape) != (n, num_patches):
+            raise ValueError(f"mask must have shape [{n}, {num_patches}] for imgs {tuple(imgs.shape)}, got {tuple(mask.shape)}")
+        want = (n, num_patches, pdim)
+    if tuple(pred.shape) != want:
+        raise ValueError(f"pred must have shape {list(want)} for imgs {tuple(imgs.shape)} and patch_size {patch_size}, got {tuple(pred.shape)}")
+    pred, imgs = _contiguous(pred, imgs)
+    mask = mask.contiguous() if mask is not None else None
+    ids_masked = ids_masked.contiguous() if ids_masked is not None else None
+    impl = resolve_backend(backend, imgs.device)
+    # The kernel differentiates with respect to pred only; a caller who needs d(loss)/d(imgs) or
+    # d(loss)/d(mask) gets the torch implementation, which differentiates everything.
+    needs_other_grads = imgs.requires_grad or (mask is not None and mask.requires_grad)
+    if impl == "triton" and not needs_other_grads:
+        return _kernels().masked_mse_loss(pred, imgs, mask, patch_size, norm_pix_loss, ids_masked)
+    if impl == "reference":
+        return reference.masked_mse_loss_ref(pred, imgs, mask, patch_size, norm_pix_loss, ids_masked).float()
+    return torch_ops.masked_mse_loss(pred, imgs, mask, patch_size, norm_pix_loss, ids_masked)
+
+
+# --------------------------------------------------------------------------------------------------
+# masking
+# --------------------------------------------------------------------------------------------------
+
+
+def random_masking(
+    noise: torch.Tensor, len_keep: int, *, backend: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Masking indices from noise: ``noise [N, L]`` -> ``ids_keep [N, K]``, ``ids_restore [N, L]``, ``mask [N, L]``.
+
+    The ``K`` smallest noise values of each row are kept, in ascending noise order; ``mask`` is
+    float32 with 1 = removed. Equal noise values are ordered by patch index (a stable sort), so
+    results equal the official ``argsort`` whenever the noise has no ties.
+    """
+    check.tensor("noise", noise, 2, check.FLOAT_DTYPES + (torch.float64,))
+    n, num_patches = noise.shape
+    if n == 0 or num_patches == 0:
+        raise ValueError(f"noise must be a non-empty [N, L] tensor, got shape {tuple(noise.shape)}")
+    if isinstance(len_keep, bool) or not isinstance(len_keep, int):
+        raise TypeError(f"len_keep must be an int, got {type(len_keep).__name__}")
+    if not 1 <= len_keep <= num_patches:
+        raise ValueError(f"len_keep must be in [1, {num_patches}], got {len_keep}")
+    (noise,) = _contiguous(noise)
+    impl = resolve_backend(backend, noise.device)
+    if impl == "triton":
+        return _kernels().random_masking(noise, len_keep)
+    return reference.random_masking_ref(noise, len_keep)

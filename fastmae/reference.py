@@ -1,0 +1,173 @@
+"""The official MAE semantics in plain PyTorch: one ``*_ref`` per fused op.
+
+Every function here follows facebookresearch/mae ``models_mae.py`` step for step (generalised to any
+channel count and non-square images). Tests and benchmarks import these functions as the ground
+truth; the fused Triton kernels and the fast torch path must agree with them.
+
+Shapes: ``N`` batch, ``C`` channels, ``H x W`` image, ``p`` patch size, ``h = H/p``, ``w = W/p``,
+``L = h*w`` patches, ``P = p*p*C`` values per patch, ``K`` kept (visible) patches, ``M = L - K``
+masked patches, ``D`` token width.
+
+Conventions: patches are row-major over the ``h x w`` grid; inside a patch the order is (row, column,
+channel) with channel fastest. ``mask`` is float with **1 = removed (masked), 0 = kept**.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "patchify_ref",
+    "unpatchify_ref",
+    "random_masking_ref",
+    "gather_tokens_ref",
+    "patchify_gather_ref",
+    "encoder_input_ref",
+    "decoder_input_ref",
+    "masked_mse_loss_ref",
+    "NORM_PIX_EPS",
+]
+
+NORM_PIX_EPS = 1e-6  # the official norm_pix_loss epsilon, added to the (unbiased) variance
+
+
+def patchify_ref(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """``[N, C, H, W]`` -> ``[N, L, p*p*C]`` (official ``MaskedAutoencoderViT.patchify``)."""
+    n, c, hh, ww = imgs.shape
+    p = patch_size
+    h, w = hh // p, ww // p
+    x = imgs.reshape(n, c, h, p, w, p)
+    x = torch.einsum("nchpwq->nhwpqc", x)
+    return x.reshape(n, h * w, p * p * c)
+
+
+def unpatchify_ref(
+    x: torch.Tensor, patch_size: int, grid_size: tuple[int, int] | None = None, in_chans: int | None = None
+) -> torch.Tensor:
+    """``[N, L, p*p*C]`` -> ``[N, C, H, W]`` (official ``unpatchify``).
+
+    ``grid_size`` = ``(h, w)`` defaults to a square grid; ``in_chans`` defaults to ``P / p²``.
+    """
+    n, num_patches, pdim = x.shape
+    p = patch_size
+    c = in_chans if in_chans is not None else pdim // (p * p)
+    if grid_size is None:
+        side = int(round(num_patches**0.5))
+        grid_size = (side, side)
+    h, w = grid_size
+    x = x.reshape(n, h, w, p, p, c)
+    x = torch.einsum("nhwpqc->nchpwq", x)
+    return x.reshape(n, c, h * p, w * p)
+
+
+def random_masking_ref(noise: torch.Tensor, len_keep: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample random masking by argsort of ``noise`` (official ``random_masking``, index part).
+
+    Args:
+        noise: ``[N, L]``; small values are kept.
+        len_keep: ``K``, how many patches each sample keeps.
+    Returns:
+        ``ids_keep [N, K]`` (int64, in noise order, not raster order), ``ids_restore [N, L]`` (int64,
+        the inverse permutation of ``ids_shuffle``) and ``mask [N, L]`` (float32, 1 = removed).
+
+    The sort is stable, so equal noise values keep index order; for tie-free noise this is exactly
+    the official (unstable) ``argsort``.
+    """
+    n, num_patches = noise.shape
+    ids_shuffle = torch.argsort(noise, dim=1, stable=True)  # [N, L] ascending: small is kept
+    ids_restore = torch.argsort(ids_shuffle, dim=1)  # [N, L]
+    ids_keep = ids_shuffle[:, :len_keep]  # [N, K]
+    mask = torch.ones(n, num_patches, device=noise.device)
+    mask[:, :len_keep] = 0
+    mask = torch.gather(mask, dim=1, index=ids_restore)  # [N, L] back in patch order
+    return ids_keep, ids_restore, mask
+
+
+def gather_tokens_ref(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Rows of ``x [N, L, D]`` at ``ids [N, K]`` -> ``[N, K, D]`` (the encoder's visible-token gather)."""
+    return torch.gather(x, dim=1, index=ids.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def patchify_gather_ref(imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """The visible patches only: ``patchify`` then gather by ``ids_keep`` -> ``[N, K, P]``."""
+    return gather_tokens_ref(patchify_ref(imgs, patch_size), ids_keep)
+
+
+def encoder_input_ref(
+    x_vis: torch.Tensor, pos_embed: torch.Tensor, cls_token: torch.Tensor, ids_keep: torch.Tensor
+) -> torch.Tensor:
+    """The encoder's token sequence from the embedded visible patches.
+
+    Args:
+        x_vis: ``[N, K, D]``, patch embeddings of the visible patches (in ``ids_keep`` order).
+        pos_embed: ``[1, L+1, D]``, row 0 for cls.
+        cls_token: ``[1, 1, D]``.
+        ids_keep: ``[N, K]``.
+    Returns:
+        ``[N, K+1, D]``: ``cls_token + pos_embed[0]``, then ``x_vis[k] + pos_embed[1 + ids_keep[k]]``.
+
+    Officially the position embedding is added to all ``L`` patches before the gather; adding the
+    gathered rows afterwards is the same arithmetic on the kept rows.
+    """
+    n = x_vis.shape[0]
+    pos = gather_tokens_ref(pos_embed[:, 1:, :].expand(n, -1, -1), ids_keep)  # [N, K, D]
+    cls = (cls_token + pos_embed[:, :1, :]).expand(n, -1, -1)  # [N, 1, D]
+    return torch.cat([cls, x_vis + pos], dim=1)
+
+
+def decoder_input_ref(
+    x: torch.Tensor, ids_restore: torch.Tensor, mask_token: torch.Tensor, pos_embed: torch.Tensor
+) -> torch.Tensor:
+    """Append mask tokens, unshuffle to patch order and add positions (official ``forward_decoder``).
+
+    Args:
+        x: ``[N, K+1, D]``, decoder-embedded encoder output (cls first).
+        ids_restore: ``[N, L]``.
+        mask_token: ``[1, 1, D]``.
+        pos_embed: ``[1, L+1, D]`` (the decoder's).
+    Returns:
+        ``[N, L+1, D]``.
+    """
+    n, k1, d = x.shape
+    num_patches = ids_restore.shape[1]
+    mask_tokens = mask_token.repeat(n, num_patches + 1 - k1, 1)  # [N, M, D]
+    x_ = torch.cat([x[:, 1:, :], mask_tokens], dim=1)  # [N, L, D], no cls token
+    x_ = gather_tokens_ref(x_, ids_restore)  # unshuffle
+    x = torch.cat([x[:, :1, :], x_], dim=1)  # [N, L+1, D], cls back in front
+    return x + pos_embed
+
+
+def masked_mse_loss_ref(
+    pred: torch.Tensor,
+    imgs: torch.Tensor,
+    mask: torch.Tensor,
+    patch_size: int,
+    norm_pix_loss: bool = False,
+    ids_masked: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The official ``forward_loss``: mean squared error per patch, averaged over masked patches.
+
+    Args:
+        pred: ``[N, L, P]``, or ``[N, M, P]`` for the patches ``ids_masked`` names.
+        imgs: ``[N, C, H, W]``.
+        mask: ``[N, L]``, 1 = removed (these patches count), 0 = kept. Ignored with ``ids_masked``.
+        norm_pix_loss: normalise each target patch by its mean and unbiased variance (+1e-6).
+        ids_masked: ``[N, M]``, the masked patches ``pred`` holds; every one counts with weight 1.
+    Returns:
+        A scalar. Where the official code divides 0 by 0 (no patch masked, ``mask_ratio=0``),
+        this returns 0: there is nothing to reconstruct.
+    """
+    if ids_masked is not None:
+        target = patchify_gather_ref(imgs, ids_masked, patch_size)  # [N, M, P]
+        mask = torch.ones(ids_masked.shape, dtype=torch.float32, device=pred.device)
+    else:
+        target = patchify_ref(imgs, patch_size)
+    if norm_pix_loss:
+        mean = target.mean(dim=-1, keepdim=True)
+        var = target.var(dim=-1, keepdim=True)  # unbiased, as the official code
+        target = (target - mean) / (var + NORM_PIX_EPS) ** 0.5
+    loss = (pred - target) ** 2
+    loss = loss.mean(dim=-1)  # [N, L], mean loss per patch
+    den = mask.sum()
+    # 0 / 0 only when no patch is masked; the numerator is then 0 as well, so divide by 1 instead.
+    return (loss * mask).sum() / torch.where(den > 0, den, torch.ones_like(den))

@@ -1,0 +1,29 @@
+"""Packaging for fastmae.
+
+Two packages: ``fastmae`` (pure PyTorch) and ``fastmae.kernels`` (Triton), whose source lives in the
+top-level ``kernels/`` directory. ``kernels/`` uses relative imports only, so it is never imported as
+a top-level ``kernels`` package (a different PyPI project has that name).
+"""
+
+from setuptools import setup
+
+setup(
+    name="fastmae",
+    version="0.1.0",
+    description="Masked Autoencoder pretraining with fused Triton kernels and an exact PyTorch reference",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["fastmae", "fastmae.cli", "fastmae.kernels"],
+    package_dir={"fastmae": "fastmae", "fastmae.kernels": "kernels"},
+    install_requires=[
+        "torch>=2.6",
+        "numpy",
+        "pillow",
+        # CUDA builds of torch pin one triton release each (torch 2.6 -> 3.2 ... 2.11 -> 3.6,
+        # 2.13 -> 3.9); any of them works here, so the range spans them rather than pinning.
+        'triton>=3.2,<4; platform_system == "Linux" and platform_machine == "x86_64"',
+    ],
+    extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis"]},
+    entry_points={"console_scripts": ["fastmae=fastmae.cli:main"]},
+)

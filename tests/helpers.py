@@ -1,0 +1,46 @@
+"""Tolerances and comparisons shared by the tests (import as ``from helpers import ...``)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+# Per-dtype (rtol, atol) for elementwise results: float32 is the 1e-5 contract of the library;
+# bf16/fp16 allow one rounding of the output (bf16 has 8 mantissa bits, fp16 11).
+TOLERANCES = {
+    torch.float32: (1e-5, 1e-5),
+    torch.float64: (1e-10, 1e-12),
+    torch.bfloat16: (1e-2, 1e-2),
+    torch.float16: (1e-3, 1e-3),
+}
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def reduction_tolerance(dtype: torch.dtype, reduced: int) -> tuple[float, float]:
+    """Tolerances for a reduction over ``reduced`` elements: rounding error grows like sqrt(reduced)."""
+    rtol, atol = TOLERANCES[dtype]
+    grow = max(1.0, reduced**0.5 / 8)
+    return rtol * grow, atol * grow
+
+
+def assert_close(actual, expected, dtype=None, reduced: int | None = None, msg: str = ""):
+    """Compare against the reference, which ran in float32 or higher, with the table above."""
+    dtype = dtype or actual.dtype
+    rtol, atol = reduction_tolerance(dtype, reduced) if reduced else TOLERANCES[dtype]
+    torch.testing.assert_close(actual.float(), expected.float(), rtol=rtol, atol=atol, msg=msg or None)
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@contextlib.contextmanager
+def poisoned():
+    """Kernel outputs filled with NaN / -1 before launch, so an unwritten element fails a test."""
+    from fastmae.kernels._common import poisoned_outputs
+
+    with poisoned_outputs():
+        yield
