@@ -89,7 +89,8 @@ def ids(name: str, t, n: int, length: int | None, upper: int, device: torch.devi
     same_device(name, t, device)
     if t.shape[1] > upper:
         raise ValueError(f"{name} has {t.shape[1]} indices per row but only {upper} patches exist")
-    if t.numel() and (t.device.type == "cpu" or os.environ.get("FASTMAE_CHECK_INDICES") == "1"):
+    eager = not torch.compiler.is_compiling()  # a traced graph cannot branch on values
+    if eager and t.numel() and (t.device.type == "cpu" or os.environ.get("FASTMAE_CHECK_INDICES") == "1"):
         lo, hi = int(t.min()), int(t.max())
         if lo < 0 or hi >= upper:
             raise ValueError(f"{name} values must lie in [0, {upper}), got min {lo} and max {hi}")
