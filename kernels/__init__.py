@@ -10,6 +10,8 @@ Modules load on first use, so ``import fastmae.kernels`` does not import Triton.
 """
 
 import importlib
+import sys
+import types
 
 # public function -> the module (one per op) that defines it
 _EXPORTS = {
@@ -24,6 +26,19 @@ _EXPORTS = {
 KERNEL_MODULES = tuple(dict.fromkeys(_EXPORTS.values()))
 
 __all__ = list(_EXPORTS) + ["KERNEL_MODULES"]
+
+
+class _Package(types.ModuleType):
+    # The import system binds every imported submodule as an attribute of its package
+    # (``from fastmae.kernels.patchify import ...`` sets ``fastmae.kernels.patchify``); a module named
+    # like the function it exports must not hide that function, so the binding is skipped.
+    def __setattr__(self, name, value):
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name):
