@@ -37,6 +37,11 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+# Where the tests put their tensors: the GPU when there is one and the interpreter is off (the GPU
+# report runs the suite so), otherwise the CPU, with the kernels interpreted.
+DEVICE = "cuda" if torch.cuda.is_available() and not interpreting() else "cpu"
+
+
 @contextlib.contextmanager
 def poisoned():
     """Kernel outputs filled with NaN / -1 before launch, so an unwritten element fails a test."""
