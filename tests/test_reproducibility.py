@@ -74,4 +74,5 @@ def test_indexing_past_2_31_elements():
     m[: n2 - 2] = 0  # only the last two samples count: their offsets pass 2^31
     loss = ops.masked_mse_loss(pred, imgs, m, 16, True, backend="triton")
     want = reference.masked_mse_loss_ref(pred[-2:].float(), imgs[-2:].float(), m[-2:], 16, True)
-    torch.testing.assert_close(loss, want, rtol=2e-3, atol=1e-4)
+    # both sides read the same bf16 values and accumulate in float32: only the summation order differs
+    torch.testing.assert_close(loss, want, rtol=1e-4, atol=1e-6)

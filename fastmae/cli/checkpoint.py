@@ -14,6 +14,7 @@ import re
 import numpy as np
 import torch
 
+import fastmae
 from fastmae.cli.errors import UsageError
 
 
@@ -97,28 +98,32 @@ def checkpoint_args(ckpt):
 def load_model_state(model, ckpt, path, model_name):
     """Load ``ckpt['model']`` into ``model`` strictly, or raise a one-line ``CheckpointError``.
 
-    The message names the checkpoint's model (from its args) when there is one, else the first
-    mismatching key, instead of PyTorch's multi-line ``load_state_dict`` report.
+    Loading goes through ``fastmae.load_official_checkpoint`` (which knows the official format).
+    On a mismatch the message names the checkpoint's model (from its args) when it has one, else
+    the first mismatching entry, instead of PyTorch's multi-line ``load_state_dict`` report.
     """
-    state = ckpt["model"]
-    expected = model.state_dict()
+    try:
+        fastmae.load_official_checkpoint(ckpt, model=model, strict=True)
+        return
+    except (RuntimeError, KeyError, ValueError):
+        pass
+    saved_name = checkpoint_args(ckpt).get("model")
+    if saved_name and saved_name != model_name:
+        raise CheckpointError(
+            f"{path} holds a {saved_name} model, not {model_name} (pass --model {saved_name})")
+    state, expected = ckpt["model"], model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     reshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or reshaped:
-        saved_name = checkpoint_args(ckpt).get("model")
-        if saved_name and saved_name != model_name:
-            raise CheckpointError(
-                f"{path} holds a {saved_name} model, not {model_name} (pass --model {saved_name})")
-        if reshaped:
-            k = reshaped[0]
-            detail = f"'{k}' is {list(state[k].shape)}, expected {list(expected[k].shape)}"
-        else:
-            detail = f"'{(missing or unexpected)[0]}' is {'missing' if missing else 'unexpected'}"
-        raise CheckpointError(f"{path} does not fit {model_name}: {detail} "
-                              f"({len(missing)} missing, {len(unexpected)} unexpected, "
-                              f"{len(reshaped)} reshaped entries)")
-    model.load_state_dict(state, strict=True)
+    if reshaped:
+        k = reshaped[0]
+        detail = f"'{k}' is {list(state[k].shape)}, expected {list(expected[k].shape)}"
+    elif missing or unexpected:
+        detail = f"'{(missing or unexpected)[0]}' is {'missing' if missing else 'unexpected'}"
+    else:
+        detail = "its entries cannot be loaded"
+    raise CheckpointError(f"{path} does not fit {model_name}: {detail} ({len(missing)} missing, "
+                          f"{len(unexpected)} unexpected, {len(reshaped)} reshaped entries)")
 
 
 def rng_state():

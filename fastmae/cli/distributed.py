@@ -59,3 +59,12 @@ def sum_across(values, device, info):
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def gather(obj, info):
+    """Every rank's picklable ``obj`` in rank order (``[obj]`` for a single process)."""
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
