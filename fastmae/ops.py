@@ -18,7 +18,6 @@ All ops are differentiable; none reads tensor data on the host.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import threading
 from typing import Iterator
@@ -26,6 +25,7 @@ from typing import Iterator
 import torch
 
 from . import _validate as check
+from . import kernels as _kernel_package  # no Triton import until a kernel is used
 from . import reference, torch_ops
 
 __all__ = [
@@ -89,8 +89,9 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
 
 
 def _kernels():
-    # Imported on first use: fastmae itself works without Triton installed.
-    return importlib.import_module("fastmae.kernels")
+    # fastmae.kernels imports Triton only when a kernel is first used, so fastmae works without Triton.
+    # A plain module attribute, not importlib, so that torch.compile traces the call (no graph break).
+    return _kernel_package
 
 
 def _contiguous(*ts):
