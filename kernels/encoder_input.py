@@ -1,0 +1,291 @@
+"""Encoder input assembly: pos-embed gather, add and cls prepend in one pass, forward and backward.
+
+    out[n, 0]     = cls_token + pos_embed[0]                          # [N, K+1, D]
+    out[n, 1 + k] = x_vis[n, k] + pos_embed[1 + ids_keep[n, k]]
+
+(``encoder_input_ref`` in ``fastmae/reference.py``.) The result's dtype is the promotion of the
+three inputs' dtypes; every sum is computed in float32 and rounded once on store.
+
+Backward, for an upstream gradient ``g [N, K+1, D]``:
+    grad_x_vis     = g[:, 1:]                                       (a view; a cast when dtypes differ)
+    grad_cls       = sum_n g[n, 0]
+    grad_pos[0]    = sum_n g[n, 0]
+    grad_pos[1+l]  = sum_n g[n, 1 + k]  where ids_keep[n, k] == l   (only when pos_embed needs grad)
+The column sums come from one kernel that walks ``n`` in a fixed order per program and writes
+per-program partials, summed in a fixed order afterwards: deterministic, no atomics. The pos-embed
+rows are found through the inverse map ``inv[n, l] = k`` (-1 where ``l`` is not kept), which assumes
+the ids of one sample are distinct (``random_masking`` guarantees it); with a repeated id only one of
+its rows would be counted.
+
+Out-of-range ids (possible only when the caller skipped validation on CUDA) never read or write out of
+bounds: such a row gets no position added, and contributes to no pos-embed row in the backward.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import empty, next_power_of_2
+
+__all__ = ["encoder_input", "compile_specs"]
+
+_MAX_BLOCK_D = 256  # columns per program: one warp covers 256 bf16 values with 16-byte accesses
+_TILE = 2048  # elements per forward program (BLOCK_R * BLOCK_D): 16 per thread at 4 warps
+_NUM_WARPS = 4
+_BWD_BLOCK_N = 8  # samples per backward tile
+_BWD_N_PER_PROG = 64  # samples one backward program sums before writing its partial
+
+
+# --------------------------------------------------------------------------------------------------
+# kernels
+# --------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _encoder_input_kernel(
+    X,  # pointer to x_vis [N, K, D], contiguous
+    POS,  # pointer to pos_embed [L+1, D], contiguous (row 0 belongs to cls)
+    CLS,  # pointer to cls_token [D]
+    IDS,  # pointer to ids_keep [N, K] (int32 or int64)
+    OUT,  # pointer to the output [N, K+1, D], contiguous
+    K,  # kept tokens per sample
+    L,  # patches per sample (pos_embed has L+1 rows)
+    D,  # token width
+    n_rows,  # N * (K+1), the number of output rows
+    BLOCK_R: tl.constexpr,  # output rows per program
+    BLOCK_D: tl.constexpr,  # columns per program (power of two)
+):
+    # Program (pid_r, pid_d) writes the tile out[rows, cols] of the output viewed as [N*(K+1), D].
+    pid_r = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    rows = pid_r.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BLOCK_R] flat row n*(K+1) + j
+    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    row_ok = rows < n_rows
+    col_ok = cols < D
+    n = rows // (K + 1)  # sample
+    j = rows - n * (K + 1)  # row inside the sample: 0 is cls, 1 + k is visible token k
+    is_tok = j > 0
+    tok_ok = row_ok & is_tok
+
+    # pos row: 0 for cls, 1 + ids_keep[n, j-1] for a token; an out-of-range id adds no position.
+    ids = tl.load(IDS + n * K + (j - 1), mask=tok_ok, other=0).to(tl.int64)  # [BLOCK_R]
+    ids_ok = (ids >= 0) & (ids < L)
+    pos_row = tl.where(is_tok, 1 + tl.where(ids_ok, ids, 0), 0)  # [BLOCK_R], always in [0, L]
+    pos_ok = row_ok & (~is_tok | ids_ok)
+
+    cm = col_ok[None, :]
+    x = tl.load(X + (n * K + (j - 1))[:, None] * D + cols[None, :], mask=tok_ok[:, None] & cm, other=0.0)
+    pos = tl.load(POS + pos_row[:, None] * D + cols[None, :], mask=pos_ok[:, None] & cm, other=0.0)
+    cls = tl.load(CLS + cols, mask=col_ok, other=0.0)  # [BLOCK_D], read once per program
+
+    # out = (x or cls) + pos, in float32, rounded once to the output dtype.
+    src = tl.where(is_tok[:, None], x.to(tl.float32), cls.to(tl.float32)[None, :])
+    out = src + pos.to(tl.float32)
+    tl.store(OUT + rows[:, None] * D + cols[None, :], out.to(OUT.dtype.element_ty), mask=row_ok[:, None] & cm)
+
+
+@triton.jit
+def _encoder_input_bwd_kernel(
+    G,  # pointer to the upstream gradient [N, K+1, D], contiguous
+    INV,  # pointer to inv [N, L] int32: k where ids_keep[n, k] == l, else -1 (read only if HAS_POS)
+    PART,  # pointer to the float32 partial sums [S, T, D], S = cdiv(N, N_PER_PROG)
+    N,  # batch size
+    K,  # kept tokens per sample
+    L,  # patches per sample
+    D,  # token width
+    T,  # output rows: 1 (cls only) or L + 1 (cls and every pos-embed row)
+    HAS_POS: tl.constexpr,  # compute the pos-embed rows t >= 1 (needs INV)
+    N_PER_PROG: tl.constexpr,  # samples each program sums (a multiple of BLOCK_N)
+    BLOCK_N: tl.constexpr,  # samples per tile
+    BLOCK_D: tl.constexpr,  # columns per program (power of two)
+):
+    # Program (t, pid_d, s) sums, over n in [s*N_PER_PROG, (s+1)*N_PER_PROG), the gradient row that
+    # feeds table row t:  t = 0 -> g[n, 0];  t = 1 + l -> g[n, 1 + inv[n, l]] when inv[n, l] >= 0.
+    t = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    s = tl.program_id(2)
+    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    col_ok = cols < D
+    acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    for i in tl.static_range(0, N_PER_PROG, BLOCK_N):
+        n = s.to(tl.int64) * N_PER_PROG + i + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+        n_ok = n < N
+        if HAS_POS:
+            # inv[n, t-1]; row t = 0 reads inv[n, 0] (in bounds) and ignores it
+            k = tl.load(INV + n * L + tl.maximum(t - 1, 0), mask=n_ok, other=-1).to(tl.int64)  # [BLOCK_N]
+            j = tl.where(t > 0, 1 + k, 0)  # gradient row inside the sample (0 feeds the cls row)
+            # t = 0: every sample; t > 0: samples that kept patch t-1 (k in [0, K); -1 = not kept)
+            hit = n_ok & (tl.where(t > 0, k, 0) >= 0) & (j <= K)
+        else:
+            hit = n_ok
+            j = tl.zeros((BLOCK_N,), dtype=tl.int64)
+        g = tl.load(G + (n * (K + 1) + j)[:, None] * D + cols[None, :], mask=hit[:, None] & col_ok[None, :], other=0.0)
+        acc += g.to(tl.float32)
+    part = tl.sum(acc, axis=0)  # [BLOCK_D], a fixed reduction order
+    tl.store(PART + (s.to(tl.int64) * T + t) * D + cols, part, mask=col_ok)
+
+
+# --------------------------------------------------------------------------------------------------
+# launchers
+# --------------------------------------------------------------------------------------------------
+
+
+def _fwd_blocks(d: int) -> tuple[int, int]:
+    block_d = min(_MAX_BLOCK_D, next_power_of_2(d))
+    return max(1, _TILE // block_d), block_d
+
+
+def _out_dtype(x_vis, pos_embed, cls_token) -> torch.dtype:
+    return torch.promote_types(torch.promote_types(x_vis.dtype, pos_embed.dtype), cls_token.dtype)
+
+
+def _forward(x_vis: torch.Tensor, pos_embed: torch.Tensor, cls_token: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+    n, k, d = x_vis.shape
+    num_patches = pos_embed.shape[1] - 1
+    out = empty((n, k + 1, d), _out_dtype(x_vis, pos_embed, cls_token), x_vis.device)  # [N, K+1, D]
+    n_rows = n * (k + 1)
+    block_r, block_d = _fwd_blocks(d)
+    grid = (triton.cdiv(n_rows, block_r), triton.cdiv(d, block_d))
+    _encoder_input_kernel[grid](
+        x_vis, pos_embed, cls_token, ids_keep, out, k, num_patches, d, n_rows,
+        BLOCK_R=block_r, BLOCK_D=block_d, num_warps=_NUM_WARPS,
+    )
+    return out
+
+
+def _column_sums(grad: torch.Tensor, ids_keep: torch.Tensor, num_patches: int, with_pos: bool) -> torch.Tensor:
+    """``[T, D]`` float32: row 0 = ``sum_n g[n, 0]``; with ``with_pos`` rows ``1+l`` as in the module doc."""
+    n, k1, d = grad.shape
+    t_rows = num_patches + 1 if with_pos else 1
+    if with_pos:
+        # inv[n, ids_keep[n, k]] = k; ids are distinct within a sample, so no two writes collide.
+        inv = torch.full((n, num_patches), -1, dtype=torch.int32, device=grad.device)  # [N, L]
+        ks = torch.arange(k1 - 1, dtype=torch.int32, device=grad.device).expand(n, -1)  # [N, K]
+        inv.scatter_(1, ids_keep.long().clamp(0, num_patches - 1), ks)
+    else:
+        inv = grad  # never read: HAS_POS=False removes every access
+    block_d = min(_MAX_BLOCK_D, next_power_of_2(d))
+    n_per_prog = _BWD_N_PER_PROG if n > _BWD_N_PER_PROG else max(_BWD_BLOCK_N, next_power_of_2(n))
+    splits = triton.cdiv(n, n_per_prog)
+    part = empty((splits, t_rows, d), torch.float32, grad.device)  # [S, T, D]
+    grid = (t_rows, triton.cdiv(d, block_d), splits)
+    _encoder_input_bwd_kernel[grid](
+        grad, inv, part, n, k1 - 1, num_patches, d, t_rows,
+        HAS_POS=with_pos, N_PER_PROG=n_per_prog, BLOCK_N=_BWD_BLOCK_N, BLOCK_D=block_d, num_warps=_NUM_WARPS,
+    )
+    return part[0] if splits == 1 else part.sum(0)  # fixed-order sum over the splits
+
+
+# --------------------------------------------------------------------------------------------------
+# custom ops and autograd
+# --------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fastmae::encoder_input", mutates_args=())
+def _encoder_input_op(
+    x_vis: torch.Tensor, pos_embed: torch.Tensor, cls_token: torch.Tensor, ids_keep: torch.Tensor
+) -> torch.Tensor:
+    return _forward(x_vis, pos_embed, cls_token, ids_keep)
+
+
+@_encoder_input_op.register_fake
+def _(x_vis, pos_embed, cls_token, ids_keep):
+    n, k, d = x_vis.shape
+    return x_vis.new_empty((n, k + 1, d), dtype=_out_dtype(x_vis, pos_embed, cls_token))
+
+
+@torch.library.custom_op("fastmae::encoder_input_bwd", mutates_args=())
+def _encoder_input_bwd_op(grad: torch.Tensor, ids_keep: torch.Tensor, num_patches: int, with_pos: bool) -> torch.Tensor:
+    return _column_sums(grad, ids_keep, num_patches, with_pos)
+
+
+@_encoder_input_bwd_op.register_fake
+def _(grad, ids_keep, num_patches, with_pos):
+    return grad.new_empty((num_patches + 1 if with_pos else 1, grad.shape[2]), dtype=torch.float32)
+
+
+def _setup_context(ctx, inputs, output):
+    x_vis, pos_embed, cls_token, ids_keep = inputs
+    ctx.save_for_backward(ids_keep)
+    ctx.num_patches = pos_embed.shape[1] - 1
+    ctx.dtypes = (x_vis.dtype, pos_embed.dtype, cls_token.dtype)
+
+
+def _backward(ctx, grad):
+    (ids_keep,) = ctx.saved_tensors
+    x_dtype, pos_dtype, cls_dtype = ctx.dtypes
+    need_x, need_pos, need_cls = ctx.needs_input_grad[:3]
+    grad_x = grad_pos = grad_cls = None
+    if need_x:
+        grad_x = grad[:, 1:].to(x_dtype)  # [N, K, D], a view of grad when the dtypes agree
+    if need_pos or need_cls:
+        sums = _encoder_input_bwd_op(grad.contiguous(), ids_keep, ctx.num_patches, bool(need_pos))  # [T, D]
+        if need_cls:
+            grad_cls = sums[:1].unsqueeze(0).to(cls_dtype)  # [1, 1, D]
+        if need_pos:
+            grad_pos = sums.unsqueeze(0).to(pos_dtype)  # [1, L+1, D]
+    return grad_x, grad_pos, grad_cls, None
+
+
+_encoder_input_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def encoder_input(
+    x_vis: torch.Tensor, pos_embed: torch.Tensor, cls_token: torch.Tensor, ids_keep: torch.Tensor
+) -> torch.Tensor:
+    """``x_vis [N, K, D]``, ``pos_embed [1, L+1, D]``, ``cls_token [1, 1, D]``, ``ids_keep [N, K]`` -> ``[N, K+1, D]``.
+
+    Inputs come validated and contiguous from ``fastmae.ops.encoder_input``.
+    """
+    assert x_vis.dim() == 3 and pos_embed.dim() == 3 and cls_token.dim() == 3 and ids_keep.dim() == 2
+    return _encoder_input_op(x_vis, pos_embed, cls_token, ids_keep)
+
+
+# --------------------------------------------------------------------------------------------------
+# GPU-readiness specialisations (ViT-B/16, 224 px, batch 256, mask 0.75)
+# --------------------------------------------------------------------------------------------------
+
+
+def compile_specs() -> list[dict]:
+    """Each kernel at ViT-B/16 shapes: N=256, L=196, K=49, D=768, as the JIT would specialise it."""
+    d = 768  # N = 256, L = 196 and K = 49 appear below only through their divisibility by 16
+    block_r, block_d = _fwd_blocks(d)
+    fwd_ints = {"K": "i32", "L": "i32", "D": "i32", "n_rows": "i32"}
+    fwd_const = {"BLOCK_R": block_r, "BLOCK_D": block_d}
+    # D = 768 and n_rows = 256 * 50 = 12800 are multiples of 16; K = 49 and L = 196 are not.
+    fwd_aligned = ["X", "POS", "CLS", "IDS", "OUT", "D", "n_rows"]
+    specs = []
+    for name, x_t, table_t, out_t in (
+        ("encoder_input_fwd_bf16", "*bf16", "*bf16", "*bf16"),
+        # the model's case under autocast: a bf16 GEMM output plus the float32 parameter tables
+        ("encoder_input_fwd_bf16_fp32_tables", "*bf16", "*fp32", "*fp32"),
+    ):
+        specs.append({
+            "name": name,
+            "kernel": _encoder_input_kernel,
+            "signature": {"X": x_t, "POS": table_t, "CLS": table_t, "IDS": "*i64", "OUT": out_t, **fwd_ints,
+                          "BLOCK_R": "constexpr", "BLOCK_D": "constexpr"},
+            "constexprs": fwd_const,
+            "aligned": fwd_aligned,
+            "num_warps": _NUM_WARPS,
+            "expect_vector_io": True,
+            "why_not_vector": "",
+        })
+    for name, has_pos in (("encoder_input_bwd_cls", False), ("encoder_input_bwd_cls_pos", True)):
+        specs.append({
+            "name": name,
+            "kernel": _encoder_input_bwd_kernel,
+            "signature": {"G": "*bf16", "INV": "*i32", "PART": "*fp32", "N": "i32", "K": "i32", "L": "i32",
+                          "D": "i32", "T": "i32" if has_pos else "constexpr", "HAS_POS": "constexpr",
+                          "N_PER_PROG": "constexpr", "BLOCK_N": "constexpr", "BLOCK_D": "constexpr"},
+            "constexprs": {"HAS_POS": has_pos, "N_PER_PROG": _BWD_N_PER_PROG, "BLOCK_N": _BWD_BLOCK_N,
+                           "BLOCK_D": block_d, **({} if has_pos else {"T": 1})},
+            # N = 256 and D = 768 are multiples of 16; T = L + 1 = 197 is not (and T = 1 is a constant).
+            "aligned": ["G", "INV", "PART", "N", "D"],
+            "num_warps": _NUM_WARPS,
+            "expect_vector_io": True,
+            "why_not_vector": "",
+        })
+    return specs
