@@ -1,0 +1,153 @@
+"""Checkpoint safety: atomic saves, weights-only loads, clear errors for damaged or foreign files."""
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from fastmae.cli import checkpoint
+from fastmae.cli.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+
+def _ckpt(value, numel=1000):
+    return {"model": {"w": torch.full((numel,), float(value))}, "epoch": int(value),
+            "args": {"model": "mae_vit_micro_patch4"}}
+
+
+def test_roundtrip_is_plain_weights_only(tmp_path):
+    path = tmp_path / "c.pth"
+    save_checkpoint(_ckpt(3), path)
+    # Our own checkpoints need no allow-list at all: args is a plain dict.
+    loaded = torch.load(path, weights_only=True)
+    assert loaded["epoch"] == 3 and torch.equal(loaded["model"]["w"], torch.full((1000,), 3.0))
+    assert load_checkpoint(path)["epoch"] == 3
+    assert os.listdir(tmp_path) == ["c.pth"]  # no temporary file left behind
+
+
+def test_official_format_with_namespace_loads(tmp_path):
+    path = tmp_path / "official.pth"
+    torch.save({"model": {"w": torch.ones(2)}, "args": argparse.Namespace(model="m"), "epoch": 7}, path)
+    ckpt = load_checkpoint(path)
+    assert checkpoint.checkpoint_args(ckpt) == {"model": "m"} and ckpt["epoch"] == 7
+
+
+class _Payload:
+    """Unpickling this would create a file: the proof that arbitrary code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage", "flipped"])
+def test_damaged_file_is_a_clear_error(tmp_path, damage):
+    path = tmp_path / "c.pth"
+    save_checkpoint(_ckpt(1), path)
+    data = path.read_bytes()
+    damaged = {"truncated": data[: len(data) // 2], "empty": b"", "garbage": b"not a checkpoint" * 64,
+               "flipped": data[:64] + bytes(b ^ 0xFF for b in data[64:512]) + data[512:]}[damage]
+    path.write_bytes(damaged)
+    with pytest.raises(CheckpointError, match="truncated or corrupt") as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_unsafe_pickle_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {}, "x": _Payload(str(marker))}, path)
+    with pytest.raises(CheckpointError, match="refusing to load .*open"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "checkpoint not found"),
+    ({"epoch": 1}, "no 'model' state dict"),
+    ([1, 2, 3], "no 'model' state dict"),
+])
+def test_missing_or_not_a_checkpoint(tmp_path, content, message):
+    path = tmp_path / "c.pth"
+    if content is not None:
+        torch.save(content, path)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
+def test_save_failing_midway_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "c.pth"
+    save_checkpoint(_ckpt(1), path)
+
+    def half_then_fail(obj, f):
+        f.write(b"PK\x03\x04 partial bytes")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", half_then_fail)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(_ckpt(2), path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+    assert os.listdir(tmp_path) == ["c.pth"]
+
+
+_SAVER = """
+import sys, torch
+from fastmae.cli.checkpoint import save_checkpoint
+big = {"model": {"w": torch.full((32 * 2**20,), 2.0)}, "epoch": 2}  # 128 MiB
+print("saving", flush=True)
+save_checkpoint(big, sys.argv[1])
+print("saved", flush=True)
+"""
+
+
+def test_save_killed_midway_keeps_the_old_file(tmp_path):
+    path = tmp_path / "c.pth"
+    save_checkpoint(_ckpt(1), path)
+    proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(path)], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "saving"
+    deadline = time.monotonic() + 60
+    tmp = []
+    while not tmp and time.monotonic() < deadline and proc.poll() is None:
+        tmp = [p for p in tmp_path.iterdir() if p.name != "c.pth" and p.stat().st_size > 0]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert tmp, "the save finished before it could be killed"
+    # Killed while the temporary file was being written: the old checkpoint is intact.
+    assert load_checkpoint(path)["epoch"] == 1
+
+
+def test_load_model_state_names_the_other_model(tmp_path):
+    import fastmae
+
+    micro = fastmae.create_model("mae_vit_micro_patch4")
+    tiny = fastmae.create_model("mae_vit_tiny_patch4")
+    ckpt = {"model": micro.state_dict(), "args": {"model": "mae_vit_micro_patch4"}}
+    with pytest.raises(CheckpointError, match="holds a mae_vit_micro_patch4 model, not mae_vit_tiny"):
+        checkpoint.load_model_state(tiny, ckpt, "c.pth", "mae_vit_tiny_patch4")
+    # Without args the message names the first mismatching entry instead.
+    with pytest.raises(CheckpointError, match="does not fit mae_vit_tiny_patch4: 'cls_token' is"):
+        checkpoint.load_model_state(tiny, {"model": micro.state_dict()}, "c.pth", "mae_vit_tiny_patch4")
+    checkpoint.load_model_state(micro, ckpt, "c.pth", "mae_vit_micro_patch4")
+
+
+def test_rng_state_roundtrip_through_weights_only_file(tmp_path):
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    save_checkpoint({"model": {}, "rng": checkpoint.rng_state()}, tmp_path / "r.pth")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    checkpoint.set_rng_state(load_checkpoint(tmp_path / "r.pth")["rng"])
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], got[0]) and (expected[1] == got[1]).all() and expected[2] == got[2]
