@@ -107,10 +107,10 @@ def test_gradcheck_float64():
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_compile_fullgraph(backend):
-    # Through the kernel module's exports (fastmae.ops itself is traced by the model's compile test).
+    # Through fastmae.ops (validation and dispatch included) into the custom ops.
     def fn(imgs):
-        x = pk.patchify(imgs, 4)  # [N, L, P]
-        return pk.unpatchify(x * x, 4, 2, 3, 3).sum()
+        x = ops.patchify(imgs, 4, backend="triton")  # [N, L, P]
+        return ops.unpatchify(x * x, 4, (2, 3), 3, backend="triton").sum()
 
     imgs = torch.randn(2, 3, 8, 12, requires_grad=True)
     torch._dynamo.reset()
