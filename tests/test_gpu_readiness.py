@@ -1,0 +1,109 @@
+"""GPU readiness without a GPU: every kernel compiles for sm_90 and sm_80, and its cubin is clean.
+
+``benchmarks/kernel_resources.py --json`` compiles each kernel module's ``compile_specs()`` with the
+specialisation the JIT gives aligned tensors and reads the cubin back (``cuobjdump``, ``ptxas -v``).
+It runs ONCE, in a subprocess without ``TRITON_INTERPRET`` (this session interprets kernels, and an
+interpreted kernel cannot be compiled). Per kernel module and architecture the tests then assert:
+
+- every spec compiles;
+- no register spills, no local memory, no stack frame (all of which live in slow local memory);
+- no global atomics (kernels reduce deterministically);
+- a spec with ``expect_vector_io`` issues at least one 16-byte global load or store (``LDG.E.128``,
+  ``STG.E.128`` or wider); a spec without it says why in ``why_not_vector``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastmae.kernels import KERNEL_MODULES
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "kernel_resources.py"
+ARCHS = (90, 80)
+SPEC_KEYS = {"name", "kernel", "signature", "constexprs", "aligned", "num_warps", "expect_vector_io", "why_not_vector"}
+
+
+def _tools_missing() -> str | None:
+    try:
+        import triton
+    except ImportError:
+        return "triton is not installed"
+    bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    for tool in ("cuobjdump", "ptxas"):
+        if not (bin_dir / tool).is_file():
+            return f"{tool} is not shipped in {bin_dir}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def resources():
+    """The harness's JSON records, from one subprocess for every kernel and architecture."""
+    missing = _tools_missing()
+    if missing:
+        pytest.skip(missing)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), "--json", "--arch", *map(str, ARCHS)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    try:
+        return json.loads(run.stdout)
+    except json.JSONDecodeError:
+        pytest.fail(f"kernel_resources.py printed no JSON (exit {run.returncode}):\n{run.stderr[-3000:]}")
+
+
+def _describe(rec: dict) -> str:
+    return f"{rec['module']}/{rec['name']} sm_{rec['arch']}"
+
+
+@pytest.mark.parametrize("module", KERNEL_MODULES)
+def test_compile_specs_are_plain_data(module):
+    import importlib
+
+    specs = importlib.import_module(f"fastmae.kernels.{module}").compile_specs()
+    assert specs, f"{module}.compile_specs() lists no kernel"
+    for spec in specs:
+        assert SPEC_KEYS <= set(spec), f"{module} spec {spec.get('name')} lacks {SPEC_KEYS - set(spec)}"
+        for name in spec["aligned"]:
+            assert spec["signature"].get(name, "constexpr") != "constexpr", f"{spec['name']}: aligned {name}"
+        if not spec["expect_vector_io"]:
+            assert spec["why_not_vector"].strip(), f"{spec['name']}: no 16-byte access expected, and no reason given"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("module", KERNEL_MODULES)
+def test_kernels_compile_clean(resources, module, arch):
+    broken = [r for r in resources if r["module"] == module and r["arch"] is None]
+    assert not broken, f"{module}: {broken[0]['error']}"
+    records = [r for r in resources if r["module"] == module and r["arch"] == arch]
+    assert records, f"{module} has no compiled kernel for sm_{arch}"
+    for rec in records:
+        assert rec["ok"], f"{_describe(rec)} does not compile: {rec['error']}\n{rec.get('traceback', '')}"
+        assert rec["spill_stores"] == 0 and rec["spill_loads"] == 0, (
+            f"{_describe(rec)} spills registers ({rec['spill_stores']} B stored, {rec['spill_loads']} B loaded; "
+            f"{rec['registers']} registers)")
+        assert rec["local"] == 0 and rec["stack"] == 0 and rec["local_ops"] == 0, (
+            f"{_describe(rec)} uses local memory (local {rec['local']} B, stack {rec['stack']} B, "
+            f"{rec['local_ops']} LDL/STL)")
+        assert rec["atomics"] == 0, f"{_describe(rec)} issues {rec['atomics']} global atomics"
+        if rec["expect_vector_io"]:
+            assert rec["wide_accesses"] > 0, (
+                f"{_describe(rec)} has no 16-byte global access: loads {rec['loads']}, stores {rec['stores']}")
+        else:
+            assert rec["why_not_vector"].strip(), f"{_describe(rec)}: no 16-byte access expected, and no reason given"
+
+
+def test_harness_reads_load_widths(resources):
+    # the SASS parser must see the kernels' accesses at all: a regex that matches nothing would pass
+    # every check above, so at least one kernel must show a 16-byte access and every kernel a store
+    compiled = [r for r in resources if r.get("ok")]
+    assert compiled
+    assert any(r["wide_accesses"] > 0 for r in compiled)
+    assert all(r["stores"] for r in compiled), [_describe(r) for r in compiled if not r["stores"]]
