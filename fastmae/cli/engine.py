@@ -1,0 +1,92 @@
+"""One pretraining epoch, as the official ``engine_pretrain.train_one_epoch``: per-iteration lr,
+gradient accumulation, autocast and an optional fp16 ``GradScaler``, a stop on a non-finite loss,
+and a progress line every few iterations."""
+
+import contextlib
+import math
+import time
+
+import torch
+
+from fastmae.cli.data import iterate
+from fastmae.cli.distributed import sum_across
+from fastmae.cli.errors import CLIError
+from fastmae.cli.lr_sched import lr_at, set_lr
+
+
+class NonFiniteLoss(CLIError):
+    """The loss became NaN or infinite; training stops before the next checkpoint is written."""
+
+
+class Progress:
+    """Prints ``epoch [e] [i/I] loss (running mean) lr img/s`` every ``every`` iterations.
+
+    Epochs count from 0, as in ``log.txt`` and the checkpoint names.
+    """
+
+    def __init__(self, iters, images_per_iter, every, out=print):
+        self.iters, self.every, self.out = iters, every, out
+        self.images_per_iter = images_per_iter
+        self._width = len(str(iters))
+
+    def start(self):
+        self._t0 = self._t = time.perf_counter()
+        self._last = 0
+
+    def update(self, epoch, step, loss, mean_loss, lr):
+        done = step + 1
+        if done % self.every and done != self.iters:
+            return
+        now = time.perf_counter()
+        rate = (done - self._last) * self.images_per_iter / max(now - self._t, 1e-9)
+        self._t, self._last = now, done
+        self.out(f"epoch [{epoch}] [{done:>{self._width}}/{self.iters}] "
+                 f"loss {loss:.4f} ({mean_loss:.4f}) lr {lr:.3e} {rate:,.0f} img/s")
+
+    def elapsed(self):
+        return time.perf_counter() - self._t0
+
+
+def train_one_epoch(model, loader, optimizer, scaler, amp_dtype, epoch, args, info, device,
+                    progress):
+    """Train ``model`` for one epoch over ``loader``; returns ``{'lr': mean, 'loss': mean}``.
+
+    The loss is averaged over all ranks at every iteration (one scalar all-reduce), so every rank
+    sees the same value and a non-finite loss stops all of them together.
+
+    Raises:
+        NonFiniteLoss: naming the epoch and iteration, before any further optimizer step.
+    """
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    iters = len(loader)
+    accum = args.accum_iter
+    loss_sum = lr_sum = 0.0
+    progress.start()
+    for step, imgs in enumerate(iterate(loader)):  # imgs: [B, C, H, W]
+        if step % accum == 0:
+            lr = lr_at(step / iters + epoch, args.lr, args.min_lr, args.warmup_epochs, args.epochs)
+            set_lr(optimizer, lr)
+        update = (step + 1) % accum == 0
+        imgs = imgs.to(device, non_blocking=True)
+        # Skip DDP's gradient all-reduce on micro-steps that only accumulate.
+        sync = contextlib.nullcontext() if update or not info.enabled else model.no_sync()
+        with sync:
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss, _, _ = model(imgs, mask_ratio=args.mask_ratio, full_pred=False)
+            loss_value = sum_across([loss.item()], device, info)[0] / info.world_size
+            if not math.isfinite(loss_value):
+                raise NonFiniteLoss(f"loss is {loss_value} at epoch {epoch}, iteration {step}")
+            loss = loss / accum
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        if update:
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        loss_sum += loss_value
+        lr_sum += lr
+        progress.update(epoch, step, loss_value, loss_sum / (step + 1), lr)
+    return {"lr": lr_sum / iters, "loss": loss_sum / iters}

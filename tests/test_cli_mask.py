@@ -1,0 +1,82 @@
+"""``fastmae mask``: the masking lesson end to end, one output directory per image."""
+
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastmae.cli import main
+
+
+@pytest.fixture
+def images(tmp_path):
+    """An RGB JPEG, a grayscale PNG and a second file with the same stem in another folder."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "other").mkdir()
+    paths = [tmp_path / "dog.jpeg", tmp_path / "cat.png", tmp_path / "other" / "cat.jpg"]
+    Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(paths[0])
+    Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)).save(paths[1])
+    Image.fromarray(rng.integers(0, 256, (30, 30, 3), dtype=np.uint8)).save(paths[2])
+    return paths
+
+
+def mask(capsys, images, out, *extra):
+    code = main(["mask", "--images", *map(str, images), "--input-size", "64", "--mask-patch-size", "16",
+                 "--out", str(out), *extra])
+    stdout, err = capsys.readouterr()
+    return code, stdout, err
+
+
+def read(path):
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def test_writes_the_lesson_outputs_per_image(tmp_path, capsys, images):
+    code, stdout, err = mask(capsys, images, tmp_path / "out", "--mask-ratio", "0.8", "--seed", "1")
+    assert code == 0, err
+    for stem in ("dog", "cat", "cat-2"):
+        image, m, masked = (read(tmp_path / "out" / stem / f"{n}.png")
+                            for n in ("image", "mask", "masked_image"))
+        assert image.shape == masked.shape == (64, 64, 3) and m.shape == (64, 64)
+        assert set(np.unique(m)) <= {0, 255}
+        patches = m[::16, ::16]  # one value per 16 px mask patch
+        assert (np.kron(patches, np.ones((16, 16), dtype=np.uint8)) == m).all()
+        assert (patches == 0).sum() == math.ceil(16 * 0.8)  # the lesson: ceil(count * ratio)
+        assert (masked == image * (m[..., None] // 255)).all()
+    assert "masked 13 of 16 patches" in stdout
+
+
+def test_seeded(tmp_path, capsys, images):
+    for out, seed in (("x", "3"), ("y", "3"), ("z", "4")):
+        assert mask(capsys, images[:1], tmp_path / out, "--seed", seed)[0] == 0
+    m = {out: read(tmp_path / out / "dog" / "mask.png") for out in "xyz"}
+    assert (m["x"] == m["y"]).all() and not (m["x"] == m["z"]).all()
+
+
+def test_mask_ratio_edges(tmp_path, capsys, images):
+    assert mask(capsys, images[:1], tmp_path / "none", "--mask-ratio", "0")[0] == 0
+    assert (read(tmp_path / "none" / "dog" / "mask.png") == 255).all()
+    assert mask(capsys, images[:1], tmp_path / "all", "--mask-ratio", "1")[0] == 0
+    assert (read(tmp_path / "all" / "dog" / "masked_image.png") == 0).all()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--mask-patch-size", "24"], "--input-size 64 is not a multiple of --mask-patch-size 24"),
+    (["--mask-ratio", "1.2"], "argument --mask-ratio: must be in [0, 1], got 1.2"),
+    (["--input-size", "0"], "argument --input-size: must be in (0, inf), got 0"),
+])
+def test_bad_arguments(tmp_path, capsys, images, extra, message):
+    code, _, err = mask(capsys, images, tmp_path / "out", *extra)
+    assert code == 2 and err.strip() == f"fastmae: error: {message} (see 'fastmae mask --help')" or (
+        code == 2 and err.strip() == f"fastmae: error: {message}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_image_is_named(tmp_path, capsys, images):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    code, _, err = mask(capsys, [images[0], bad], tmp_path / "out")
+    assert code == 2 and len(err.splitlines()) == 1 and f"cannot read image {bad}" in err
+    assert not (tmp_path / "out").exists()

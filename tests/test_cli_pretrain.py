@@ -1,0 +1,229 @@
+"""``fastmae pretrain`` end to end on the micro model (16 px, a few dozen images, CPU)."""
+
+import json
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+import fastmae
+from fastmae.cli import main, pretrain
+from fastmae.cli.lr_sched import lr_at
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run faster on one thread, and stay fast when other jobs share the CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def base_args(out, *extra):
+    # The torch backend: the test session turns the Triton interpreter on, which "auto" would pick.
+    return ["pretrain", "--model", "mae_vit_micro_patch4", "--input-size", "16", "--num-images", "32",
+            "--batch-size", "8", "--epochs", "2", "--warmup-epochs", "1", "--backend", "torch",
+            "--print-freq", "2", "--output-dir", str(out), *extra]
+
+
+def run(capsys, argv):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def log_lines(out):
+    return (out / "log.txt").read_text().splitlines()
+
+
+def test_trains_and_writes_every_output(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = run(capsys, base_args(out, "--save-every", "1"))
+    assert code == 0, err
+    assert sorted(os.listdir(out)) == ["checkpoint-0.pth", "checkpoint-1.pth", "checkpoint-last.pth",
+                                       "log.txt", "reconstructions.png"]
+    lines = [json.loads(line) for line in log_lines(out)]
+    assert [sorted(line) for line in lines] == [["epoch", "train_loss", "train_lr"]] * 2
+    assert [line["epoch"] for line in lines] == [0, 1]
+    assert "img/s" in stdout and "done: 2 epochs" in stdout
+    # Our checkpoints load with plain weights_only=True: args is a dict of plain values.
+    ckpt = torch.load(out / "checkpoint-last.pth", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["args"]["model"] == "mae_vit_micro_patch4"
+    assert ckpt["args"]["lr"] == pytest.approx(4e-3 * 8 / 256)  # blr * effective batch / 256
+    # 4 iterations per epoch, one optimizer step each.
+    assert all(s["step"].item() == 8 for s in ckpt["optimizer"]["state"].values())
+    with Image.open(out / "reconstructions.png") as im:
+        assert im.width > 4 * 16
+
+
+def test_accum_iter_steps_every_k_iterations(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run(capsys, base_args(out, "--accum-iter", "2", "--epochs", "1"))
+    assert code == 0, err
+    ckpt = torch.load(out / "checkpoint-last.pth", weights_only=True)
+    assert all(s["step"].item() == 2 for s in ckpt["optimizer"]["state"].values())
+    assert ckpt["args"]["lr"] == pytest.approx(4e-3 * 16 / 256)
+
+
+def test_resume_continues_the_loss_curve_bitwise(tmp_path, capsys, monkeypatch):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run(capsys, base_args(straight, "--epochs", "4"))[0] == 0
+
+    train_one_epoch = pretrain.train_one_epoch
+
+    def interrupted(*args, **kwargs):
+        if args[5] == 2:  # the epoch argument: stop as a killed job would, after epoch 1's checkpoint
+            raise KeyboardInterrupt
+        return train_one_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(pretrain, "train_one_epoch", interrupted)
+    assert run(capsys, base_args(resumed, "--epochs", "4"))[0] == 130
+    monkeypatch.undo()
+    assert len(log_lines(resumed)) == 2
+    code, stdout, err = run(capsys, base_args(resumed, "--epochs", "4", "--resume",
+                                               str(resumed / "checkpoint-last.pth")))
+    assert code == 0, err
+    assert "resumed from" in stdout and "warning" not in err
+    assert log_lines(resumed) == log_lines(straight)  # every epoch's loss and lr, to the last bit
+    a = torch.load(straight / "checkpoint-last.pth", weights_only=True)
+    b = torch.load(resumed / "checkpoint-last.pth", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_resume_from_official_weights_only_checkpoint(tmp_path, capsys):
+    model = fastmae.create_model("mae_vit_micro_patch4", img_size=16)
+    official = tmp_path / "official.pth"
+    torch.save({"model": model.state_dict()}, official)
+    code, stdout, err = run(capsys, base_args(tmp_path / "run", "--epochs", "1", "--resume", str(official)))
+    assert code == 0, err
+    assert "initialised mae_vit_micro_patch4 from the weights" in stdout
+
+
+def test_bf16_autocast_on_cpu(tmp_path, capsys):
+    code, _, err = run(capsys, base_args(tmp_path / "run", "--epochs", "1", "--amp", "bf16"))
+    assert code == 0, err
+    assert json.loads(log_lines(tmp_path / "run")[0])["train_loss"] > 0
+
+
+def _write_images(root, count, size=(24, 20)):
+    gen = torch.Generator().manual_seed(0)
+    for i in range(count):
+        pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=gen, dtype=torch.uint8)
+        ext = "png" if i % 2 else "jpg"
+        os.makedirs(root / f"class{i % 3}", exist_ok=True)
+        Image.fromarray(pixels.numpy()).save(root / f"class{i % 3}" / f"img{i}.{ext}")
+
+
+def test_image_folder_skips_unreadable_files_with_a_count(tmp_path, capsys):
+    data = tmp_path / "data"
+    _write_images(data, 8)
+    (data / "class0" / "broken.jpg").write_bytes(b"definitely not a jpeg")
+    (data / "notes.txt").write_text("ignored: not an image extension")
+    code, stdout, err = run(capsys, base_args(tmp_path / "run", "--data", str(data), "--epochs", "1",
+                                               "--batch-size", "4"))
+    assert code == 0, err
+    assert "skipped 1 of 9 files" in err and "broken.jpg" in err
+    assert "(8 images)" in stdout
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_image_that_fails_to_decode_midway_is_named(tmp_path, capsys, workers):
+    data = tmp_path / "data"
+    _write_images(data, 4, size=(64, 64))
+    jpeg = data / "class0" / "img0.jpg"
+    data_bytes = jpeg.read_bytes()
+    jpeg.write_bytes(data_bytes[: len(data_bytes) // 2])  # header intact, data cut: passes the scan
+    code, _, err = run(capsys, base_args(tmp_path / "run", "--data", str(data), "--batch-size", "4",
+                                         "--num-workers", str(workers)))
+    assert code == 1
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"fastmae: error: cannot decode image {jpeg}: image file is truncated")
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(capsys, base_args(out, "--epochs", "1"))[0] == 0
+    last = out / "checkpoint-last.pth"
+    before, log_before = last.read_bytes(), log_lines(out)
+    code, _, err = run(capsys, base_args(out, "--epochs", "3", "--lr", "1e30", "--resume", str(last)))
+    assert code == 1
+    error = err.strip().splitlines()[-1]
+    assert error.startswith("fastmae: error: loss is ") and "at epoch 1, iteration" in error
+    assert f"the last good checkpoint is {last}" in error and "Traceback" not in err
+    assert last.read_bytes() == before and log_lines(out) == log_before
+    assert not (out / "checkpoint-1.pth").exists()
+
+
+def _foreign_checkpoint(path):
+    torch.save({"model": fastmae.create_model("mae_vit_tiny_patch4", img_size=16).state_dict(),
+                "args": {"model": "mae_vit_tiny_patch4"}}, path)
+    return path
+
+
+def _truncated_checkpoint(path):
+    torch.save({"model": {"w": torch.zeros(1000)}}, path)
+    path.write_bytes(path.read_bytes()[:200])
+    return path
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--data", "{tmp}/missing"], "data directory not found: {tmp}/missing"),
+    (["--data", "{tmp}/empty"], "no .jpg/.jpeg/.png images in data directory {tmp}/empty"),
+    (["--data", "{tmp}/corrupt"], "none of the 2 image files in {tmp}/corrupt can be read"),
+    (["--num-images", "6"], "--batch-size 8 is larger than the data (6 images)"),
+    (["--accum-iter", "5"], "--accum-iter 5 is more than the 4 iterations"),
+    (["--model", "mae_vit_nope"], "unknown model 'mae_vit_nope'; available: mae_vit_base_patch16"),
+    (["--input-size", "18"], "cannot build mae_vit_micro_patch4 at --input-size 18"),
+    (["--mask-ratio", "0.99"], "--mask-ratio 0.99 keeps none of the 16 patches"),
+    (["--mask-ratio", "1"], "argument --mask-ratio: must be in (0.0, 1.0), got 1"),
+    (["--resume", "{tmp}/nope.pth"], "checkpoint not found: {tmp}/nope.pth"),
+    (["--resume", "{tmp}/tiny.pth"], "holds a mae_vit_tiny_patch4 model, not mae_vit_micro_patch4"),
+    (["--resume", "{tmp}/truncated.pth"], "cannot read checkpoint {tmp}/truncated.pth: the file is "
+                                           "truncated or corrupt"),
+    (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, extra, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "corrupt" / "a").mkdir(parents=True)
+    for name in ("x.png", "y.jpeg"):
+        (tmp_path / "corrupt" / "a" / name).write_bytes(b"\x89PNG not really")
+    _foreign_checkpoint(tmp_path / "tiny.pth")
+    _truncated_checkpoint(tmp_path / "truncated.pth")
+    argv = base_args(tmp_path / "run", *[a.format(tmp=tmp_path) for a in extra])
+    code, _, err = run(capsys, argv)
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("fastmae: error: ")
+    assert message.format(tmp=tmp_path) in err
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_existing_run_is_not_overwritten(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(capsys, base_args(out, "--epochs", "1"))[0] == 0
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    code, _, err = run(capsys, base_args(out, "--epochs", "1"))
+    assert code == 2 and f"{out} already holds a run; continue it with --resume" in err
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+
+
+def test_lr_schedule_matches_the_official_formula():
+    # Linear warmup to the peak, then a half cosine to min_lr, as util/lr_sched.py.
+    assert lr_at(0.0, 1.0, 0.1, 2, 10) == 0.0
+    assert lr_at(1.0, 1.0, 0.1, 2, 10) == 0.5
+    assert lr_at(2.0, 1.0, 0.1, 2, 10) == 1.0
+    assert lr_at(6.0, 1.0, 0.1, 2, 10) == pytest.approx(0.55)
+    assert lr_at(10.0, 1.0, 0.1, 2, 10) == pytest.approx(0.1)
+    assert lr_at(3.0, 1.0, 0.0, 5, 5) == 0.6 and lr_at(5.0, 1.0, 0.0, 5, 5) == 1.0  # no 0/0
+
+
+def test_param_groups_skip_decay_on_biases_and_1d_params():
+    model = fastmae.create_model("mae_vit_micro_patch4")
+    no_decay, decay = pretrain.param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.05
+    assert all(p.ndim == 1 for p in no_decay["params"])
+    assert {names[id(p)] for p in decay["params"]} >= {"cls_token", "mask_token", "blocks.0.attn.qkv.weight"}
+    frozen = {"pos_embed", "decoder_pos_embed"}
+    assert len(no_decay["params"]) + len(decay["params"]) == len(names) - len(frozen)
