@@ -1,0 +1,325 @@
+"""masked_mse_loss (fastmae.ops, kernels/masked_mse_loss.py) against masked_mse_loss_ref.
+
+The reference runs in float64 on the same (upcast) values, so a bf16/fp16 input is compared with
+what exact arithmetic gives: the kernel accumulates in float32 and returns a float32 loss, so the loss
+gets the float32 tolerance for a reduction over every element; grad_pred is rounded once to pred's
+dtype and gets that dtype's tolerance (its per-patch norm-pix statistics reduce over P).
+"""
+
+import importlib
+import os
+
+import pytest
+import torch
+
+from helpers import DTYPES, assert_close, poisoned
+from fastmae import ops
+from fastmae.reference import NORM_PIX_EPS, masked_mse_loss_ref
+
+kmod = importlib.import_module("fastmae.kernels.masked_mse_loss")
+
+# (patch, C, H, W, N), by regime
+SHAPES = [
+    pytest.param(4, 3, 12, 16, 2, id="p4-c3-L12"),  # P = 48, a 3x4 grid, one program holds every row
+    pytest.param(4, 3, 12, 20, 1, id="p4-c3-batch1-L15"),  # batch 1, odd L (a partial tile of rows)
+    pytest.param(14, 3, 28, 42, 1, id="p14-P588"),  # P = 588 is not a power of two (BLOCK_P = 1024)
+    pytest.param(16, 3, 32, 48, 2, id="p16-P768"),  # ViT-B/16's P = 768, 4 rows per program
+    pytest.param(4, 1, 8, 12, 2, id="p4-c1"),  # one channel: no channel interleave
+    pytest.param(4, 4, 8, 8, 2, id="p4-c4"),  # four channels (a power of two)
+]
+BACKENDS = ["triton", "torch"]
+
+
+def _images(n, c, h, w, dtype):
+    return torch.randn(n, c, h, w).to(dtype)
+
+
+def _mask(n, num_patches):
+    mask = (torch.rand(n, num_patches) < 0.75).float()  # [N, L], 1 = removed (counts)
+    mask[0, 0] = 1.0  # at least one counted patch
+    return mask
+
+
+def _ids_masked(n, num_patches, m):
+    return torch.rand(n, num_patches).argsort(dim=1)[:, num_patches - m:]  # [N, M], noise order
+
+
+def _reference(pred, imgs, mask, p, norm_pix, ids, upstream):
+    """float64 loss and grad_pred of the reference, with ``upstream`` as d(out)/d(loss)."""
+    pred64 = pred.detach().double().requires_grad_()
+    mask64 = mask.double() if mask is not None else None
+    loss = masked_mse_loss_ref(pred64, imgs.double(), mask64, p, norm_pix, ids_masked=ids)
+    loss.backward(torch.tensor(upstream, dtype=torch.float64))
+    return loss.detach(), pred64.grad
+
+
+def _run(pred, imgs, mask, p, norm_pix, ids, backend, upstream):
+    pred = pred.detach().requires_grad_()
+    with poisoned():
+        loss = ops.masked_mse_loss(pred, imgs, mask, p, norm_pix, ids_masked=ids, backend=backend)
+        loss.backward(torch.tensor(upstream))
+    return loss.detach(), pred.grad
+
+
+def _check(pred, imgs, mask, p, norm_pix, ids, backend):
+    dtype = pred.dtype
+    # upstream gradient den * P / 2 makes grad_pred = w * (pred - target): O(1) values, so the
+    # tolerances mean the same thing for every shape
+    den = float(mask.sum()) if ids is None else float(ids.numel())
+    upstream = den * pred.shape[2] / 2
+    loss, grad = _run(pred, imgs, mask, p, norm_pix, ids, backend, upstream)
+    ref_loss, ref_grad = _reference(pred, imgs, mask, p, norm_pix, ids, upstream)
+    assert loss.dtype == torch.float32 and loss.shape == ()
+    assert grad.dtype == dtype and grad.shape == pred.shape
+    assert_close(loss, ref_loss, dtype=torch.float32, reduced=pred.numel())
+    assert_close(grad, ref_grad.to(dtype), dtype=dtype, reduced=pred.shape[2])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("norm_pix", [False, True], ids=["plain", "normpix"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("p, c, h, w, n", SHAPES)
+def test_full_form(p, c, h, w, n, dtype, norm_pix, backend):
+    num_patches = (h // p) * (w // p)
+    imgs = _images(n, c, h, w, dtype)
+    pred = torch.randn(n, num_patches, p * p * c).to(dtype)  # [N, L, P]
+    _check(pred, imgs, _mask(n, num_patches), p, norm_pix, None, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("norm_pix", [False, True], ids=["plain", "normpix"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("p, c, h, w, n", SHAPES)
+def test_masked_form(p, c, h, w, n, dtype, norm_pix, backend):
+    num_patches = (h // p) * (w // p)
+    m = num_patches - int(num_patches * 0.25)  # MAE's 75 %
+    ids = _ids_masked(n, num_patches, m)
+    imgs = _images(n, c, h, w, dtype)
+    pred = torch.randn(n, m, p * p * c).to(dtype)  # [N, M, P]
+    _check(pred, imgs, None, p, norm_pix, ids, backend)
+
+
+@pytest.mark.parametrize("pred_dtype, img_dtype", [(torch.bfloat16, torch.float32), (torch.float32, torch.float16)])
+def test_images_in_another_dtype(pred_dtype, img_dtype):
+    # the usual mixed-precision case: bf16 pred from the decoder, float32 images from the loader
+    n, c, h, w, p = 2, 3, 8, 12, 4
+    imgs = _images(n, c, h, w, img_dtype)
+    pred = torch.randn(n, 6, p * p * c).to(pred_dtype)
+    _check(pred, imgs, _mask(n, 6), p, True, None, "triton")
+    ids = _ids_masked(n, 6, 4)
+    _check(pred[:, :4].contiguous(), imgs, None, p, True, ids, "triton")
+
+
+def test_int32_ids_and_fractional_weights():
+    n, c, h, w, p = 2, 3, 8, 12, 4
+    imgs = _images(n, c, h, w, torch.float32)
+    ids = _ids_masked(n, 6, 5).to(torch.int32)
+    _check(torch.randn(n, 5, 48), imgs, None, p, True, ids, "triton")
+    weights = torch.rand(n, 6)  # mask as weights, not just 0/1
+    _check(torch.randn(n, 6, 48), imgs, weights, p, False, None, "triton")
+
+
+def test_many_programs(monkeypatch):
+    # one row per program and an 8-wide final reduction: 20 partials summed in three steps, the
+    # last one partial
+    monkeypatch.setattr(kmod, "_TILE", 64)
+    monkeypatch.setattr(kmod, "_BLOCK_G", 8)
+    n, c, h, w, p = 2, 3, 8, 20, 4  # N * L = 20 rows
+    imgs = _images(n, c, h, w, torch.float32)
+    _check(torch.randn(n, 10, 48), imgs, _mask(n, 10), p, True, None, "triton")
+    _check(torch.randn(n, 10, 48), imgs, None, p, True, _ids_masked(n, 10, 10), "triton")
+
+
+@pytest.mark.parametrize("norm_pix", [False, True], ids=["plain", "normpix"])
+def test_nothing_masked_gives_zero(norm_pix):
+    # official code: 0 / 0 = NaN; fastmae: 0, and a zero gradient
+    n, c, h, w, p = 2, 3, 8, 8, 4
+    imgs = _images(n, c, h, w, torch.float32)
+    pred = torch.randn(n, 4, 48)
+    loss, grad = _run(pred, imgs, torch.zeros(n, 4), p, norm_pix, None, "triton", 1.0)
+    assert loss.item() == 0.0 and torch.equal(grad, torch.zeros_like(grad))
+    empty_ids = torch.zeros(n, 0, dtype=torch.int64)
+    loss, grad = _run(torch.randn(n, 0, 48), imgs, None, p, norm_pix, empty_ids, "triton", 1.0)
+    assert loss.item() == 0.0 and grad.shape == (n, 0, 48)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_constant_patches_norm_pix_stay_finite(dtype):
+    # variance 0: the target is 0 / sqrt(0 + 1e-6) = 0, not NaN
+    n, c, h, w, p = 2, 3, 8, 8, 4
+    imgs = torch.full((n, c, h, w), 3.0).to(dtype)
+    imgs[1] = -7.0
+    pred = torch.randn(n, 4, 48).to(dtype)
+    mask = _mask(n, 4)
+    loss, grad = _run(pred, imgs, mask, p, True, None, "triton", 1.0)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    _check(pred, imgs, mask, p, True, None, "triton")
+
+
+@pytest.mark.parametrize("form", ["full", "masked"])
+@pytest.mark.parametrize("where", ["imgs", "pred", "unmasked-patch"])
+def test_nan_shows_in_the_loss(form, where):
+    n, c, h, w, p = 2, 3, 8, 8, 4
+    imgs = _images(n, c, h, w, torch.float32)
+    mask = torch.tensor([[1.0, 0.0, 1.0, 1.0], [1.0, 1.0, 0.0, 1.0]])
+    ids = torch.tensor([[0, 2, 3], [0, 1, 3]]) if form == "masked" else None
+    pred = torch.randn(n, 3 if ids is not None else 4, 48)
+    if where == "imgs":
+        imgs[1, 2, 5, 6] = float("nan")  # patch 3 of image 1: counted in both forms
+    elif where == "pred":
+        pred[0, 1, 7] = float("nan")
+    else:
+        if form == "masked":
+            pytest.skip("the masked form has no unmasked patch in pred")
+        # weight 0 times NaN is NaN in the reference too: never silently dropped
+        pred[0, 1, 7] = float("nan")
+    loss = ops.masked_mse_loss(pred, imgs, None if ids is not None else mask, p, True, ids_masked=ids,
+                               backend="triton")
+    assert torch.isnan(loss)
+
+
+@pytest.mark.parametrize("norm_pix", [False, True], ids=["plain", "normpix"])
+def test_large_magnitudes_in_fp16(norm_pix):
+    # (1e4 - -1e4)^2 = 4e8 overflows fp16 (max 65504): only fp32 accumulation keeps it finite
+    n, c, h, w, p = 2, 3, 8, 8, 4
+    imgs = (torch.sign(torch.randn(n, c, h, w)) * 1e4).half()
+    pred = (-imgs.float().reshape(n, c, 2, 4, 2, 4).permute(0, 2, 4, 3, 5, 1).reshape(n, 4, 48)).half()
+    mask = _mask(n, 4)
+    loss, grad = _run(pred, imgs, mask, p, norm_pix, None, "triton", 1.0)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    if not norm_pix:
+        assert loss.item() == pytest.approx(4e8, rel=1e-6)
+    _check(pred, imgs, mask, p, norm_pix, None, "triton")
+
+
+def test_deterministic():
+    n, c, h, w, p = 2, 3, 16, 16, 4
+    imgs = _images(n, c, h, w, torch.bfloat16)
+    pred = torch.randn(n, 16, 48).bfloat16()
+    mask = _mask(n, 16)
+    first = _run(pred, imgs, mask, p, True, None, "triton", 1.0)
+    second = _run(pred, imgs, mask, p, True, None, "triton", 1.0)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+def test_out_of_range_ids_are_clamped():
+    # fastmae.ops refuses these; the kernel alone must still never read outside the image
+    n, c, h, w, p = 1, 3, 8, 8, 4
+    imgs = _images(n, c, h, w, torch.float32)
+    pred = torch.randn(n, 3, 48)
+    bad = torch.tensor([[-5, 2, 9]])
+    with poisoned():
+        loss = kmod.masked_mse_loss(pred, imgs, None, p, True, bad)
+    clamped = kmod.masked_mse_loss(pred, imgs, None, p, True, bad.clamp(0, 3))
+    assert torch.equal(loss, clamped)
+
+
+@pytest.mark.parametrize("form", ["full", "masked"])
+def test_gradcheck(form):
+    # The kernel has no float64; gradcheck it in float32, which is exact enough here: the loss is
+    # quadratic in pred, so central differences equal the derivative up to rounding (eps 1e-2).
+    n, c, h, w, p = 1, 1, 4, 4, 2
+    imgs = _images(n, c, h, w, torch.float32)
+    ids = torch.tensor([[3, 0]]) if form == "masked" else None
+    mask = None if ids is not None else torch.tensor([[1.0, 0.0, 1.0, 0.5]])
+    pred = torch.randn(n, 2 if ids is not None else 4, 4, requires_grad=True)
+
+    def fn(x):
+        return ops.masked_mse_loss(x, imgs, mask, p, True, ids_masked=ids, backend="triton")
+
+    assert torch.autograd.gradcheck(fn, (pred,), eps=1e-2, atol=1e-4, rtol=1e-3)
+
+
+def test_imgs_grad_goes_to_torch():
+    # fastmae.ops sends d(loss)/d(imgs) requests to the torch implementation; the result still matches
+    n, c, h, w, p = 1, 3, 8, 8, 4
+    imgs = _images(n, c, h, w, torch.float32).requires_grad_()
+    pred = torch.randn(n, 4, 48, requires_grad=True)
+    mask = _mask(n, 4)
+    ops.masked_mse_loss(pred, imgs, mask, p, True, backend="triton").backward()
+    imgs64 = imgs.detach().double().requires_grad_()
+    masked_mse_loss_ref(pred.detach().double(), imgs64, mask.double(), p, True).backward()
+    assert_close(imgs.grad, imgs64.grad, dtype=torch.float32, reduced=48)
+
+
+def _compiled_matches_eager(step, preds, backend):
+    compiled = torch.compile(step, fullgraph=True, backend=backend)
+    results = []
+    for fn in (step, compiled):
+        leaves = [p.clone().requires_grad_() for p in preds]
+        loss = fn(*leaves)
+        loss.backward()
+        results.append((loss.detach(), *(p.grad for p in leaves)))
+    for eager, traced in zip(*results):
+        assert_close(traced, eager, dtype=torch.float32)
+
+
+def test_torch_compile_fullgraph():
+    # both forms in one graph, with torch ops around them (aot_eager: traced, not code-generated)
+    n, c, h, w, p = 2, 3, 8, 8, 4
+    imgs = _images(n, c, h, w, torch.float32)
+    ids = _ids_masked(n, 4, 3)
+    mask = _mask(n, 4)
+
+    def step(pf, pm):
+        full = ops.masked_mse_loss(pf, imgs, mask, p, True, backend="triton")
+        masked = ops.masked_mse_loss(pm, imgs, None, p, True, ids_masked=ids, backend="triton")
+        return full + 2 * masked
+
+    _compiled_matches_eager(step, (torch.randn(n, 4, 48), torch.randn(n, 3, 48)), "aot_eager")
+
+
+@pytest.mark.skipif(
+    os.environ.get("FASTMAE_TEST_INDUCTOR") != "1",
+    reason="inductor's first compile in a process takes ~30 s on CPU; set FASTMAE_TEST_INDUCTOR=1",
+)
+def test_torch_compile_inductor():
+    # the default backend, on the op alone (fewest generated kernels)
+    n, c, h, w, p = 2, 3, 8, 8, 4
+    imgs = _images(n, c, h, w, torch.float32)
+    ids = _ids_masked(n, 4, 3)
+
+    def step(pm):
+        return ops.masked_mse_loss(pm, imgs, None, p, True, ids_masked=ids, backend="triton")
+
+    _compiled_matches_eager(step, (torch.randn(n, 3, 48),), "inductor")
+
+
+def test_bad_inputs_name_the_argument():
+    imgs = torch.randn(2, 3, 8, 8)
+    pred = torch.randn(2, 4, 48)
+    mask = torch.ones(2, 4)
+    with pytest.raises(ValueError, match="pred"):
+        ops.masked_mse_loss(torch.randn(2, 4, 47), imgs, mask, 4, backend="triton")
+    with pytest.raises(TypeError, match="pred"):
+        ops.masked_mse_loss(pred.double(), imgs, mask, 4, backend="triton")
+    with pytest.raises(ValueError, match="mask"):
+        ops.masked_mse_loss(pred, imgs, torch.ones(2, 5), 4, backend="triton")
+    with pytest.raises(ValueError, match="mask"):
+        ops.masked_mse_loss(pred, imgs, None, 4, backend="triton")
+    with pytest.raises(TypeError, match="ids_masked"):
+        ops.masked_mse_loss(pred[:, :2], imgs, None, 4, ids_masked=torch.zeros(2, 2), backend="triton")
+    with pytest.raises(ValueError, match="ids_masked"):
+        ops.masked_mse_loss(pred[:, :2], imgs, None, 4, ids_masked=torch.full((2, 2), 4), backend="triton")
+    with pytest.raises(TypeError, match="norm_pix_loss"):
+        ops.masked_mse_loss(pred, imgs, mask, 4, norm_pix_loss=1, backend="triton")
+    with pytest.raises(ValueError, match="imgs"):
+        ops.masked_mse_loss(pred, torch.randn(2, 3, 8, 10), mask, 4, backend="triton")
+
+
+def test_norm_pix_eps_matches_reference():
+    assert kmod.NORM_PIX_EPS == NORM_PIX_EPS
+
+
+def test_compile_specs_name_real_arguments():
+    specs = kmod.compile_specs()
+    assert {s["kernel"] for s in specs} == {
+        kmod._masked_mse_loss_kernel, kmod._masked_mse_loss_bwd_kernel, kmod._masked_mse_loss_sum_kernel
+    }
+    for spec in specs:
+        kernel = spec["kernel"]
+        assert list(spec["signature"]) == kernel.arg_names, spec["name"]
+        constexprs = {k for k, v in spec["signature"].items() if v == "constexpr"}
+        assert constexprs == set(spec["constexprs"]), spec["name"]
+        assert set(spec["aligned"]) <= set(spec["signature"]) - constexprs, spec["name"]
+        assert spec["expect_vector_io"] or spec["why_not_vector"], spec["name"]
