@@ -101,10 +101,13 @@ def test_resume_from_official_weights_only_checkpoint(tmp_path, capsys):
     assert "initialised mae_vit_micro_patch4 from the weights" in stdout
 
 
-def test_bf16_autocast_on_cpu(tmp_path, capsys):
-    code, _, err = run(capsys, base_args(tmp_path / "run", "--epochs", "1", "--amp", "bf16"))
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_autocast_on_cpu(tmp_path, capsys, amp):
+    code, _, err = run(capsys, base_args(tmp_path / "run", "--epochs", "1", "--amp", amp))
     assert code == 0, err
     assert json.loads(log_lines(tmp_path / "run")[0])["train_loss"] > 0
+    ckpt = torch.load(tmp_path / "run" / "checkpoint-last.pth", weights_only=True)
+    assert (ckpt["scaler"] is not None) == (amp == "fp16")  # fp16 trains through a GradScaler
 
 
 def _write_images(root, count, size=(24, 20)):
