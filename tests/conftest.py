@@ -2,7 +2,8 @@
 
 ``TRITON_INTERPRET`` is read when a kernel is decorated, so it must be set before ``fastmae.kernels``
 is imported; with it set, the ``"auto"`` backend runs the kernels on CPU tensors. Tests that mean
-the torch or reference path name their backend explicitly.
+the torch or reference path name their backend explicitly. An explicit ``TRITON_INTERPRET=0`` on a
+CUDA machine runs the same tests on the GPU (``helpers.DEVICE``).
 """
 
 import os
@@ -12,6 +13,13 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+from helpers import DEVICE  # noqa: E402
+
+if DEVICE == "cuda":
+    # The GPU report runs this suite with the interpreter off: tensors the tests create without a
+    # device then land on the GPU, so the kernels compile and run for real.
+    torch.set_default_device("cuda")
 
 
 @pytest.fixture(autouse=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 
+import pytest
 import torch
 
 # Per-dtype (rtol, atol) for elementwise results: float32 is the 1e-5 contract of the library;
@@ -40,6 +41,10 @@ def interpreting() -> bool:
 # Where the tests put their tensors: the GPU when there is one and the interpreter is off (the GPU
 # report runs the suite so), otherwise the CPU, with the kernels interpreted.
 DEVICE = "cuda" if torch.cuda.is_available() and not interpreting() else "cpu"
+
+# Kernel tests need the interpreter (CPU) or a GPU with it off; a CPU run with TRITON_INTERPRET=0 skips them.
+requires_kernels = pytest.mark.skipif(DEVICE == "cpu" and not interpreting(),
+                                      reason="the Triton kernels need TRITON_INTERPRET=1 or a CUDA device")
 
 
 @contextlib.contextmanager

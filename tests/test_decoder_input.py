@@ -13,9 +13,9 @@ import torch
 import fastmae.kernels as kernels
 from fastmae import ops
 from fastmae.reference import decoder_input_ref
-from helpers import DTYPES, assert_close, poisoned
+from helpers import DTYPES, assert_close, poisoned, requires_kernels
 
-pytestmark = pytest.mark.skipif(not __import__("helpers").interpreting(), reason="needs TRITON_INTERPRET=1")
+pytestmark = requires_kernels
 
 # (N, L, K, D), by regime:
 SHAPES = [

@@ -12,9 +12,11 @@ import os
 import pytest
 import torch
 
-from helpers import DTYPES, assert_close, poisoned
+from helpers import DTYPES, assert_close, poisoned, requires_kernels
 from fastmae import ops
 from fastmae.reference import NORM_PIX_EPS, masked_mse_loss_ref
+
+pytestmark = requires_kernels
 
 kmod = importlib.import_module("fastmae.kernels.masked_mse_loss")
 

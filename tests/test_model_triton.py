@@ -5,7 +5,9 @@ import pytest
 import torch
 
 import fastmae
-from helpers import DEVICE
+from helpers import DEVICE, requires_kernels
+
+pytestmark = requires_kernels
 
 
 def _run(model, backend, imgs, noise, full_pred=True, autocast=None):

@@ -14,9 +14,9 @@ import torch
 
 from fastmae import ops
 from fastmae.reference import patchify_ref, unpatchify_ref
-from helpers import DTYPES, interpreting, poisoned
+from helpers import DTYPES, interpreting, poisoned, requires_kernels
 
-pytestmark = pytest.mark.skipif(not interpreting(), reason="needs TRITON_INTERPRET=1")
+pytestmark = requires_kernels
 
 pk = importlib.import_module("fastmae.kernels.patchify")
 

@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 
 import fastmae
 from fastmae import ops, reference
-from helpers import DEVICE
+from helpers import DEVICE, requires_kernels
 
 BACKENDS = {"torch": 25, "triton": 6}  # backend -> examples
+BACKEND_PARAMS = [pytest.param(b, marks=[requires_kernels] if b == "triton" else []) for b in BACKENDS]
 
 
 @st.composite
@@ -31,8 +32,8 @@ def problems(draw, max_grid=5):
 
 def _inputs(n, c, hh, ww, p, len_keep, seed):
     g = torch.Generator().manual_seed(seed)
-    imgs = torch.randn(n, c, hh, ww, generator=g).to(DEVICE)
-    noise = torch.rand(n, (hh // p) * (ww // p), generator=g).to(DEVICE)
+    imgs = torch.randn(n, c, hh, ww, generator=g, device="cpu").to(DEVICE)
+    noise = torch.rand(n, (hh // p) * (ww // p), generator=g, device="cpu").to(DEVICE)
     return imgs, noise
 
 
@@ -71,7 +72,7 @@ def _check_ops(backend, problem):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_ops_equal_reference(backend):
     @settings(max_examples=BACKENDS[backend], deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(problems())
@@ -81,7 +82,7 @@ def test_ops_equal_reference(backend):
     check()
 
 
-@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_model_fast_path_equals_reference(backend):
     @settings(max_examples=max(BACKENDS[backend] // 3, 2), deadline=None,
               suppress_health_check=[HealthCheck.too_slow])
