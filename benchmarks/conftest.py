@@ -1,0 +1,106 @@
+"""Benchmark session set-up: device, scope, time budget, and the per-op parametrisation.
+
+Options (or environment variables, for scripts):
+    --bench-scope {auto,cpu,report,full}   FASTMAE_BENCH_SCOPE   auto: full on CUDA, cpu without
+    --bench-budget SECONDS                 FASTMAE_BENCH_BUDGET_S  skip the benchmarks that would
+                                           start after this many seconds (the GPU report's clock)
+    --bench-cpu-compile                    FASTMAE_BENCH_CPU_COMPILE=1  also run the compiled
+                                           end-to-end arms on CPU (skipped by default: inductor
+                                           takes 30-50 s per arm to compile the model on 2 cores)
+
+The Triton interpreter is never used here: on CPU the fastmae provider is the torch backend.
+
+On CPU the session runs single-threaded (FASTMAE_BENCH_THREADS overrides): on a shared 2-core
+machine an OpenMP parallel region that must wake a descheduled worker stalls for ~15 ms, which
+turned 50 µs ops into 17 ms ones and drowned every figure.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+
+from . import harness
+
+_START = time.monotonic()
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("fastmae benchmarks")
+    group.addoption("--bench-scope", default=os.environ.get("FASTMAE_BENCH_SCOPE", "auto"),
+                    choices=("auto",) + harness.SCOPES, help="which shapes to benchmark (default: auto)")
+    group.addoption("--bench-budget", type=float, default=float(os.environ.get("FASTMAE_BENCH_BUDGET_S", "0")),
+                    help="seconds after which remaining benchmarks are skipped (0: no limit)")
+    group.addoption("--bench-cpu-compile", action="store_true",
+                    default=os.environ.get("FASTMAE_BENCH_CPU_COMPILE") == "1",
+                    help="run the compiled end-to-end arms on CPU too")
+
+
+def pytest_configure(config):
+    if not torch.cuda.is_available():
+        torch.set_num_threads(int(os.environ.get("FASTMAE_BENCH_THREADS", "1")))
+    elif os.environ.get("TRITON_INTERPRET") == "1":
+        # tests/conftest.py turns the interpreter on; a GPU benchmark under it would time Python
+        raise pytest.UsageError("TRITON_INTERPRET=1 is set: run the benchmarks on CUDA without the Triton "
+                                "interpreter (a separate pytest run from tests/, TRITON_INTERPRET=0)")
+    config.addinivalue_line("markers", "bench_op(op, *variants): the fused op (and variants) a benchmark measures")
+    config.addinivalue_line("markers", "bench_cost(seconds): a benchmark's expected run time, for --bench-budget")
+
+
+def bench_scope(config) -> str:
+    scope = config.getoption("--bench-scope")
+    if scope == "auto":
+        return "full" if torch.cuda.is_available() else "cpu"
+    if scope != "cpu" and not torch.cuda.is_available():
+        raise pytest.UsageError(f"--bench-scope {scope} needs CUDA; this machine has none (use cpu or auto)")
+    return scope
+
+
+def pytest_generate_tests(metafunc):
+    if "op_case" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("bench_op")
+    if marker is None:
+        raise pytest.UsageError(f"{metafunc.function.__name__} needs @pytest.mark.bench_op(op, *variants)")
+    op, variants = marker.args[0], marker.args[1:] or ({},)
+    cases = harness.op_cases(op, variants, bench_scope(metafunc.config))
+    metafunc.parametrize("op_case", cases, ids=[c.id for c in cases])
+
+
+def pytest_runtest_setup(item):
+    budget = item.config.getoption("--bench-budget")
+    cost = item.get_closest_marker("bench_cost")
+    expected = cost.args[0] if cost else 0.0
+    elapsed = time.monotonic() - _START
+    if budget and elapsed + expected > budget:
+        pytest.skip(f"benchmark time budget: {elapsed:.0f} s spent + ~{expected:.0f} s expected > {budget:.0f} s "
+                    "(--bench-budget / FASTMAE_BENCH_BUDGET_S)")
+
+
+@pytest.fixture(scope="session")
+def scope(request) -> str:
+    return bench_scope(request.config)
+
+
+@pytest.fixture(scope="session")
+def bench_env() -> harness.BenchEnv:
+    """The device and its copy bandwidth, measured once per session."""
+    return harness.make_env()
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def pytest_terminal_summary(terminalreporter):
+    from .train_step import summary_lines
+
+    lines = summary_lines()
+    if lines:
+        terminalreporter.section("fastmae end-to-end")
+        for line in lines:
+            terminalreporter.write_line(line)

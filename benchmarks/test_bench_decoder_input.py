@@ -1,0 +1,13 @@
+"""Decoder input assembly (kernels/decoder_input.py): mask-token scatter, unshuffle, + positions.
+
+Gradients: ``x`` (the decoder-embedded tokens) and ``mask_token``.
+"""
+
+import pytest
+
+from .harness import run_op_benchmark
+
+
+@pytest.mark.bench_op("decoder_input")
+def test_decoder_input(benchmark, op_case, bench_env, scope):
+    run_op_benchmark(benchmark, op_case, bench_env, scope)

@@ -1,0 +1,18 @@
+"""Masked MSE loss (kernels/masked_mse_loss.py): full ``[N, L, P]`` pred with a mask, or the masked
+patches only (``[N, M, P]`` with their ids), with and without norm-pix. Gradient: ``pred``.
+"""
+
+import pytest
+
+from .harness import run_op_benchmark
+
+
+@pytest.mark.bench_op(
+    "masked_mse_loss",
+    {"form": "masked", "norm_pix": True},  # what the fast model path runs (with norm_pix_loss)
+    {"form": "masked", "norm_pix": False},
+    {"form": "full", "norm_pix": True},  # what forward(full_pred=True) runs
+    {"form": "full", "norm_pix": False},
+)
+def test_masked_mse_loss(benchmark, op_case, bench_env, scope):
+    run_op_benchmark(benchmark, op_case, bench_env, scope)

@@ -1,0 +1,12 @@
+"""Mask generation on device (kernels/random_masking.py): ``ids_keep``, ``ids_restore``, ``mask``
+from noise. Forward only: the outputs are indices and a constant mask.
+"""
+
+import pytest
+
+from .harness import run_op_benchmark
+
+
+@pytest.mark.bench_op("random_masking")
+def test_random_masking(benchmark, op_case, bench_env, scope):
+    run_op_benchmark(benchmark, op_case, bench_env, scope)
