@@ -12,9 +12,9 @@
 # and keeps what it measured. Without CUDA the same script writes a CPU report (labelled as
 # such; the tests then run under the Triton interpreter, as in CI).
 #
-#   FASTMAE_REPORT_TESTS_S  test suite                      (default 140)
-#   FASTMAE_REPORT_OPS_S    per-op benchmarks               (default 170)
-#   FASTMAE_REPORT_E2E_S    training-step benchmarks        (default 180)
+#   FASTMAE_REPORT_TESTS_S  test suite                      (default 130)
+#   FASTMAE_REPORT_OPS_S    per-op benchmarks               (default 160)
+#   FASTMAE_REPORT_E2E_S    training-step benchmarks        (default 200)
 #   FASTMAE_REPORT_SCOPE    per-op shapes: report | full    (default report; full takes ~30 min)
 #   FASTMAE_REPORT_WORKDIR  where the raw logs, JUnit XML and pytest-benchmark JSON go (default: a temp dir)
 set -uo pipefail
@@ -23,9 +23,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 START=$(date +%s)
 WORK=${FASTMAE_REPORT_WORKDIR:-$(mktemp -d "${TMPDIR:-/tmp}/fastmae-report.XXXXXX")}
 mkdir -p "$WORK"
-TESTS_S=${FASTMAE_REPORT_TESTS_S:-140}
-OPS_S=${FASTMAE_REPORT_OPS_S:-170}
-E2E_S=${FASTMAE_REPORT_E2E_S:-180}
+TESTS_S=${FASTMAE_REPORT_TESTS_S:-130}
+OPS_S=${FASTMAE_REPORT_OPS_S:-160}
+E2E_S=${FASTMAE_REPORT_E2E_S:-200}
 PY=${PYTHON:-python}
 
 step() { echo "[$(( $(date +%s) - START ))s] $*" >&2; }

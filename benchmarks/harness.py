@@ -1,4 +1,4 @@
-"""Timing, environment and the per-op benchmark body shared by every ``test_bench_<op>.py``.
+"""The benchmark environment (device, copy bandwidth, GEMM rate, versions) and the timer.
 
 Timing (``measure``):
     CUDA  every round: the setup (e.g. the forward before a backward) and a synchronise, untimed;
@@ -9,11 +9,6 @@ Timing (``measure``):
           clock (flush, spin, Python and launch overhead included).
     CPU   wall clock (``time.perf_counter``) around each call; no cache flush.
 Warm-up calls (Triton JIT, ``torch.compile``) run before any timed round.
-
-Each result's ``benchmark.extra_info`` holds: the median and minimum time, the minimal and the
-reference bytes (``benchmarks/bytes_model.py``), the effective bandwidth (minimal bytes / median
-time), its percentage of the device copy bandwidth measured in the same session, peak memory,
-the device, torch and triton versions, dtype and shapes.
 """
 
 from __future__ import annotations
@@ -26,14 +21,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import bytes_model as bm
-from .cases import fastmae_call, make_inputs, reference_call
-from .count_bytes import count_bytes
-
-PROVIDERS = ("reference", "reference-compiled", "fastmae")
-MODES = ("fwd", "bwd", "fwdbwd")
-SCOPES = ("cpu", "report", "full")
-DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 FLUSH_BYTES = 256 * 2**20  # larger than any current GPU's L2 (H100: 50 MB)
 
 
@@ -129,7 +116,7 @@ def copy_bandwidth(env: BenchEnv) -> float:
     nbytes = (512 if env.is_cuda else 64) * 2**20
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=env.device).fill_(1.0)
     dst = torch.empty_like(src)
-    times = _time_calls(env, lambda: dst.copy_(src), rounds=10 if env.is_cuda else 5, warmup=2)
+    times = time_calls(env, lambda: dst.copy_(src), rounds=10 if env.is_cuda else 5, warmup=2)
     del src, dst
     return 2 * nbytes / statistics.median(times) / 1e9
 
@@ -138,7 +125,7 @@ def gemm_tflops(env: BenchEnv, n: int = 8192) -> float:
     """bf16 GEMM rate, TFLOP/s, of an ``n x n x n`` matmul: the practical ceiling for MFU."""
     a = torch.randn(n, n, device=env.device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=env.device, dtype=torch.bfloat16)
-    times = _time_calls(env, lambda: a @ b, rounds=10, warmup=3)
+    times = time_calls(env, lambda: a @ b, rounds=10, warmup=3)
     return 2 * n**3 / statistics.median(times) / 1e12
 
 
@@ -147,7 +134,7 @@ def gemm_tflops(env: BenchEnv, n: int = 8192) -> float:
 # --------------------------------------------------------------------------------------------------
 
 
-def _time_calls(env: BenchEnv, fn, rounds: int, warmup: int, setup=None, flush: bool = False) -> list[float]:
+def time_calls(env: BenchEnv, fn, rounds: int, warmup: int, setup=None, flush: bool = False) -> list[float]:
     """Seconds per call of ``fn`` (after ``setup``, untimed), without pytest-benchmark."""
     for _ in range(warmup):
         if setup:
@@ -241,207 +228,3 @@ def peak_memory(env: BenchEnv, target, setup=None) -> int | None:
     target()
     env.sync()
     return torch.cuda.max_memory_allocated(env.device) - base
-
-
-# --------------------------------------------------------------------------------------------------
-# the per-op cases
-# --------------------------------------------------------------------------------------------------
-
-# The dimensions each op's work depends on: cases equal on these are measured once.
-_RELEVANT = {
-    "patchify": ("N", "C", "H", "p"),
-    "unpatchify": ("N", "C", "H", "p"),
-    "patchify_gather": ("N", "C", "H", "p", "K"),
-    "encoder_input": ("N", "L", "K", "D"),
-    "decoder_input": ("N", "L", "K", "Dd"),
-    "masked_mse_loss": ("N", "C", "H", "p", "K"),
-    "random_masking": ("N", "L", "K"),
-}
-
-
-@dataclass(frozen=True)
-class OpCase:
-    op: str
-    variant: tuple  # sorted (key, value) pairs, hashable
-    shape: bm.MAEShape
-    dtype: torch.dtype
-    provider: str
-    mode: str
-
-    @property
-    def variant_dict(self) -> dict:
-        return dict(self.variant)
-
-    @property
-    def label(self) -> str:
-        return bm.variant_label(self.op, self.variant_dict)
-
-    @property
-    def id(self) -> str:
-        sh = self.shape
-        v = "-".join(f"{k}={v}" for k, v in self.variant)
-        parts = [v] if v else []
-        parts += [f"{sh.model}-N{sh.batch}-m{sh.mask_ratio}", DTYPE_NAMES[self.dtype], self.provider, self.mode]
-        return "-".join(parts)
-
-
-def scope_shapes(scope: str) -> list[tuple[bm.MAEShape, torch.dtype]]:
-    """The (shape, dtype) grid of a scope, in the order the benchmarks run."""
-    if scope == "cpu":
-        # A micro ViT at batch 4: exercises every path on a 2-core CPU; not a speed claim.
-        sh = bm.shape_for("micro", 4, 0.75)
-        return [(sh, torch.float32), (sh, torch.bfloat16)]
-    if scope == "report":
-        # The headline shapes, sized for the 10-minute GPU report.
-        return [
-            (bm.shape_for("vit_b16", 256, 0.75), torch.bfloat16),
-            (bm.shape_for("vit_l16", 256, 0.75), torch.bfloat16),
-            (bm.shape_for("vit_b16", 256, 0.75), torch.float32),
-        ]
-    if scope == "full":
-        # The issue's grid: ViT-B/16 and ViT-L/16 at 224 px, mask 0.75 / 0.9, batch 64 / 256, bf16 / fp32.
-        return [
-            (bm.shape_for(model, batch, ratio), dtype)
-            for dtype in (torch.bfloat16, torch.float32)
-            for model in ("vit_b16", "vit_l16")
-            for batch in (256, 64)
-            for ratio in (0.75, 0.9)
-        ]
-    raise ValueError(f"unknown scope {scope!r}; choose one of {SCOPES}")
-
-
-def op_cases(op: str, variants, scope: str) -> list[OpCase]:
-    """Every (variant, shape, dtype, provider, mode) to run for ``op``, duplicates removed."""
-    cases, seen = [], set()
-    modes = ("fwd",) if op == "random_masking" else MODES
-    for variant in variants:
-        for sh, dtype in scope_shapes(scope):
-            if op == "random_masking":
-                dtype = torch.float32  # the noise is float32 whatever the model's dtype
-            dims = sh.as_dict()
-            key = (tuple(sorted(variant.items())), tuple(dims[k] for k in _RELEVANT[op]), dtype)
-            if key in seen:
-                continue
-            seen.add(key)
-            for provider in PROVIDERS:
-                if provider == "reference-compiled" and scope == "cpu" and dtype != torch.float32:
-                    continue  # inductor on CPU: one dtype keeps the suite's compile time down
-                for mode in modes:
-                    cases.append(OpCase(op, tuple(sorted(variant.items())), sh, dtype, provider, mode))
-    return cases
-
-
-# --------------------------------------------------------------------------------------------------
-# providers
-# --------------------------------------------------------------------------------------------------
-
-_COMPILED: dict = {}
-
-
-def _raise_recompile_limits() -> None:
-    """Every (op, shape) compiles its own graph; keep dynamo from falling back to eager after 8."""
-    cfg = torch._dynamo.config
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(cfg, name):
-            setattr(cfg, name, max(getattr(cfg, name), 256))
-    for name in ("accumulated_recompile_limit", "accumulated_cache_size_limit"):
-        if hasattr(cfg, name):
-            setattr(cfg, name, max(getattr(cfg, name), 4096))
-
-
-def provider_fn(case: OpCase, env: BenchEnv):
-    """The callable ``fn(**inputs)`` a provider runs, and the backend name it reports."""
-    if case.provider == "reference":
-        return reference_call(case.op, case.variant_dict, case.shape), "reference"
-    if case.provider == "reference-compiled":
-        key = (case.op, case.variant, case.shape, case.dtype)
-        if key not in _COMPILED:
-            _raise_recompile_limits()
-            fn = reference_call(case.op, case.variant_dict, case.shape)
-            _COMPILED[key] = torch.compile(fn, dynamic=False, fullgraph=True)
-        return _COMPILED[key], "reference+inductor"
-    if case.provider == "fastmae":
-        return fastmae_call(case.op, case.variant_dict, case.shape, env.fastmae_backend), env.fastmae_backend
-    raise ValueError(f"unknown provider {case.provider!r}")
-
-
-# --------------------------------------------------------------------------------------------------
-# the benchmark body
-# --------------------------------------------------------------------------------------------------
-
-
-def rounds_for(env: BenchEnv, scope: str) -> tuple[int, int]:
-    """(timed rounds, warm-up calls)."""
-    if not env.is_cuda:
-        return 5, 2
-    return (10, 3) if scope == "report" else (20, 3)
-
-
-def run_op_benchmark(benchmark, case: OpCase, env: BenchEnv, scope: str) -> dict:
-    """Measure one op case; fill ``benchmark.extra_info``; return it."""
-    fn, backend = provider_fn(case, env)
-    inputs, grad_of = make_inputs(case.op, case.variant_dict, case.shape, case.dtype, env.device)
-    wrt = [inputs[k] for k in grad_of]
-    state: dict = {}
-
-    def forward():
-        state["out"] = fn(**inputs)
-
-    def backward():
-        out = state.pop("out")
-        if "grad" not in state:
-            state["grad"] = torch.ones_like(out) if out.dim() == 0 else torch.randn_like(out)
-        torch.autograd.grad(out, wrt, state["grad"])
-
-    def clear():
-        state.pop("out", None)
-
-    if case.mode == "fwd":
-        target, setup = forward, clear
-    elif case.mode == "bwd":
-        target, setup = backward, forward
-    else:
-        target, setup = (lambda: (forward(), backward())), clear
-
-    rounds, warmup = rounds_for(env, scope)
-    if case.provider == "reference-compiled":
-        warmup += 1
-    timing = measure(benchmark, env, target, setup, rounds=rounds, warmup=warmup, flush=True)
-    peak = peak_memory(env, target, setup)
-    clear()
-
-    traffic = bm.op_bytes(case.op, case.shape, case.dtype, **case.variant_dict)[case.mode]
-    _check_reference_bytes(case, traffic)
-    gbps = traffic.minimal / timing.median_s / 1e9
-    info = {
-        "op": case.op, "variant": case.label, "provider": case.provider, "backend": backend, "mode": case.mode,
-        "dtype": DTYPE_NAMES[case.dtype], "shape": case.shape.as_dict(), "scope": scope,
-        **timing.as_dict(),
-        "minimal_bytes": traffic.minimal, "reference_bytes": traffic.reference,
-        "effective_gbps": gbps, "copy_gbps": env.copy_gbps, "pct_of_copy_bw": 100 * gbps / env.copy_gbps,
-        "ideal_ms_at_copy_bw": traffic.minimal / (env.copy_gbps * 1e9) * 1e3,
-        "peak_mem_mb": None if peak is None else peak / 1e6,
-        **env.describe(),
-    }
-    benchmark.group = f"{case.label} {case.shape.model} N={case.shape.batch} mask={case.shape.mask_ratio} {DTYPE_NAMES[case.dtype]} {case.mode}"
-    benchmark.extra_info.update(info)
-    return info
-
-
-_CHECKED: set = set()
-
-
-def _check_reference_bytes(case: OpCase, traffic: bm.Traffic) -> None:
-    """The reported reference bytes must be what the eager reference really moves (counted on meta)."""
-    key = (case.op, case.variant, case.shape, case.dtype, case.mode)
-    if key in _CHECKED or case.mode == "fwdbwd":
-        return
-    inputs, grad_of = make_inputs(case.op, case.variant_dict, case.shape, case.dtype, "meta")
-    fwd, bwd = count_bytes(reference_call(case.op, case.variant_dict, case.shape), inputs, grad_of,
-                           backward=case.mode == "bwd")
-    counted = (fwd if case.mode == "fwd" else bwd).total
-    assert abs(counted - traffic.reference) <= 1e-3 * counted + 64, (
-        f"bytes model for {case.label} {case.mode} says {traffic.reference} reference bytes, "
-        f"the eager reference moved {counted} (benchmarks/count_bytes.py)"
-    )
-    _CHECKED.add(key)

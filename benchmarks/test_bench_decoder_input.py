@@ -5,7 +5,7 @@ Gradients: ``x`` (the decoder-embedded tokens) and ``mask_token``.
 
 import pytest
 
-from .harness import run_op_benchmark
+from .op_bench import run_op_benchmark
 
 
 @pytest.mark.bench_op("decoder_input")

@@ -5,7 +5,7 @@ Gradients: ``x_vis`` and ``cls_token`` (the position table is fixed, as in the m
 
 import pytest
 
-from .harness import run_op_benchmark
+from .op_bench import run_op_benchmark
 
 
 @pytest.mark.bench_op("encoder_input")

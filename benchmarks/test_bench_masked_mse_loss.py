@@ -4,7 +4,7 @@ patches only (``[N, M, P]`` with their ids), with and without norm-pix. Gradient
 
 import pytest
 
-from .harness import run_op_benchmark
+from .op_bench import run_op_benchmark
 
 
 @pytest.mark.bench_op(

@@ -6,7 +6,7 @@ reads only the visible patches (its backward writes the whole image gradient, ze
 
 import pytest
 
-from .harness import run_op_benchmark
+from .op_bench import run_op_benchmark
 
 
 @pytest.mark.bench_op("patchify")

@@ -4,7 +4,7 @@ from noise. Forward only: the outputs are indices and a constant mask.
 
 import pytest
 
-from .harness import run_op_benchmark
+from .op_bench import run_op_benchmark
 
 
 @pytest.mark.bench_op("random_masking")
