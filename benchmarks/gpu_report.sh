@@ -69,7 +69,7 @@ bounded "$TESTS_S" tests $PY -m pytest "${TEST_ARGS[@]}"
 export TRITON_INTERPRET=0
 BENCH_ARGS=(--benchmark-only -q -rs -p no:cacheprovider --bench-scope "$SCOPE" --benchmark-columns=min,median,rounds)
 step "per-op benchmarks (budget ${OPS_S}s)"
-bounded $((OPS_S + 45)) ops $PY -m pytest benchmarks/ "${BENCH_ARGS[@]}" --ignore=benchmarks/test_bench_train_step.py \
+bounded $((OPS_S + 45)) ops $PY -m pytest benchmarks/ "${BENCH_ARGS[@]}" --ignore=benchmarks/test_bench_train_step.py --ignore=benchmarks/test_bytes_model.py \
     --bench-budget "$OPS_S" --benchmark-json="$WORK/ops.json"
 
 step "training-step benchmarks (budget ${E2E_S}s)"
