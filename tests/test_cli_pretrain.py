@@ -40,7 +40,7 @@ def log_lines(out):
 
 def test_trains_and_writes_every_output(tmp_path, capsys):
     out = tmp_path / "run"
-    code, stdout, err = run(capsys, base_args(out, "--save-every", "1"))
+    code, stdout, err = run(capsys, base_args(out, "--save-every", "1", "--blr", "2e-3"))
     assert code == 0, err
     assert sorted(os.listdir(out)) == ["checkpoint-0.pth", "checkpoint-1.pth", "checkpoint-last.pth",
                                        "log.txt", "reconstructions.png"]
@@ -51,7 +51,7 @@ def test_trains_and_writes_every_output(tmp_path, capsys):
     # Our checkpoints load with plain weights_only=True: args is a dict of plain values.
     ckpt = torch.load(out / "checkpoint-last.pth", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["args"]["model"] == "mae_vit_micro_patch4"
-    assert ckpt["args"]["lr"] == pytest.approx(4e-3 * 8 / 256)  # blr * effective batch / 256
+    assert ckpt["args"]["lr"] == pytest.approx(2e-3 * 8 / 256)  # blr * effective batch / 256
     # 4 iterations per epoch, one optimizer step each.
     assert all(s["step"].item() == 8 for s in ckpt["optimizer"]["state"].values())
     with Image.open(out / "reconstructions.png") as im:
@@ -60,11 +60,11 @@ def test_trains_and_writes_every_output(tmp_path, capsys):
 
 def test_accum_iter_steps_every_k_iterations(tmp_path, capsys):
     out = tmp_path / "run"
-    code, _, err = run(capsys, base_args(out, "--accum-iter", "2", "--epochs", "1"))
+    code, _, err = run(capsys, base_args(out, "--accum-iter", "2", "--epochs", "1", "--blr", "2e-3"))
     assert code == 0, err
     ckpt = torch.load(out / "checkpoint-last.pth", weights_only=True)
     assert all(s["step"].item() == 2 for s in ckpt["optimizer"]["state"].values())
-    assert ckpt["args"]["lr"] == pytest.approx(4e-3 * 16 / 256)
+    assert ckpt["args"]["lr"] == pytest.approx(2e-3 * 16 / 256)
 
 
 def test_resume_continues_the_loss_curve_bitwise(tmp_path, capsys, monkeypatch):

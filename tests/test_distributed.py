@@ -23,7 +23,7 @@ def _worker(rank, world_size, port, out):
     torch.set_num_threads(1)
     args = build_parser().parse_args([
         "pretrain", "--model", "mae_vit_micro_patch4", "--input-size", "16", "--num-images", "32",
-        "--batch-size", "4", "--epochs", "2", "--backend", "torch", "--device", "cpu",
+        "--batch-size", "4", "--epochs", "2", "--blr", "2e-3", "--backend", "torch", "--device", "cpu",
         "--output-dir", os.path.join(out, "run")])
     model = pretrain.train(args)
     torch.save(model.state_dict(), os.path.join(out, f"rank{rank}.pth"))
@@ -41,6 +41,6 @@ def test_two_gloo_processes_stay_identical(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "run" / "log.txt").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [0, 1]
     ckpt = torch.load(tmp_path / "run" / "checkpoint-last.pth", weights_only=True)
-    assert ckpt["args"]["lr"] == 4e-3 * 4 * 2 / 256  # the effective batch counts both processes
+    assert ckpt["args"]["lr"] == 2e-3 * 4 * 2 / 256  # the effective batch counts both processes
     assert len(ckpt["rng"]) == 2  # every rank's random state, for an exact resume
     assert all(s["step"].item() == 8 for s in ckpt["optimizer"]["state"].values())

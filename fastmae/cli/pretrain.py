@@ -57,7 +57,7 @@ def add_arguments(p):
     p.add_argument("--accum-iter", type=positive_int, default=1, help="iterations per optimizer step")
     p.add_argument("--epochs", type=positive_int, default=12)
     p.add_argument("--warmup-epochs", type=nonnegative_float, default=1)
-    p.add_argument("--blr", type=positive_float, default=4e-3,
+    p.add_argument("--blr", type=positive_float, default=1e-2,
                    help="base lr: lr = blr * batch-size * accum-iter * processes / 256")
     p.add_argument("--lr", type=positive_float, help="absolute lr (overrides --blr)")
     p.add_argument("--min-lr", type=nonnegative_float, default=0.0, help="lr at the end of the cosine")
