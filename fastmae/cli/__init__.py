@@ -10,7 +10,7 @@ import sys
 from fastmae.cli.errors import CLIError, UsageError
 
 COMMANDS = {
-    "pretrain": "MAE pretraining (default: a tiny model on an embedded image set, ~2 min on CPU)",
+    "pretrain": "MAE pretraining (default: a tiny model on an embedded image set, ~1 min on 2 CPU cores)",
     "visualize": "the official demo's panels (original, masked, reconstruction, + visible)",
     "mask": "the masking lesson: MaskGenerator masks written as PNGs",
 }

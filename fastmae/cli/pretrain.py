@@ -1,7 +1,7 @@
 """``fastmae pretrain``: MAE pretraining as the official ``main_pretrain.py``.
 
-With no arguments it trains a tiny MAE on the embedded procedural image set, which shows a falling
-loss within about two minutes on a laptop CPU. Under ``torchrun`` it runs data-parallel (DDP).
+With no arguments it trains a tiny MAE on the embedded procedural image set: 12 epochs of 2048
+images, about a minute on 2 CPU cores, the loss falling from about 1.1 to 0.34. Under ``torchrun`` it runs data-parallel (DDP).
 Rank 0 writes ``OUT/checkpoint-last.pth`` every epoch, ``OUT/checkpoint-<epoch>.pth`` every
 ``--save-every`` epochs and at the end, one JSON line per epoch to ``OUT/log.txt`` and, at the end,
 ``OUT/reconstructions.png``.
