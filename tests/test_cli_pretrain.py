@@ -113,7 +113,7 @@ def test_autocast_on_cpu(tmp_path, capsys, amp):
 def _write_images(root, count, size=(24, 20)):
     gen = torch.Generator().manual_seed(0)
     for i in range(count):
-        pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=gen, dtype=torch.uint8)
+        pixels = torch.randint(0, 256, (size[1], size[0], 3), generator=gen, dtype=torch.uint8, device="cpu")
         ext = "png" if i % 2 else "jpg"
         os.makedirs(root / f"class{i % 3}", exist_ok=True)
         Image.fromarray(pixels.numpy()).save(root / f"class{i % 3}" / f"img{i}.{ext}")

@@ -73,7 +73,7 @@ def panel_rows(model, imgs, mask_ratio, seed):
     was_training = model.training
     model.eval()
     num_patches = model.patchify(imgs[:1]).shape[1]
-    noise = torch.rand(len(imgs), num_patches, generator=torch.Generator().manual_seed(seed))
+    noise = torch.rand(len(imgs), num_patches, generator=torch.Generator().manual_seed(seed), device="cpu")
     try:
         panels = reconstruct(model, imgs, mask_ratio, noise.to(imgs.device))
     finally:
