@@ -8,6 +8,7 @@ devices only: nothing here reads tensor data, so nothing synchronises with the d
 from __future__ import annotations
 
 import math
+import numbers
 import os
 
 import torch
@@ -43,6 +44,10 @@ def images(name: str, imgs, patch_size: int, in_chans: int | None = None) -> tor
         raise ValueError(
             f"{name} size {hh}x{ww} must be a positive multiple of patch_size {patch_size} in both dimensions"
         )
+    # The kernels index within one image, and over patch rows, with 32-bit offsets (64-bit beyond).
+    if c * hh * ww >= 2**31 or n * (hh // patch_size) * (ww // patch_size) >= 2**31:
+        raise ValueError(f"{name} of shape {tuple(imgs.shape)} is too large: one image must hold fewer than "
+                         f"2**31 values and the batch fewer than 2**31 patches")
     return imgs
 
 
@@ -54,9 +59,16 @@ def patch_size(p) -> int:
     return p
 
 
+def norm_pix(enabled: bool, values_per_patch: int) -> None:
+    """norm-pix needs two values per patch: its unbiased variance divides by ``P - 1``."""
+    if enabled and values_per_patch < 2:
+        raise ValueError(f"norm_pix_loss needs at least 2 values per patch (patch_size² * channels), "
+                         f"got {values_per_patch}")
+
+
 def mask_ratio(r) -> float:
-    """``r`` is a real number in ``[0, 1)``."""
-    if isinstance(r, bool) or not isinstance(r, (int, float)):
+    """``r`` is a real number in ``[0, 1)`` (Python or NumPy scalars alike)."""
+    if isinstance(r, bool) or not isinstance(r, numbers.Real):
         raise TypeError(f"mask_ratio must be a float in [0, 1), got {type(r).__name__}")
     if not math.isfinite(r) or not 0.0 <= r < 1.0:
         raise ValueError(f"mask_ratio must be in [0, 1), got {r}")
@@ -75,12 +87,17 @@ def len_keep(num_patches: int, ratio: float) -> int:
     return k
 
 
-def ids(name: str, t, n: int, length: int | None, upper: int, device: torch.device) -> torch.Tensor:
+def ids(name: str, t, n: int, length: int | None, upper: int, device: torch.device,
+        distinct: bool = False) -> torch.Tensor:
     """An integer index tensor ``[n, length]`` on ``device`` with values in ``[0, upper)``.
 
-    The value range is checked for CPU tensors (cheap, no device to wait for) and for CUDA tensors
-    only when ``FASTMAE_CHECK_INDICES=1``, since reading it would synchronise every call. The
-    kernels mask every access either way, so a bad index never reads or writes out of bounds.
+    With ``distinct``, no value repeats within a row (so ``length == upper`` means a permutation):
+    the fused backward passes write each index's gradient once, without atomics, and rely on it.
+
+    Values are checked for CPU tensors (cheap, no device to wait for) and for CUDA tensors only when
+    ``FASTMAE_CHECK_INDICES=1``, since reading them would synchronise every call. The kernels mask
+    every access either way, so a bad index never reads or writes out of bounds; the torch and
+    reference backends index with torch, which raises (on CUDA, a device-side assert).
     """
     tensor(name, t, 2, INDEX_DTYPES)
     if t.shape[0] != n or (length is not None and t.shape[1] != length):
@@ -94,6 +111,13 @@ def ids(name: str, t, n: int, length: int | None, upper: int, device: torch.devi
         lo, hi = int(t.min()), int(t.max())
         if lo < 0 or hi >= upper:
             raise ValueError(f"{name} values must lie in [0, {upper}), got min {lo} and max {hi}")
+        if distinct and t.shape[1] > 1:
+            ordered = t.sort(dim=1).values
+            repeats = (ordered[:, 1:] == ordered[:, :-1]).any(dim=1)
+            if bool(repeats.any()):
+                row = int(repeats.nonzero()[0, 0])
+                raise ValueError(f"{name} repeats a value within a row (first in row {row}); "
+                                 f"each row must hold distinct patch indices")
     return t
 
 

@@ -56,9 +56,10 @@ class MaskedAutoencoderViT(nn.Module):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         ops._check_name(backend)
+        check.norm_pix(bool(norm_pix_loss), patch_size * patch_size * in_chans)
         self.backend = backend
         self.in_chans = in_chans
-        self.norm_pix_loss = norm_pix_loss
+        self.norm_pix_loss = bool(norm_pix_loss)
 
         # encoder
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)

@@ -158,14 +158,15 @@ def patchify_gather(
 ) -> torch.Tensor:
     """The patches ``ids_keep`` names, straight from the image: ``[N, C, H, W]`` -> ``[N, K, p*p*C]``.
 
-    Equals ``patchify(imgs)`` gathered by ``ids_keep`` but reads only those patches' pixels. The
+    ``ids_keep`` must hold distinct patch indices in each row (the backward writes each patch's
+    gradient once). Equals ``patchify(imgs)`` gathered by ``ids_keep`` but reads only those patches' pixels. The
     result feeds a patch-embed GEMM whose weight is the conv weight permuted to (p, q, c) order
     (see ``MaskedAutoencoderViT.patch_embed_weight``).
     """
     check.patch_size(patch_size)
     check.images("imgs", imgs, patch_size)
     n, _, hh, ww = imgs.shape
-    check.ids("ids_keep", ids_keep, n, None, (hh // patch_size) * (ww // patch_size), imgs.device)
+    check.ids("ids_keep", ids_keep, n, None, (hh // patch_size) * (ww // patch_size), imgs.device, distinct=True)
     imgs, ids_keep = _contiguous(imgs, ids_keep)
     impl = resolve_backend(backend, imgs.device)
     if impl == "triton":
@@ -207,12 +208,13 @@ def encoder_input(
     """Assemble the encoder's tokens in one pass: ``[N, K, D]`` -> ``[N, K+1, D]``.
 
     Row 0 is ``cls_token + pos_embed[0]``; row ``1+k`` is ``x_vis[k] + pos_embed[1 + ids_keep[k]]``.
+    ``ids_keep`` must hold distinct patch indices in each row.
     The result's dtype is the promotion of the three inputs' (as the official ``x + pos_embed``: a
     bf16 ``x_vis`` with a float32 table gives float32); sums are computed in float32.
     """
     _tokens_and_table("x_vis", x_vis, pos_embed, "cls_token", cls_token, "ids_keep", ids_keep)
     n, k, _ = x_vis.shape
-    check.ids("ids_keep", ids_keep, n, k, pos_embed.shape[1] - 1, x_vis.device)
+    check.ids("ids_keep", ids_keep, n, k, pos_embed.shape[1] - 1, x_vis.device, distinct=True)
     x_vis, pos_embed, cls_token, ids_keep = _contiguous(x_vis, pos_embed, cls_token, ids_keep)
     impl = resolve_backend(backend, x_vis.device)
     if impl == "triton":
@@ -233,7 +235,8 @@ def decoder_input(
     """Mask-token scatter and unshuffle in one pass: ``[N, K+1, D]`` -> ``[N, L+1, D]``.
 
     Row 0 is ``x[0] + pos_embed[0]``; row ``1+l`` is ``x[1 + ids_restore[l]]`` when that index is
-    below ``K`` (a visible patch) and ``mask_token`` otherwise, plus ``pos_embed[1+l]``. The
+    below ``K`` (a visible patch) and ``mask_token`` otherwise, plus ``pos_embed[1+l]``.
+    ``ids_restore`` must be a permutation of ``[0, L)`` in each row (as ``random_masking`` gives). The
     result's dtype is the promotion of the three inputs' (as the official concatenation and sum).
     """
     _tokens_and_table("x", x, pos_embed, "mask_token", mask_token, "ids_restore", ids_restore)
@@ -241,7 +244,7 @@ def decoder_input(
     num_patches = pos_embed.shape[1] - 1
     if k1 < 2 or k1 > num_patches + 1:
         raise ValueError(f"x must have shape [N, K+1, D] with 1 <= K <= L = {num_patches}, got {tuple(x.shape)}")
-    check.ids("ids_restore", ids_restore, n, num_patches, num_patches, x.device)
+    check.ids("ids_restore", ids_restore, n, num_patches, num_patches, x.device, distinct=True)
     x, ids_restore, mask_token, pos_embed = _contiguous(x, ids_restore, mask_token, pos_embed)
     impl = resolve_backend(backend, x.device)
     if impl == "triton":
@@ -282,6 +285,7 @@ def masked_mse_loss(
         raise TypeError(f"norm_pix_loss must be a bool, got {type(norm_pix_loss).__name__}")
     n, c, hh, ww = imgs.shape
     num_patches, pdim = (hh // patch_size) * (ww // patch_size), patch_size * patch_size * c
+    check.norm_pix(norm_pix_loss, pdim)
     check.same_device("pred", pred, imgs.device)
     if ids_masked is not None:
         check.ids("ids_masked", ids_masked, n, None, num_patches, imgs.device)

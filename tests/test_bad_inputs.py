@@ -5,6 +5,7 @@ Kernel launches are trapped: the triton backend is routed to functions that fail
 error raised here provably comes from validation, not from a kernel.
 """
 
+import numpy as np
 import pytest
 import torch
 
@@ -55,6 +56,7 @@ CASES = {
     "gather ids negative": (lambda: ops.patchify_gather(imgs(), IDS - 1, P), ValueError, ["ids_keep", "[0, 4)"]),
     "gather ids batch": (lambda: ops.patchify_gather(imgs(n=3), IDS, P), ValueError, ["ids_keep", "shape"]),
     "gather ids too many": (lambda: ops.patchify_gather(imgs(), torch.zeros(2, 5, dtype=torch.long), P), ValueError, ["ids_keep"]),
+    "gather ids repeated": (lambda: ops.patchify_gather(imgs(), torch.tensor([[1, 1], [0, 2]]), P), ValueError, ["ids_keep", "repeats"]),
     "gather ids rank": (lambda: ops.patchify_gather(imgs(), IDS[0], P), ValueError, ["ids_keep", "2 dimensions"]),
     "gather ids device": (lambda: ops.patchify_gather(imgs(), IDS.to("meta"), P), ValueError, ["ids_keep", "device"]),
     # encoder input
@@ -62,12 +64,14 @@ CASES = {
     "encoder cls shape": (lambda: ops.encoder_input(torch.randn(2, 2, 8), torch.randn(1, 5, 8), torch.randn(1, 8), IDS), ValueError, ["cls_token"]),
     "encoder ids shape": (lambda: ops.encoder_input(torch.randn(2, 3, 8), torch.randn(1, 5, 8), torch.randn(1, 1, 8), IDS), ValueError, ["ids_keep", "shape"]),
     "encoder ids range": (lambda: ops.encoder_input(torch.randn(2, 2, 8), torch.randn(1, 5, 8), torch.randn(1, 1, 8), IDS + 3), ValueError, ["ids_keep"]),
+    "encoder ids repeated": (lambda: ops.encoder_input(torch.randn(2, 2, 8), torch.randn(1, 5, 8), torch.randn(1, 1, 8), torch.tensor([[3, 3], [0, 1]])), ValueError, ["ids_keep", "repeats"]),
     "encoder x dtype": (lambda: ops.encoder_input(torch.randn(2, 2, 8).long(), torch.randn(1, 5, 8), torch.randn(1, 1, 8), IDS), TypeError, ["x_vis", "dtype"]),
     "encoder empty": (lambda: ops.encoder_input(torch.randn(0, 2, 8), torch.randn(1, 5, 8), torch.randn(1, 1, 8), IDS[:0]), ValueError, ["x_vis", "empty"]),
     "encoder devices": (lambda: ops.encoder_input(torch.randn(2, 2, 8), torch.randn(1, 5, 8, device="meta"), torch.randn(1, 1, 8), IDS), ValueError, ["pos_embed", "device"]),
     # decoder input
     "decoder restore shape": (lambda: ops.decoder_input(torch.randn(2, 3, 8), IDS, torch.randn(1, 1, 8), torch.randn(1, 5, 8)), ValueError, ["ids_restore", "shape"]),
     "decoder restore range": (lambda: ops.decoder_input(torch.randn(2, 3, 8), torch.full((2, 4), 4), torch.randn(1, 1, 8), torch.randn(1, 5, 8)), ValueError, ["ids_restore"]),
+    "decoder restore not a permutation": (lambda: ops.decoder_input(torch.randn(2, 3, 8), torch.tensor([[0, 0, 3, 2], [0, 1, 2, 3]]), torch.randn(1, 1, 8), torch.randn(1, 5, 8)), ValueError, ["ids_restore", "repeats"]),
     "decoder too many tokens": (lambda: ops.decoder_input(torch.randn(2, 6, 8), torch.zeros(2, 4, dtype=torch.long), torch.randn(1, 1, 8), torch.randn(1, 5, 8)), ValueError, ["x", "K+1"]),
     "decoder mask token": (lambda: ops.decoder_input(torch.randn(2, 3, 8), torch.zeros(2, 4, dtype=torch.long), torch.randn(1, 1, 4), torch.randn(1, 5, 8)), ValueError, ["mask_token"]),
     # loss
@@ -79,6 +83,7 @@ CASES = {
     "loss ids range": (lambda: ops.masked_mse_loss(torch.randn(2, 2, 48), imgs(), None, P, ids_masked=IDS * 3), ValueError, ["ids_masked"]),
     "loss int images": (lambda: ops.masked_mse_loss(torch.randn(2, 4, 48), imgs().long(), torch.ones(2, 4), P), TypeError, ["imgs"]),
     "loss norm_pix type": (lambda: ops.masked_mse_loss(torch.randn(2, 4, 48), imgs(), torch.ones(2, 4), P, "yes"), TypeError, ["norm_pix_loss"]),
+    "loss norm_pix one value": (lambda: ops.masked_mse_loss(torch.randn(2, 4, 1), torch.randn(2, 1, 2, 2), torch.ones(2, 4), 1, True), ValueError, ["norm_pix_loss", "2 values"]),
     "loss devices": (lambda: ops.masked_mse_loss(torch.randn(2, 4, 48, device="meta"), imgs(), torch.ones(2, 4), P), ValueError, ["pred", "device"]),
     # masking
     "masking len_keep": (lambda: ops.random_masking(torch.rand(2, 4), 0), ValueError, ["len_keep"]),
@@ -123,6 +128,19 @@ def test_model_forward_refuses_bad_input_before_any_kernel(case, no_launch):
         model(make(), **kwargs)
     for word in words:
         assert word in str(info.value), (case, str(info.value))
+
+
+def test_model_refuses_norm_pix_with_one_value_per_patch():
+    with pytest.raises(ValueError, match="norm_pix_loss"):
+        fastmae.MaskedAutoencoderViT(4, 1, 1, 8, 1, 2, 8, 1, 2, norm_pix_loss=True)
+
+
+def test_official_argument_types_are_accepted():
+    # the official scripts pass numpy scalars and ints for flags
+    model = fastmae.create_model("mae_vit_micro_patch4", norm_pix_loss=1, backend="torch")
+    assert model.norm_pix_loss is True
+    loss, _, mask = model(torch.randn(1, 3, 32, 32), np.float32(0.75))
+    assert mask.sum() == 48 and torch.isfinite(loss)
 
 
 @pytest.mark.parametrize("layout", ["non-contiguous", "channels-last", "batch-1"])
