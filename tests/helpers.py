@@ -34,6 +34,12 @@ def assert_close(actual, expected, dtype=None, reduced: int | None = None, msg: 
     torch.testing.assert_close(actual.float(), expected.float(), rtol=rtol, atol=atol, msg=msg or None)
 
 
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Largest absolute difference relative to the largest magnitude of ``expected``."""
+    diff = (actual.float() - expected.float()).abs().max()
+    return (diff / expected.float().abs().max().clamp_min(1e-30)).item()
+
+
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 

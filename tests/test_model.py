@@ -12,6 +12,7 @@ import torch
 
 import fastmae
 import official_mae
+from helpers import rel_err
 from fastmae.pos_embed import get_2d_sincos_pos_embed
 
 CONFIGS = {  # factory -> (patch, embed, depth, decoder embed, decoder depth, patches at 224 px)
@@ -19,10 +20,6 @@ CONFIGS = {  # factory -> (patch, embed, depth, decoder embed, decoder depth, pa
     "mae_vit_large_patch16": (16, 1024, 24, 512, 8, 196),
     "mae_vit_huge_patch14": (14, 1280, 32, 512, 8, 256),
 }
-
-
-def _rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -83,7 +80,7 @@ def test_forward_equals_the_official_algorithm(backend, norm_pix):
         o_loss, o_pred, o_mask = official_mae.forward(model, imgs, 0.75, noise)
     assert mask.equal(o_mask)
     assert pred.shape == (3, 64, 48) and mask.shape == (3, 64)
-    assert _rel_err(pred.detach(), o_pred) <= 1e-5
+    assert rel_err(pred.detach(), o_pred) <= 1e-5
     assert abs(loss.item() - o_loss.item()) <= 1e-5 * abs(o_loss.item())
 
 
@@ -106,7 +103,7 @@ def test_fast_path_gradients_equal_the_reference_path(norm_pix):
         assert abs(loss.item() - ref_loss.item()) <= 1e-5 * ref_loss.item()
         assert got.keys() == ref.keys()
         for name in ref:
-            assert _rel_err(got[name], ref[name]) <= 1e-5, (key, name)
+            assert rel_err(got[name], ref[name]) <= 1e-5, (key, name)
 
 
 def test_full_pred_false_returns_no_pred_and_the_same_mask():
@@ -140,7 +137,7 @@ def test_other_channel_counts_and_non_square_images(in_chans, img_size):
     model.backend = "reference"
     ref_loss, ref_pred, ref_mask = model(imgs, 0.5, noise)
     assert pred.shape == (2, (h // 4) * (w // 4), 16 * in_chans) and mask.equal(ref_mask)
-    assert _rel_err(pred, ref_pred) <= 1e-5 and abs(loss.item() - ref_loss.item()) <= 1e-5 * ref_loss.item()
+    assert rel_err(pred, ref_pred) <= 1e-5 and abs(loss.item() - ref_loss.item()) <= 1e-5 * ref_loss.item()
     assert model.unpatchify(model.patchify(imgs)).equal(imgs)
 
 
@@ -187,7 +184,7 @@ def test_official_checkpoint_loads_strictly_and_reproduces_outputs(tmp_path):
     assert state.keys() == src.state_dict().keys()
     imgs, noise = torch.randn(1, 3, 32, 32), torch.rand(1, 64)
     a, b = src(imgs, 0.75, noise), dst(imgs, 0.75, noise)
-    assert _rel_err(b[1], a[1]) <= 1e-5
+    assert rel_err(b[1], a[1]) <= 1e-5
 
 
 def test_checkpoint_loading_refuses_pickled_code(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import fastmae
-from helpers import DEVICE, requires_kernels
+from helpers import DEVICE, rel_err, requires_kernels
 
 pytestmark = requires_kernels
 
@@ -20,10 +20,6 @@ def _run(model, backend, imgs, noise, full_pred=True, autocast=None):
     return loss.detach(), None if pred is None else pred.detach().float(), mask, grads
 
 
-def _rel(a, b):
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
-
-
 @pytest.mark.parametrize("full_pred", [True, False])
 @pytest.mark.parametrize("norm_pix", [False, True])
 def test_triton_fast_path_equals_reference_in_float32(norm_pix, full_pred):
@@ -34,10 +30,10 @@ def test_triton_fast_path_equals_reference_in_float32(norm_pix, full_pred):
     assert got[2].equal(ref[2])
     assert abs(got[0].item() - ref[0].item()) <= 1e-5 * ref[0].item()
     if full_pred:
-        assert _rel(got[1], ref[1]) <= 1e-5
+        assert rel_err(got[1], ref[1]) <= 1e-5
     assert got[3].keys() == ref[3].keys()
     for name in ref[3]:
-        assert _rel(got[3][name], ref[3][name]) <= 1e-5, name
+        assert rel_err(got[3][name], ref[3][name]) <= 1e-5, name
 
 
 def test_triton_fast_path_under_bf16_autocast():
@@ -51,9 +47,9 @@ def test_triton_fast_path_under_bf16_autocast():
     got = _run(model, "triton", imgs, noise, autocast=torch.bfloat16)
     assert got[2].equal(ref[2])
     assert abs(got[0].item() - ref[0].item()) <= 3e-2 * ref[0].item()
-    assert _rel(got[1], ref[1]) <= 3e-2
+    assert rel_err(got[1], ref[1]) <= 3e-2
     for name in ref[3]:
-        assert _rel(got[3][name], ref[3][name]) <= 3e-2, name
+        assert rel_err(got[3][name], ref[3][name]) <= 3e-2, name
 
 
 def test_torch_compile_fullgraph_traces_the_triton_ops():

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -152,11 +153,27 @@ def test_sincos_values_at_known_positions():
         assert e[3 * q + i].item() == pytest.approx(math.cos(row * omega[i]), abs=1e-6)
 
 
-def test_sincos_is_built_in_float64():
-    # Large positions: a float32 product would round before the sine; float64 then cast matches.
-    emb = get_2d_sincos_pos_embed(8, (1, 300))
-    omega0 = 1.0
-    assert emb[299, 0].item() == pytest.approx(math.sin(299 * omega0), abs=1e-7)
+def _official_sincos(embed_dim, grid_size):
+    """The official numpy code (util/pos_embed.py), float64 throughout."""
+    def one_d(d, pos):
+        omega = np.arange(d // 2, dtype=np.float64) / (d / 2.0)
+        omega = 1.0 / 10000**omega
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    grid = np.meshgrid(np.arange(grid_size, dtype=np.float32), np.arange(grid_size, dtype=np.float32))
+    grid = np.stack(grid, axis=0).reshape([2, 1, grid_size, grid_size])
+    emb = np.concatenate([one_d(embed_dim // 2, grid[0]), one_d(embed_dim // 2, grid[1])], axis=1)
+    return np.concatenate([np.zeros([1, embed_dim]), emb], axis=0)
+
+
+@pytest.mark.parametrize("embed_dim,grid", [(512, 14), (768, 14), (1024, 16), (1280, 16)])
+def test_sincos_equals_the_official_float64_table_bitwise(embed_dim, grid):
+    # Computed in float32 the high-frequency channels at large positions would differ in the last
+    # bits; built in float64 and cast once, the table is the official one exactly.
+    ours = get_2d_sincos_pos_embed(embed_dim, grid, cls_token=True)
+    official = torch.from_numpy(_official_sincos(embed_dim, grid)).float()
+    assert ours.equal(official)
 
 
 def test_sincos_refuses_widths_not_divisible_by_four():

@@ -45,34 +45,67 @@ def test_two_runs_are_bitwise_identical_on_gpu_with_a_larger_batch():
     assert all(a.equal(b) for a, b in zip(runs[0][1], runs[1][1]))
 
 
+# Past 2^31 elements (issue: int64 offsets). Each test builds a tensor whose last samples sit past
+# element 2^31 and checks those samples, forward and backward, against the reference on a slice.
+BIG = dict(device="cuda", dtype=torch.bfloat16)
+TAIL = 4  # samples at the end of the batch that are compared
+ONE_BF16_ULP = dict(rtol=2**-7, atol=1e-6)  # sums computed in fp32 and rounded once to bf16, as torch does
+
+
+def _tail(t, n):
+    return t[n - TAIL:]
+
+
 @needs_cuda
-def test_indexing_past_2_31_elements():
-    # N * (L+1) * D > 2^31 for the decoder input: 2^31 / (197 * 512) ~ 21,300 samples; use a wide D
-    # instead to keep the batch small: N=1100, L=196, D=10,000 bf16 -> 2.17e9 elements (4.3 GB).
-    n, num_patches, d, k = 1100, 196, 10_000, 49
-    assert n * (num_patches + 1) * d > 2**31
-    dt = torch.bfloat16
-    noise = torch.rand(n, num_patches, device="cuda")
-    ids_keep, ids_restore, mask = ops.random_masking(noise, k, backend="triton")
-    x = torch.randn(n, k + 1, d, device="cuda", dtype=dt)
-    tok = torch.randn(1, 1, d, device="cuda", dtype=dt)
-    pos = torch.randn(1, num_patches + 1, d, device="cuda", dtype=dt)
-    out = ops.decoder_input(x, ids_restore, tok, pos, backend="triton")  # [N, L+1, D]
-    # check the last samples, whose offsets are past 2^31, against the reference on a slice
-    tail = slice(n - 4, n)
-    want = reference.decoder_input_ref(x[tail], ids_restore[tail], tok, pos)
-    torch.testing.assert_close(out[tail], want)
-    del out
-    enc = ops.encoder_input(x[:, 1:], pos, tok, ids_keep, backend="triton")  # N*(K+1)*D = 0.55e9: fine
-    torch.testing.assert_close(enc[tail], reference.encoder_input_ref(x[tail, 1:], pos, tok, ids_keep[tail]))
-    del enc, x
-    # loss: N*L*P > 2^31 with P = 768 needs N > 14,270 images of 224 px (~4.3 GB bf16 for imgs and pred each)
-    n2 = 14_400
-    imgs = torch.randn(n2, 3, 224, 224, device="cuda", dtype=dt)
-    pred = torch.randn(n2, num_patches, 768, device="cuda", dtype=dt)
-    m = (torch.rand(n2, num_patches, device="cuda") < 0.75).float()
-    m[: n2 - 2] = 0  # only the last two samples count: their offsets pass 2^31
-    loss = ops.masked_mse_loss(pred, imgs, m, 16, True, backend="triton")
-    want = reference.masked_mse_loss_ref(pred[-2:].float(), imgs[-2:].float(), m[-2:], 16, True)
+def test_encoder_and_decoder_inputs_past_2_31_elements():
+    # N * (K+1) * D and N * (L+1) * D > 2^31 with a wide D, to keep the batch small.
+    n, num_patches, k, d = 1100, 196, 49, 40_000
+    assert n * (k + 1) * d > 2**31
+    ids_keep, ids_restore, _ = ops.random_masking(torch.rand(n, num_patches, device="cuda"), k, backend="triton")
+    pos, tok = torch.randn(1, num_patches + 1, d, **BIG), torch.randn(1, 1, d, **BIG)
+    x_vis = torch.randn(n, k, d, **BIG, requires_grad=True)
+    enc = ops.encoder_input(x_vis, pos, tok, ids_keep, backend="triton")  # [N, K+1, D]
+    want = reference.encoder_input_ref(_tail(x_vis, n).detach(), pos, tok, _tail(ids_keep, n))
+    torch.testing.assert_close(_tail(enc, n), want, **ONE_BF16_ULP)
+    (g_vis,) = torch.autograd.grad(enc, x_vis, torch.ones_like(enc))
+    assert _tail(g_vis, n).eq(1).all()
+    del enc, g_vis, x_vis
+
+    x = torch.randn(n, k + 1, d // 4, **BIG, requires_grad=True)  # decoder: N*(L+1)*D/4 = 2.2e9
+    assert n * (num_patches + 1) * (d // 4) > 2**31
+    dec = ops.decoder_input(x, ids_restore, tok[..., : d // 4], pos[..., : d // 4], backend="triton")
+    want = reference.decoder_input_ref(_tail(x, n).detach(), _tail(ids_restore, n), tok[..., : d // 4],
+                                       pos[..., : d // 4])
+    torch.testing.assert_close(_tail(dec, n), want, **ONE_BF16_ULP)
+    g = torch.randn_like(dec)
+    (g_x,) = torch.autograd.grad(dec, x, g)
+    x_tail = _tail(x, n).detach().requires_grad_()
+    (want_g,) = torch.autograd.grad(reference.decoder_input_ref(x_tail, _tail(ids_restore, n),
+                                                                tok[..., : d // 4], pos[..., : d // 4]),
+                                    x_tail, _tail(g, n))
+    torch.testing.assert_close(_tail(g_x, n), want_g, rtol=0, atol=0)
+
+
+@needs_cuda
+def test_patchify_gather_and_loss_past_2_31_elements():
+    # N * C * H * W and N * L * P > 2^31 with 224 px images: N > 14,270.
+    n, p, k = 14_400, 16, 49
+    imgs = torch.randn(n, 3, 224, 224, **BIG)
+    assert imgs.numel() > 2**31
+    ids_keep, ids_restore, mask = ops.random_masking(torch.rand(n, 196, device="cuda"), k, backend="triton")
+    x = ops.patchify_gather(imgs, ids_keep, p, backend="triton")
+    torch.testing.assert_close(_tail(x, n), reference.patchify_gather_ref(_tail(imgs, n), _tail(ids_keep, n), p),
+                               rtol=0, atol=0)
+    del x
+    pred = torch.randn(n, 196, 768, **BIG, requires_grad=True)
+    weights = mask.clone()
+    weights[: n - TAIL] = 0  # only the last samples count: their offsets pass 2^31
+    loss = ops.masked_mse_loss(pred, imgs, weights, p, True, backend="triton")
+    (grad,) = torch.autograd.grad(loss, pred)
+    pred_tail = _tail(pred, n).detach().float().requires_grad_()
+    want = reference.masked_mse_loss_ref(pred_tail, _tail(imgs, n).float(), _tail(weights, n), p, True)
+    (want_grad,) = torch.autograd.grad(want, pred_tail)
     # both sides read the same bf16 values and accumulate in float32: only the summation order differs
     torch.testing.assert_close(loss, want, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(_tail(grad, n).float(), want_grad, rtol=1e-2, atol=1e-6)  # grad rounded to bf16
+    assert grad[: n - TAIL].eq(0).all()
