@@ -1,10 +1,13 @@
-"""Small pieces every kernel module shares: output allocation (poisonable for tests) and sizes."""
+"""Small pieces the kernel modules share: output allocation (poisonable for tests), sizes, and the
+inverse-ids kernel (a patch -> row map built from an ids tensor)."""
 
 from __future__ import annotations
 
 import contextlib
 
 import torch
+import triton
+import triton.language as tl
 
 _poison = False
 
@@ -33,3 +36,37 @@ def poisoned_outputs():
 
 def next_power_of_2(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
+
+
+# --------------------------------------------------------------------------------------------------
+# inverse ids (the backward of patchify_gather, the pos-embed gradient of encoder_input)
+# --------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _inverse_ids_kernel(
+    IDS,  # pointer to ids [N, K] (int32 or int64), distinct within a row
+    INV,  # pointer to int32 [N, L], filled with -1 beforehand; receives inv[n, ids[n, k]] = k
+    K,  # ids per image
+    L,  # patches per image (ids outside [0, L) are skipped)
+    BLOCK_K: tl.constexpr,  # ids per step, a power of two
+):
+    # inv[n, ids[n, k]] = k. Distinct ids: every address is written at most once, no atomics needed.
+    n = tl.program_id(0).to(tl.int64)  # one program per image
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        ids = tl.load(IDS + n * K + k, mask=k < K, other=-1).to(tl.int64)
+        tl.store(INV + n * L + ids, k, mask=(k < K) & (ids >= 0) & (ids < L))
+
+
+def inverse_ids(ids: torch.Tensor, num_patches: int) -> torch.Tensor:
+    """``ids [N, K]`` -> ``inv [N, L]`` int32: ``inv[n, ids[n, k]] = k``, -1 where no id names the patch.
+
+    An id outside ``[0, L)`` names no patch (it is skipped). The ids of a row are expected distinct
+    (``random_masking`` guarantees it); then the result is deterministic.
+    """
+    n, k = ids.shape
+    inv = torch.full((n, num_patches), -1, dtype=torch.int32, device=ids.device)  # [N, L]
+    if k and n:
+        _inverse_ids_kernel[(n,)](ids, inv, k, num_patches, BLOCK_K=min(1024, next_power_of_2(k)), num_warps=4)
+    return inv

@@ -13,9 +13,10 @@ Backward, for an upstream gradient ``g [N, K+1, D]``:
     grad_pos[1+l]  = sum_n g[n, 1 + k]  where ids_keep[n, k] == l   (only when pos_embed needs grad)
 The column sums come from one kernel that walks ``n`` in a fixed order per program and writes
 per-program partials, summed in a fixed order afterwards: deterministic, no atomics. The pos-embed
-rows are found through the inverse map ``inv[n, l] = k`` (-1 where ``l`` is not kept), which assumes
-the ids of one sample are distinct (``random_masking`` guarantees it); with a repeated id only one of
-its rows would be counted.
+rows are found through the inverse map ``inv[n, l] = k`` (-1 where ``l`` is not kept; built by
+``inverse_ids`` in ``_common``, shared with patchify_gather's backward), which assumes the ids of one
+sample are distinct (``random_masking`` guarantees it); with a repeated id only one of its rows would
+be counted.
 
 Out-of-range ids (possible only when the caller skipped validation on CUDA) never read or write out of
 bounds: such a row gets no position added, and contributes to no pos-embed row in the backward.
@@ -27,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import empty, next_power_of_2
+from ._common import empty, inverse_ids, next_power_of_2
 
 __all__ = ["encoder_input", "compile_specs"]
 
@@ -159,13 +160,8 @@ def _column_sums(grad: torch.Tensor, ids_keep: torch.Tensor, num_patches: int, w
     """``[T, D]`` float32: row 0 = ``sum_n g[n, 0]``; with ``with_pos`` rows ``1+l`` as in the module doc."""
     n, k1, d = grad.shape
     t_rows = num_patches + 1 if with_pos else 1
-    if with_pos:
-        # inv[n, ids_keep[n, k]] = k; ids are distinct within a sample, so no two writes collide.
-        inv = torch.full((n, num_patches), -1, dtype=torch.int32, device=grad.device)  # [N, L]
-        ks = torch.arange(k1 - 1, dtype=torch.int32, device=grad.device).expand(n, -1)  # [N, K]
-        inv.scatter_(1, ids_keep.long().clamp(0, num_patches - 1), ks)
-    else:
-        inv = grad  # never read: HAS_POS=False removes every access
+    # inv[n, ids_keep[n, k]] = k, -1 for a patch not kept; an out-of-range id names no patch
+    inv = inverse_ids(ids_keep, num_patches) if with_pos else grad  # [N, L]; HAS_POS=False never reads it
     block_d = min(_MAX_BLOCK_D, next_power_of_2(d))
     n_per_prog = _BWD_N_PER_PROG if n > _BWD_N_PER_PROG else max(_BWD_BLOCK_N, next_power_of_2(n))
     splits = triton.cdiv(n, n_per_prog)

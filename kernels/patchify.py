@@ -13,7 +13,7 @@ patches an index names:
 * ``unpatchify``       rows -> image, all ``L`` patches         (``_unpatchify_kernel``, no map)
 * ``patchify_gather``  image -> rows for ``ids_keep[n, k]``      (``_patchify_kernel`` with ids)
 * its backward         rows -> image; patches not in ``ids_keep`` get zeros
-                       (``_inverse_ids_kernel`` builds ``inv[n, l] = k`` or -1, then
+                       (``inverse_ids`` in ``_common`` builds ``inv[n, l] = k`` or -1, then
                        ``_unpatchify_kernel`` with that map writes every pixel exactly once).
 The backward of patchify is unpatchify and vice versa; the backward of the gather's backward is
 the gather, so every op is differentiable twice.
@@ -50,7 +50,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import empty, next_power_of_2
+from ._common import _inverse_ids_kernel, empty, inverse_ids, next_power_of_2
 
 __all__ = ["patchify", "unpatchify", "patchify_gather", "compile_specs"]
 
@@ -152,22 +152,6 @@ def _unpatchify_kernel(
     tl.store(dst + c * (H * W) + (pp // PS) * W + pp % PS, tile, mask=in_tile)
 
 
-@triton.jit
-def _inverse_ids_kernel(
-    IDS,  # pointer to ids [N, K] (int32 or int64), distinct within a row
-    INV,  # pointer to int32 [N, L], filled with -1 beforehand; receives inv[n, ids[n, k]] = k
-    K,  # ids per image
-    L,  # patches per image (ids outside [0, L) are skipped)
-    BLOCK_K: tl.constexpr,  # ids per step, a power of two
-):
-    # inv[n, ids[n, k]] = k. Distinct ids: every address is written at most once, no atomics needed.
-    n = tl.program_id(0).to(tl.int64)  # one program per image
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
-        ids = tl.load(IDS + n * K + k, mask=k < K, other=-1).to(tl.int64)
-        tl.store(INV + n * L + ids, k, mask=(k < K) & (ids >= 0) & (ids < L))
-
-
 # --------------------------------------------------------------------------------------------------
 # launchers
 # --------------------------------------------------------------------------------------------------
@@ -220,15 +204,6 @@ def _unpatchify_fwd(
     return out
 
 
-def _inverse_ids(ids: torch.Tensor, num_patches: int) -> torch.Tensor:
-    """``ids [N, K]`` -> ``inv [N, L]`` int32: ``inv[n, ids[n, k]] = k``, -1 where no id names the patch."""
-    n, k = ids.shape
-    inv = torch.full((n, num_patches), -1, dtype=torch.int32, device=ids.device)  # [N, L]
-    if k:
-        _inverse_ids_kernel[(n,)](ids, inv, k, num_patches, BLOCK_K=min(1024, next_power_of_2(k)), num_warps=4)
-    return inv
-
-
 # --------------------------------------------------------------------------------------------------
 # custom ops and autograd
 # --------------------------------------------------------------------------------------------------
@@ -272,7 +247,7 @@ def _patchify_gather_bwd_op(
 ) -> torch.Tensor:
     # grad [N, K, P] -> [N, C, h*p, w*p]: row k to patch ids_keep[n, k], zeros elsewhere
     in_chans = grad.shape[2] // (patch_size * patch_size)
-    return _unpatchify_fwd(grad, _inverse_ids(ids_keep, h * w), patch_size, h, w, in_chans)
+    return _unpatchify_fwd(grad, inverse_ids(ids_keep, h * w), patch_size, h, w, in_chans)
 
 
 @_patchify_gather_bwd_op.register_fake
@@ -387,6 +362,8 @@ def compile_specs() -> list[dict]:
             "expect_vector_io": True,
             "why_not_vector": "",
         })
+    # The inverse-ids kernel (kernels/_common.py) is listed once, here; encoder_input's backward
+    # launches it with the same specialisation (K = 49 -> BLOCK_K = 64, int64 ids).
     specs.append({
         "name": "patchify_gather_inverse_ids",
         "kernel": _inverse_ids_kernel,

@@ -113,14 +113,27 @@ def test_gradcheck():
 
 
 def test_out_of_range_ids_stay_in_bounds():
-    # Called past the validation of fastmae.ops: a bad id adds no position and touches no memory outside.
-    x_vis, pos_embed, cls_token, ids_keep = _inputs(2, 5, 3, 8, torch.float32)
-    ids_keep[0, 1] = 1000
-    ids_keep[1, 2] = -7
-    out = kernels.encoder_input(x_vis, pos_embed, cls_token, ids_keep)
-    assert_close(out[0, 2], x_vis[0, 1].detach())
-    assert_close(out[1, 3], x_vis[1, 2].detach())
-    assert_close(out[0, 1], (x_vis[0, 0] + pos_embed[0, 1 + ids_keep[0, 0]]).detach())
+    # Called past the validation of fastmae.ops (CUDA skips the range check by default): a bad id adds
+    # no position in the forward and credits no pos-embed row in the backward. The ids are chosen so
+    # that clamping would hit a row no valid id of that sample names (1000 -> patch 4, -7 -> patch 0).
+    x_vis, pos_embed, cls_token, _ = _inputs(2, 5, 3, 8, torch.float32)
+    ids_keep = torch.tensor([[0, 1000, 2], [3, 1, -7]])  # [N, K]; L = 5
+    with poisoned():
+        out = kernels.encoder_input(x_vis, pos_embed, cls_token, ids_keep)  # [N, K+1, D]
+        grad = torch.randn_like(out)
+        grad_pos, grad_cls = torch.autograd.grad(out, (pos_embed, cls_token), grad)
+    valid = (ids_keep >= 0) & (ids_keep < 5)  # [N, K]
+    pos_row = torch.where(valid, 1 + ids_keep, 0)  # [N, K]
+    want = torch.where(valid[..., None], x_vis + pos_embed[0, pos_row], x_vis).detach()  # [N, K, D]
+    assert_close(out[:, 1:], want)
+    assert_close(out[:, 0], (cls_token[0] + pos_embed[0, :1]).detach().expand(2, -1))
+    # grad_pos[0] = sum_n g[n, 0]; grad_pos[1 + l] sums g[n, 1 + k] over the valid ids equal to l only
+    want_pos = torch.zeros(6, 8, dtype=torch.float64)
+    want_pos[0] = grad[:, 0].double().sum(0)
+    want_pos.index_add_(0, pos_row[valid], grad[:, 1:][valid].double())
+    assert_close(grad_pos[0], want_pos, reduced=2)
+    assert torch.equal(grad_pos[0, 5], torch.zeros(8)) and torch.equal(grad_pos[0, 1], grad[0, 1])
+    assert_close(grad_cls[0, 0], want_pos[0], reduced=2)
 
 
 def test_compile_fullgraph():
