@@ -1,5 +1,5 @@
-"""Small pieces the kernel modules share: output allocation (poisonable for tests), sizes, and the
-inverse-ids kernel (a patch -> row map built from an ids tensor)."""
+"""Small pieces the kernel modules share: output allocation (poisonable for tests), block sizes for
+the row-tiled kernels, and the inverse-ids kernel (a patch -> row map built from an ids tensor)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,30 @@ def poisoned_outputs():
 
 def next_power_of_2(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def promoted_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype torch's type promotion gives ``a + b + ...`` (bf16 tokens + fp32 tables -> fp32)."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+# --------------------------------------------------------------------------------------------------
+# row-tiled kernels (encoder_input, decoder_input): a program covers a [BLOCK_R, BLOCK_D] tile of a
+# [rows, D] tensor
+# --------------------------------------------------------------------------------------------------
+
+MAX_BLOCK_D = 256  # columns per program: one warp covers 256 bf16 values with 16-byte accesses
+ROW_TILE = 2048  # elements per tile (BLOCK_R * BLOCK_D): 16 per thread at 4 warps
+NUM_WARPS = 4
+
+
+def row_blocks(d: int) -> tuple[int, int]:
+    """``(BLOCK_R, BLOCK_D)`` for rows of width ``d``: BLOCK_D a power of two, columns in cdiv(d, BLOCK_D) programs."""
+    block_d = min(MAX_BLOCK_D, next_power_of_2(d))
+    return max(1, ROW_TILE // block_d), block_d
 
 
 # --------------------------------------------------------------------------------------------------

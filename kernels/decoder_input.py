@@ -25,13 +25,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import empty, next_power_of_2
+from ._common import NUM_WARPS, empty, promoted_dtype, row_blocks
 
 __all__ = ["decoder_input", "compile_specs"]
 
-_MAX_BLOCK_D = 256  # columns per program: one warp covers 256 bf16 values with 16-byte accesses
-_TILE = 2048  # elements per tile (BLOCK_R * BLOCK_D): 16 per thread at 4 warps
-_NUM_WARPS = 4
 _BWD_TILES_PER_PROG = 8  # backward tiles one program walks before writing its mask-token partial
 
 
@@ -132,25 +129,16 @@ def _decoder_input_bwd_kernel(
 # --------------------------------------------------------------------------------------------------
 
 
-def _blocks(d: int) -> tuple[int, int]:
-    block_d = min(_MAX_BLOCK_D, next_power_of_2(d))
-    return max(1, _TILE // block_d), block_d
-
-
-def _out_dtype(x, mask_token, pos_embed) -> torch.dtype:
-    return torch.promote_types(torch.promote_types(x.dtype, mask_token.dtype), pos_embed.dtype)
-
-
 def _forward(x: torch.Tensor, ids_restore: torch.Tensor, mask_token: torch.Tensor, pos_embed: torch.Tensor) -> torch.Tensor:
     n, k1, d = x.shape
     num_patches = ids_restore.shape[1]
-    out = empty((n, num_patches + 1, d), _out_dtype(x, mask_token, pos_embed), x.device)  # [N, L+1, D]
+    out = empty((n, num_patches + 1, d), promoted_dtype(x, mask_token, pos_embed), x.device)  # [N, L+1, D]
     n_rows = n * (num_patches + 1)
-    block_r, block_d = _blocks(d)
+    block_r, block_d = row_blocks(d)
     grid = (triton.cdiv(n_rows, block_r), triton.cdiv(d, block_d))
     _decoder_input_kernel[grid](
         x, ids_restore, mask_token, pos_embed, out, k1 - 1, num_patches, d, n_rows,
-        BLOCK_R=block_r, BLOCK_D=block_d, num_warps=_NUM_WARPS,
+        BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS,
     )
     return out
 
@@ -161,14 +149,14 @@ def _backward_x_mask(
     """``grad [N, L+1, D]`` -> ``grad_x [N, K+1, D]`` (``x_dtype``), ``grad_mask_token [D]`` (float32)."""
     n, l1, d = grad.shape
     n_rows = n * l1
-    block_r, block_d = _blocks(d)
+    block_r, block_d = row_blocks(d)
     tiles = min(_BWD_TILES_PER_PROG, triton.cdiv(n_rows, block_r))
     progs = triton.cdiv(n_rows, tiles * block_r)
     grad_x = empty((n, k1, d), x_dtype, grad.device)  # [N, K+1, D]
     part = empty((progs, d), torch.float32, grad.device)  # [P, D]
     _decoder_input_bwd_kernel[(progs, triton.cdiv(d, block_d))](
         grad, ids_restore, grad_x, part, k1 - 1, l1 - 1, d, n_rows,
-        TILES=tiles, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=_NUM_WARPS,
+        TILES=tiles, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS,
     )
     return grad_x, part.sum(0)  # fixed-order sum of the partials
 
@@ -188,7 +176,7 @@ def _decoder_input_op(
 @_decoder_input_op.register_fake
 def _(x, ids_restore, mask_token, pos_embed):
     n, _, d = x.shape
-    return x.new_empty((n, ids_restore.shape[1] + 1, d), dtype=_out_dtype(x, mask_token, pos_embed))
+    return x.new_empty((n, ids_restore.shape[1] + 1, d), dtype=promoted_dtype(x, mask_token, pos_embed))
 
 
 @torch.library.custom_op("fastmae::decoder_input_bwd", mutates_args=())
@@ -247,7 +235,7 @@ def decoder_input(
 def compile_specs() -> list[dict]:
     """Each kernel at the MAE ViT-B/16 decoder's shapes (N=256, L=196, K=49, D=512), as the JIT would specialise it."""
     d = 512
-    block_r, block_d = _blocks(d)
+    block_r, block_d = row_blocks(d)
     ints = {"K": "i32", "L": "i32", "D": "i32", "n_rows": "i32"}
     # D = 512 and n_rows = 256 * 197 = 50432 are multiples of 16; K = 49 and L = 196 are not.
     specs = []
@@ -263,7 +251,7 @@ def compile_specs() -> list[dict]:
                           "BLOCK_R": "constexpr", "BLOCK_D": "constexpr"},
             "constexprs": {"BLOCK_R": block_r, "BLOCK_D": block_d},
             "aligned": ["X", "IDS", "MASK", "POS", "OUT", "D", "n_rows"],
-            "num_warps": _NUM_WARPS,
+            "num_warps": NUM_WARPS,
             "expect_vector_io": True,
             "why_not_vector": "",
         })
@@ -274,7 +262,7 @@ def compile_specs() -> list[dict]:
                       "TILES": "constexpr", "BLOCK_R": "constexpr", "BLOCK_D": "constexpr"},
         "constexprs": {"TILES": _BWD_TILES_PER_PROG, "BLOCK_R": block_r, "BLOCK_D": block_d},
         "aligned": ["G", "IDS", "GX", "PART", "D", "n_rows"],
-        "num_warps": _NUM_WARPS,
+        "num_warps": NUM_WARPS,
         "expect_vector_io": True,
         "why_not_vector": "",
     })

@@ -28,13 +28,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import empty, inverse_ids, next_power_of_2
+from ._common import NUM_WARPS, empty, inverse_ids, next_power_of_2, promoted_dtype, row_blocks
 
 __all__ = ["encoder_input", "compile_specs"]
 
-_MAX_BLOCK_D = 256  # columns per program: one warp covers 256 bf16 values with 16-byte accesses
-_TILE = 2048  # elements per forward program (BLOCK_R * BLOCK_D): 16 per thread at 4 warps
-_NUM_WARPS = 4
 _BWD_BLOCK_N = 8  # samples per backward tile
 _BWD_N_PER_PROG = 64  # samples one backward program sums before writing its partial
 
@@ -133,25 +130,16 @@ def _encoder_input_bwd_kernel(
 # --------------------------------------------------------------------------------------------------
 
 
-def _fwd_blocks(d: int) -> tuple[int, int]:
-    block_d = min(_MAX_BLOCK_D, next_power_of_2(d))
-    return max(1, _TILE // block_d), block_d
-
-
-def _out_dtype(x_vis, pos_embed, cls_token) -> torch.dtype:
-    return torch.promote_types(torch.promote_types(x_vis.dtype, pos_embed.dtype), cls_token.dtype)
-
-
 def _forward(x_vis: torch.Tensor, pos_embed: torch.Tensor, cls_token: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
     n, k, d = x_vis.shape
     num_patches = pos_embed.shape[1] - 1
-    out = empty((n, k + 1, d), _out_dtype(x_vis, pos_embed, cls_token), x_vis.device)  # [N, K+1, D]
+    out = empty((n, k + 1, d), promoted_dtype(x_vis, pos_embed, cls_token), x_vis.device)  # [N, K+1, D]
     n_rows = n * (k + 1)
-    block_r, block_d = _fwd_blocks(d)
+    block_r, block_d = row_blocks(d)
     grid = (triton.cdiv(n_rows, block_r), triton.cdiv(d, block_d))
     _encoder_input_kernel[grid](
         x_vis, pos_embed, cls_token, ids_keep, out, k, num_patches, d, n_rows,
-        BLOCK_R=block_r, BLOCK_D=block_d, num_warps=_NUM_WARPS,
+        BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS,
     )
     return out
 
@@ -162,14 +150,14 @@ def _column_sums(grad: torch.Tensor, ids_keep: torch.Tensor, num_patches: int, w
     t_rows = num_patches + 1 if with_pos else 1
     # inv[n, ids_keep[n, k]] = k, -1 for a patch not kept; an out-of-range id names no patch
     inv = inverse_ids(ids_keep, num_patches) if with_pos else grad  # [N, L]; HAS_POS=False never reads it
-    block_d = min(_MAX_BLOCK_D, next_power_of_2(d))
+    _, block_d = row_blocks(d)
     n_per_prog = _BWD_N_PER_PROG if n > _BWD_N_PER_PROG else max(_BWD_BLOCK_N, next_power_of_2(n))
     splits = triton.cdiv(n, n_per_prog)
     part = empty((splits, t_rows, d), torch.float32, grad.device)  # [S, T, D]
     grid = (t_rows, triton.cdiv(d, block_d), splits)
     _encoder_input_bwd_kernel[grid](
         grad, inv, part, n, k1 - 1, num_patches, d, t_rows,
-        HAS_POS=with_pos, N_PER_PROG=n_per_prog, BLOCK_N=_BWD_BLOCK_N, BLOCK_D=block_d, num_warps=_NUM_WARPS,
+        HAS_POS=with_pos, N_PER_PROG=n_per_prog, BLOCK_N=_BWD_BLOCK_N, BLOCK_D=block_d, num_warps=NUM_WARPS,
     )
     return part[0] if splits == 1 else part.sum(0)  # fixed-order sum over the splits
 
@@ -189,7 +177,7 @@ def _encoder_input_op(
 @_encoder_input_op.register_fake
 def _(x_vis, pos_embed, cls_token, ids_keep):
     n, k, d = x_vis.shape
-    return x_vis.new_empty((n, k + 1, d), dtype=_out_dtype(x_vis, pos_embed, cls_token))
+    return x_vis.new_empty((n, k + 1, d), dtype=promoted_dtype(x_vis, pos_embed, cls_token))
 
 
 @torch.library.custom_op("fastmae::encoder_input_bwd", mutates_args=())
@@ -247,7 +235,7 @@ def encoder_input(
 def compile_specs() -> list[dict]:
     """Each kernel at ViT-B/16 shapes: N=256, L=196, K=49, D=768, as the JIT would specialise it."""
     d = 768  # N = 256, L = 196 and K = 49 appear below only through their divisibility by 16
-    block_r, block_d = _fwd_blocks(d)
+    block_r, block_d = row_blocks(d)
     fwd_ints = {"K": "i32", "L": "i32", "D": "i32", "n_rows": "i32"}
     fwd_const = {"BLOCK_R": block_r, "BLOCK_D": block_d}
     # D = 768 and n_rows = 256 * 50 = 12800 are multiples of 16; K = 49 and L = 196 are not.
@@ -265,7 +253,7 @@ def compile_specs() -> list[dict]:
                           "BLOCK_R": "constexpr", "BLOCK_D": "constexpr"},
             "constexprs": fwd_const,
             "aligned": fwd_aligned,
-            "num_warps": _NUM_WARPS,
+            "num_warps": NUM_WARPS,
             "expect_vector_io": True,
             "why_not_vector": "",
         })
@@ -280,7 +268,7 @@ def compile_specs() -> list[dict]:
                            "BLOCK_D": block_d, **({} if has_pos else {"T": 1})},
             # N = 256 and D = 768 are multiples of 16; T = L + 1 = 197 is not (and T = 1 is a constant).
             "aligned": ["G", "INV", "PART", "N", "D"],
-            "num_warps": _NUM_WARPS,
+            "num_warps": NUM_WARPS,
             "expect_vector_io": True,
             "why_not_vector": "",
         })
