@@ -36,6 +36,7 @@ NORM_PIX_EPS = 1e-6
 # once per 4 rows (at 8 warps it was once per 2 rows: ~20% more instructions per byte), and the fp32
 # copies of pred and the target stay in registers (64 at sm_90, no spills) for the norm-pix statistics.
 _TILE = 4096
+_NUM_WARPS = 4
 # Partials summed per step by the single-program final reduction.
 _BLOCK_G = 2048
 
@@ -218,62 +219,50 @@ def _masked_mse_loss_bwd_kernel(
 # --------------------------------------------------------------------------------------------------
 
 
-def _blocks(rows: int, pdim: int) -> tuple[int, int, int]:
-    """(BLOCK_R, BLOCK_P, num_warps) for ``rows`` patch rows of width ``pdim``."""
+def _blocks(rows: int, pdim: int) -> tuple[int, int]:
+    """(BLOCK_R, BLOCK_P) for ``rows`` patch rows of width ``pdim``."""
     block_p = next_power_of_2(pdim)
-    block_r = max(1, min(_TILE // block_p, next_power_of_2(max(rows, 1))))
-    num_warps = 4
-    return block_r, block_p, num_warps
+    return max(1, min(_TILE // block_p, next_power_of_2(max(rows, 1)))), block_p
 
 
-def _geometry(pred, imgs, patch_size):
+def _launch_args(pred, imgs, mask, ids_masked, patch_size: int, norm_pix_loss: bool):
+    """What the forward and backward row kernels share: ``(programs, (MASK, IDS), keyword arguments)``."""
     n, c, hh, ww = imgs.shape
-    rows_per_image = pred.shape[1]
+    rows = n * pred.shape[1]
     # the kernels keep row numbers and offsets inside one image in int32
-    assert n * rows_per_image < 2**31 and c * hh * ww < 2**31, "too many patch rows or pixels per image"
-    return dict(
-        NR=n * rows_per_image, R=rows_per_image, NUM_PATCHES=(hh // patch_size) * (ww // patch_size),
-        H=hh, W=ww, GW=ww // patch_size, PATCH=patch_size, C=c, EPS=NORM_PIX_EPS,
+    assert rows < 2**31 and c * hh * ww < 2**31, "too many patch rows or pixels per image"
+    block_r, block_p = _blocks(rows, pred.shape[2])
+    has_ids = ids_masked is not None
+    kwargs = dict(
+        NR=rows, R=pred.shape[1], NUM_PATCHES=(hh // patch_size) * (ww // patch_size), H=hh, W=ww,
+        GW=ww // patch_size, PATCH=patch_size, C=c, NORM_PIX=norm_pix_loss, HAS_MASK=not has_ids,
+        HAS_IDS=has_ids, EPS=NORM_PIX_EPS, BLOCK_R=block_r, BLOCK_P=block_p, num_warps=_NUM_WARPS,
     )
+    # the absent one of MASK / IDS is a dummy (pred) the kernel never reads
+    return triton.cdiv(rows, block_r), ((pred, ids_masked) if has_ids else (mask, pred)), kwargs
 
 
 def _forward(pred, imgs, mask, ids_masked, patch_size: int, norm_pix_loss: bool):
     """Launch the loss kernels: ``(loss, inv_den)``, float32 scalars on pred's device."""
-    geo = _geometry(pred, imgs, patch_size)
-    rows = geo["NR"]
-    block_r, block_p, num_warps = _blocks(rows, pred.shape[2])
-    programs = triton.cdiv(rows, block_r)
+    programs, mask_ids, kwargs = _launch_args(pred, imgs, mask, ids_masked, patch_size, norm_pix_loss)
     partial = empty((2, max(programs, 1)), torch.float32, pred.device)  # [2, G]
-    has_mask, has_ids = ids_masked is None, ids_masked is not None
     if programs:
-        _masked_mse_loss_kernel[(programs,)](
-            pred, imgs, mask if has_mask else pred, ids_masked if has_ids else pred, partial,
-            G=programs, NORM_PIX=norm_pix_loss, HAS_MASK=has_mask, HAS_IDS=has_ids,
-            BLOCK_R=block_r, BLOCK_P=block_p, num_warps=num_warps, **geo,
-        )
+        _masked_mse_loss_kernel[(programs,)](pred, imgs, *mask_ids, partial, G=programs, **kwargs)
     loss = empty((), torch.float32, pred.device)
     inv_den = empty((), torch.float32, pred.device)
     _masked_mse_loss_sum_kernel[(1,)](
-        partial, loss, inv_den, programs, float(rows), HAS_MASK=has_mask,
-        BLOCK_G=min(_BLOCK_G, next_power_of_2(max(programs, 16))), num_warps=4,
+        partial, loss, inv_den, programs, float(kwargs["NR"]), HAS_MASK=kwargs["HAS_MASK"],
+        BLOCK_G=min(_BLOCK_G, next_power_of_2(max(programs, 16))), num_warps=_NUM_WARPS,
     )
     return loss, inv_den
 
 
 def _backward(grad_loss, inv_den, pred, imgs, mask, ids_masked, patch_size: int, norm_pix_loss: bool):
     """Launch the backward kernel: ``grad_pred`` shaped and typed like ``pred``."""
-    geo = _geometry(pred, imgs, patch_size)
-    rows = geo["NR"]
-    block_r, block_p, num_warps = _blocks(rows, pred.shape[2])
-    programs = triton.cdiv(rows, block_r)
+    programs, mask_ids, kwargs = _launch_args(pred, imgs, mask, ids_masked, patch_size, norm_pix_loss)
     grad_pred = empty(pred.shape, pred.dtype, pred.device)
-    has_mask, has_ids = ids_masked is None, ids_masked is not None
     if programs:
-        _masked_mse_loss_bwd_kernel[(programs,)](
-            grad_loss, inv_den, pred, imgs, mask if has_mask else pred, ids_masked if has_ids else pred,
-            grad_pred, NORM_PIX=norm_pix_loss, HAS_MASK=has_mask, HAS_IDS=has_ids,
-            BLOCK_R=block_r, BLOCK_P=block_p, num_warps=num_warps, **geo,
-        )
+        _masked_mse_loss_bwd_kernel[(programs,)](grad_loss, inv_den, pred, imgs, *mask_ids, grad_pred, **kwargs)
     return grad_pred
 
 
@@ -284,12 +273,8 @@ def _backward(grad_loss, inv_den, pred, imgs, mask, ids_masked, patch_size: int,
 
 @torch.library.custom_op("fastmae::masked_mse_loss", mutates_args=())
 def _masked_mse_loss_op(
-    pred: torch.Tensor,
-    imgs: torch.Tensor,
-    mask: Optional[torch.Tensor],
-    ids_masked: Optional[torch.Tensor],
-    patch_size: int,
-    norm_pix_loss: bool,
+    pred: torch.Tensor, imgs: torch.Tensor, mask: Optional[torch.Tensor], ids_masked: Optional[torch.Tensor],
+    patch_size: int, norm_pix_loss: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss, inv_den)``: the loss and ``1 / den`` (den <= 0 read as 1), float32 scalars."""
     return _forward(pred, imgs, mask, ids_masked, patch_size, norm_pix_loss)
@@ -302,14 +287,8 @@ def _(pred, imgs, mask, ids_masked, patch_size, norm_pix_loss):
 
 @torch.library.custom_op("fastmae::masked_mse_loss_bwd", mutates_args=())
 def _masked_mse_loss_bwd_op(
-    grad_loss: torch.Tensor,
-    inv_den: torch.Tensor,
-    pred: torch.Tensor,
-    imgs: torch.Tensor,
-    mask: Optional[torch.Tensor],
-    ids_masked: Optional[torch.Tensor],
-    patch_size: int,
-    norm_pix_loss: bool,
+    grad_loss: torch.Tensor, inv_den: torch.Tensor, pred: torch.Tensor, imgs: torch.Tensor,
+    mask: Optional[torch.Tensor], ids_masked: Optional[torch.Tensor], patch_size: int, norm_pix_loss: bool,
 ) -> torch.Tensor:
     """``grad_pred [N, L or M, P]`` in pred's dtype."""
     return _backward(grad_loss.contiguous(), inv_den, pred, imgs, mask, ids_masked, patch_size, norm_pix_loss)
@@ -379,7 +358,7 @@ def compile_specs() -> list[dict]:
     (pred [256, 196, 768], a float32 mask). Integers the JIT sees divisible by 16: NR (37632, 50176),
     H = W = 224 and G (9408, 12544 programs); R (147, 196), NUM_PATCHES (196) and GW (14) are not.
     """
-    block_r, block_p, num_warps = _blocks(256 * 147, 768)
+    block_r, block_p = _blocks(256 * 147, 768)
     consts = {"PATCH": 16, "C": 3, "EPS": NORM_PIX_EPS, "BLOCK_R": block_r, "BLOCK_P": block_p}
     types = {
         "PRED": "*bf16", "IMGS": "*bf16", "PARTIAL": "*fp32", "GRAD_LOSS": "*fp32", "INV_DEN": "*fp32",
@@ -389,23 +368,21 @@ def compile_specs() -> list[dict]:
     pointers_and_aligned_ints = ["PRED", "IMGS", "MASK", "IDS", "PARTIAL", "GRAD_LOSS", "INV_DEN",
                                  "GRAD_PRED", "LOSS", "NR", "H", "W", "G"]
 
-    def spec(name, kernel, constexprs, extra_types, num_warps, vector, why=""):
+    # Every kernel expects 16-byte accesses: loads of pred, stores of grad_pred, loads of the partials.
+    # The image side is a channel-interleaved gather (2-byte loads, coalesced: p contiguous pixels per
+    # channel and patch row).
+    def spec(name, kernel, constexprs, extra_types):
         signature = {a: "constexpr" if a in constexprs else {**types, **extra_types}[a] for a in kernel.arg_names}
         aligned = [a for a in kernel.arg_names if a in pointers_and_aligned_ints]
         return {"name": name, "kernel": kernel, "signature": signature, "constexprs": constexprs,
-                "aligned": aligned, "num_warps": num_warps, "expect_vector_io": vector, "why_not_vector": why}
+                "aligned": aligned, "num_warps": _NUM_WARPS, "expect_vector_io": True, "why_not_vector": ""}
 
     specs = []
     for form, has_mask in (("masked", False), ("full", True)):
         # the absent one of MASK / IDS is a dummy (pred) the kernel never reads
         extra = {"MASK": "*fp32", "IDS": "*bf16"} if has_mask else {"MASK": "*bf16", "IDS": "*i64"}
         flags = {"NORM_PIX": True, "HAS_MASK": has_mask, "HAS_IDS": not has_mask}
-        # 16-byte loads of pred and stores of grad_pred; the image side is a channel-interleaved
-        # gather (2-byte loads, coalesced: p contiguous pixels per channel and patch row)
-        specs.append(spec(f"masked_mse_loss_fwd_{form}", _masked_mse_loss_kernel, {**consts, **flags}, extra,
-                          num_warps, True))
-        specs.append(spec(f"masked_mse_loss_bwd_{form}", _masked_mse_loss_bwd_kernel, {**consts, **flags}, extra,
-                          num_warps, True))
-    specs.append(spec("masked_mse_loss_sum", _masked_mse_loss_sum_kernel, {"HAS_MASK": True, "BLOCK_G": _BLOCK_G},
-                      {}, 4, True))
+        specs.append(spec(f"masked_mse_loss_fwd_{form}", _masked_mse_loss_kernel, {**consts, **flags}, extra))
+        specs.append(spec(f"masked_mse_loss_bwd_{form}", _masked_mse_loss_bwd_kernel, {**consts, **flags}, extra))
+    specs.append(spec("masked_mse_loss_sum", _masked_mse_loss_sum_kernel, {"HAS_MASK": True, "BLOCK_G": _BLOCK_G}, {}))
     return specs
