@@ -1,9 +1,8 @@
 """masked_mse_loss (fastmae.ops, kernels/masked_mse_loss.py) against masked_mse_loss_ref.
 
 The reference runs in float64 on the same (upcast) values, so a bf16/fp16 input is compared with
-what exact arithmetic gives: the kernel accumulates in float32 and returns a float32 loss, so the loss
-gets the float32 tolerance for a reduction over every element; grad_pred is rounded once to pred's
-dtype and gets that dtype's tolerance (its per-patch norm-pix statistics reduce over P).
+what exact arithmetic gives. Both backends compute in float32: the loss is a float32 scalar, and
+grad_pred is rounded once to pred's dtype; the tolerances (LOSS_RTOL, GRAD_RTOL below) follow from that.
 """
 
 import importlib
@@ -12,7 +11,7 @@ import os
 import pytest
 import torch
 
-from helpers import DTYPES, assert_close, poisoned, requires_kernels
+from helpers import DTYPES, TOLERANCES, assert_close, poisoned, requires_kernels
 from fastmae import ops
 from fastmae.reference import NORM_PIX_EPS, masked_mse_loss_ref
 
@@ -30,6 +29,19 @@ SHAPES = [
     pytest.param(4, 4, 8, 8, 2, id="p4-c4"),  # four channels (a power of two)
 ]
 BACKENDS = ["triton", "torch"]
+
+# Tolerances of _check against the float64 reference.
+# The loss: the library's float32 contract, rtol 1e-5, whatever the input dtype (the sums run in
+# float32; the measured error is ~1e-7). No absolute term: every loss _check sees is O(1) or larger.
+LOSS_RTOL = 1e-5
+# grad_pred: computed in float32 and rounded once to pred's dtype, so one ulp of that dtype (at most
+# 2^-7 of the value for bf16, 2^-10 for fp16; float32 keeps the 1e-5 contract). One ulp, not the
+# half ulp of a round-to-nearest: Triton's interpreter converts float32 -> bf16 by truncation, where
+# the GPU rounds to nearest, so a CPU result can be one ulp off.
+GRAD_RTOL = {torch.float32: 1e-5, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-10}
+# ... plus float32's atol for the elements near zero, where pred - target cancels and what is left
+# is the float32 error of the (norm-pix) target, ~1e-7 of its O(1) values.
+GRAD_ATOL = TOLERANCES[torch.float32][1]
 
 
 def _images(n, c, h, w, dtype):
@@ -73,8 +85,8 @@ def _check(pred, imgs, mask, p, norm_pix, ids, backend):
     ref_loss, ref_grad = _reference(pred, imgs, mask, p, norm_pix, ids, upstream)
     assert loss.dtype == torch.float32 and loss.shape == ()
     assert grad.dtype == dtype and grad.shape == pred.shape
-    assert_close(loss, ref_loss, dtype=torch.float32, reduced=pred.numel())
-    assert_close(grad, ref_grad.to(dtype), dtype=dtype, reduced=pred.shape[2])
+    torch.testing.assert_close(loss.double(), ref_loss, rtol=LOSS_RTOL, atol=0.0)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=GRAD_RTOL[dtype], atol=GRAD_ATOL)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -313,15 +325,9 @@ def test_norm_pix_eps_matches_reference():
     assert kmod.NORM_PIX_EPS == NORM_PIX_EPS
 
 
-def test_compile_specs_name_real_arguments():
-    specs = kmod.compile_specs()
-    assert {s["kernel"] for s in specs} == {
+def test_compile_specs_cover_every_kernel():
+    # tests/test_gpu_readiness.py checks each spec's structure and compiles it; this checks that no
+    # kernel of the module is missing
+    assert {s["kernel"] for s in kmod.compile_specs()} == {
         kmod._masked_mse_loss_kernel, kmod._masked_mse_loss_bwd_kernel, kmod._masked_mse_loss_sum_kernel
     }
-    for spec in specs:
-        kernel = spec["kernel"]
-        assert list(spec["signature"]) == kernel.arg_names, spec["name"]
-        constexprs = {k for k, v in spec["signature"].items() if v == "constexpr"}
-        assert constexprs == set(spec["constexprs"]), spec["name"]
-        assert set(spec["aligned"]) <= set(spec["signature"]) - constexprs, spec["name"]
-        assert spec["expect_vector_io"] or spec["why_not_vector"], spec["name"]
