@@ -14,7 +14,7 @@ import torch
 
 from fastmae import ops
 from fastmae.reference import patchify_ref, unpatchify_ref
-from helpers import DTYPES, interpreting, poisoned, requires_kernels
+from helpers import DTYPES, poisoned, requires_kernels
 
 pytestmark = requires_kernels
 
@@ -143,12 +143,7 @@ def test_bad_input(call, exc, words):
 
 
 def test_compile_specs_cover_every_kernel():
-    specs = pk.compile_specs()
+    # tests/test_gpu_readiness.py checks each spec's structure and compiles it; this checks that no
+    # kernel the module launches is missing (the inverse-ids kernel lives in _common, listed here).
     kernels = {pk._patchify_kernel, pk._unpatchify_kernel, pk._inverse_ids_kernel}
-    assert {s["kernel"] for s in specs} == kernels
-    for s in specs:
-        assert list(s["signature"]) == s["kernel"].arg_names, s["name"]
-        constexprs = {k for k, v in s["signature"].items() if v == "constexpr"}
-        assert constexprs == set(s["constexprs"]), s["name"]
-        assert set(s["aligned"]) <= set(s["signature"]) - constexprs, s["name"]
-        assert s["expect_vector_io"] or s["why_not_vector"], s["name"]
+    assert {s["kernel"] for s in pk.compile_specs()} == kernels
