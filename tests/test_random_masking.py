@@ -13,10 +13,7 @@ import helpers
 from fastmae import ops
 from fastmae.reference import random_masking_ref
 
-pytestmark = pytest.mark.skipif(not helpers.interpreting() and not torch.cuda.is_available(),
-                                reason="needs the Triton interpreter or a GPU")
-
-DEVICE = "cpu" if helpers.interpreting() else "cuda"
+pytestmark = helpers.requires_kernels
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -55,19 +52,19 @@ SHAPES = [
 
 @pytest.mark.parametrize("n,num_patches,len_keep", SHAPES)
 def test_matches_reference(n, num_patches, len_keep):
-    _check(torch.rand(n, num_patches, device=DEVICE), len_keep)
+    _check(torch.rand(n, num_patches, device=helpers.DEVICE), len_keep)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 def test_dtypes(dtype):
     # fp16/bf16 noise from torch.rand has many ties (bf16 has 8 mantissa bits): they are broken by index
-    noise = torch.rand(2, 196, device=DEVICE).to(dtype)
+    noise = torch.rand(2, 196, device=helpers.DEVICE).to(dtype)
     _check(noise, 49)
 
 
 def test_float64_is_compared_in_float64():
     # two values that round to the same float32: a float32 comparison would call them a tie
-    noise = torch.tensor([[0.5 + 2**-40, 0.5, 0.25]], dtype=torch.float64, device=DEVICE)
+    noise = torch.tensor([[0.5 + 2**-40, 0.5, 0.25]], dtype=torch.float64, device=helpers.DEVICE)
     ids_keep, ids_restore, _ = _check(noise, 2)
     assert ids_keep.tolist() == [[2, 1]] and ids_restore.tolist() == [[2, 1, 0]]
 
@@ -75,7 +72,7 @@ def test_float64_is_compared_in_float64():
 @pytest.mark.parametrize("levels", [1, 3, 17])
 def test_ties_broken_by_index(levels):
     # repeated values: a stable sort orders equal noise by patch index (levels=1: every value equal)
-    noise = torch.randint(0, levels, (2, 150), device=DEVICE).float() / levels
+    noise = torch.randint(0, levels, (2, 150), device=helpers.DEVICE).float() / levels
     ids_keep, ids_restore, mask = _check(noise, 60)
     if levels == 1:
         assert ids_keep.tolist() == [list(range(60))] * 2
@@ -84,7 +81,7 @@ def test_ties_broken_by_index(levels):
 def test_nan_inf_and_signed_zero():
     # NaN goes last (after +inf), NaNs among themselves by index; -0.0 ties +0.0, as torch's stable argsort
     row = [float("nan"), 1.0, float("inf"), -float("nan"), -0.0, 0.0, float("-inf"), 1.0, float("nan")]
-    noise = torch.tensor([row, row[::-1]], device=DEVICE)
+    noise = torch.tensor([row, row[::-1]], device=helpers.DEVICE)
     ids_keep, ids_restore, mask = _check(noise, 4)
     want_order = [6, 4, 5, 1, 7, 2, 0, 3, 8]  # torch.argsort(row, stable=True), checked by hand
     assert ids_restore[0].argsort().tolist() == want_order
@@ -93,12 +90,12 @@ def test_nan_inf_and_signed_zero():
 
 
 def test_non_contiguous_noise():
-    noise = torch.rand(40, 3, device=DEVICE).t()  # [3, 40], transposed: ops makes it contiguous
+    noise = torch.rand(40, 3, device=helpers.DEVICE).t()  # [3, 40], transposed: ops makes it contiguous
     _check(noise, 10)
 
 
 def test_no_gradient():
-    noise = torch.rand(2, 20, device=DEVICE, requires_grad=True)
+    noise = torch.rand(2, 20, device=helpers.DEVICE, requires_grad=True)
     ids_keep, ids_restore, mask = ops.random_masking(noise, 5, backend="triton")
     assert not mask.requires_grad and not ids_keep.requires_grad and not ids_restore.requires_grad
     (noise * mask).sum().backward()  # the mask is a constant: d/dnoise = mask
@@ -107,7 +104,7 @@ def test_no_gradient():
 
 def test_custom_op_registration():
     # schema, fake (meta) implementation and autograd registration agree with the real kernel
-    torch.library.opcheck(torch.ops.fastmae.random_masking.default, (torch.rand(2, 9, device=DEVICE), 4))
+    torch.library.opcheck(torch.ops.fastmae.random_masking.default, (torch.rand(2, 9, device=helpers.DEVICE), 4))
 
 
 def test_torch_compile_fullgraph():
@@ -115,7 +112,7 @@ def test_torch_compile_fullgraph():
         ids_keep, ids_restore, mask = ops.random_masking(noise, 12, backend="triton")
         return ids_keep + 1, ids_restore, mask * 2
 
-    noise = torch.rand(2, 49, device=DEVICE)
+    noise = torch.rand(2, 49, device=helpers.DEVICE)
     torch._dynamo.reset()
     got = torch.compile(fn, fullgraph=True, backend="aot_eager")(noise)
     want = fn(noise)
@@ -136,4 +133,4 @@ def test_torch_compile_fullgraph():
 )
 def test_bad_input(noise, len_keep, exc, words):
     with pytest.raises(exc, match=words):
-        ops.random_masking(noise().to(DEVICE), len_keep, backend="triton")
+        ops.random_masking(noise().to(helpers.DEVICE), len_keep, backend="triton")
