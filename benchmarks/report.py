@@ -4,9 +4,10 @@
 
     python -m benchmarks.report --workdir DIR --out benchmarks/results
 
-``DIR`` holds what the script left: ``install.rc``, ``tests.rc``, ``tests.log``, ``tests.xml``,
-``ops.json`` and ``e2e.json`` (pytest-benchmark JSON), ``ops.log``, ``e2e.log``. Anything missing
-is reported as missing. The results file is
+``DIR`` holds what the script left: ``install.rc``, ``device.txt``, ``nvidia-smi.txt``, ``tests.rc``,
+``tests.log``, ``tests.xml``, ``bytes_model.*`` (the bytes-model tests), ``ops.json`` and ``e2e.json``
+(pytest-benchmark JSON), ``ops.log``, ``e2e.log``. Anything missing is reported as missing; a JSON
+file cut off by a kill is recorded as corrupt and the results file is still written. The results file is
 ``benchmarks/results/<UTC date>-<device>.json``: the environment (GPU, driver, versions, git
 commit, date), the test summary, every benchmark figure, and the markdown summary printed here.
 A CPU run is labelled as such: its figures exercise the code, they are not speed claims.
@@ -52,10 +53,10 @@ def _nvidia_smi() -> dict:
     return dict(zip(keys, first))
 
 
-def _tests(workdir: Path) -> dict:
+def _tests(workdir: Path, name: str = "tests") -> dict:
     """Counts from the JUnit XML when present, else from pytest's last summary line."""
-    res: dict = {"rc": _rc(workdir / "tests.rc")}
-    xml = workdir / "tests.xml"
+    res: dict = {"rc": _rc(workdir / f"{name}.rc")}
+    xml = workdir / f"{name}.xml"
     if xml.exists():
         try:
             root = ET.parse(xml).getroot()
@@ -69,7 +70,7 @@ def _tests(workdir: Path) -> dict:
             ]
         except (ET.ParseError, AttributeError):
             pass
-    log = _read(workdir / "tests.log")
+    log = _read(workdir / f"{name}.log")
     if log:
         lines = [line for line in log.splitlines() if re.search(r"\d+ (passed|failed|error|skipped)", line)]
         res["summary"] = lines[-1].strip("= ") if lines else log.strip().splitlines()[-1] if log.strip() else ""
@@ -82,11 +83,18 @@ def _rc(path: Path) -> int | None:
     return int(text.strip()) if text and text.strip().lstrip("-").isdigit() else None
 
 
-def _benchmarks(path: Path) -> tuple[list[dict], dict]:
-    """``extra_info`` of each benchmark (plus pytest-benchmark's own stats), and the file's header."""
+def _benchmarks(path: Path, corrupt: list[str]) -> tuple[list[dict], dict]:
+    """``extra_info`` of each benchmark (plus pytest-benchmark's own stats), and the file's header.
+
+    A file that is not valid JSON (cut off by a kill) adds its name to ``corrupt`` and yields nothing.
+    """
     if not path.exists():
         return [], {}
-    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    except json.JSONDecodeError as err:
+        corrupt.append(f"{path.name}: {err}")
+        return [], {}
     rows = []
     for b in data.get("benchmarks", []):
         row = dict(b.get("extra_info", {}))
@@ -204,7 +212,12 @@ def conditions(report: dict) -> str:
 def summary_markdown(report: dict) -> str:
     t = report["tests"]
     lines = [f"### {report['label']}", "", conditions(report), "",
-             f"Test suite: {t.get('summary', 'not run')} (exit code {t.get('rc')})."]
+             f"Test suite: {t.get('summary', 'not run')} (exit code {t.get('rc')}).",
+             f"Bytes-model tests (benchmarks/test_bytes_model.py): "
+             f"{report['bytes_model_tests'].get('summary', 'not run')} "
+             f"(exit code {report['bytes_model_tests'].get('rc')})."]
+    if report["corrupt_files"]:
+        lines.append("\nCorrupt benchmark JSON (cut off?), its figures are missing: " + "; ".join(report["corrupt_files"]))
     if report["kind"] == "cpu":
         lines.append("\nCPU run: these figures exercise the suite; they are not speed claims.")
     lines += ops_tables(report["ops"], with_targets=report["kind"] == "gpu")
@@ -217,15 +230,36 @@ def summary_markdown(report: dict) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+def _run_was_on_gpu(workdir: Path, first: dict) -> bool:
+    """GPU or CPU run: from a benchmark result, else from what the script recorded, else from torch."""
+    if first.get("device_type"):
+        return first["device_type"] == "cuda"
+    device = _read(workdir / "device.txt")
+    if device and device.strip():
+        return device.strip() == "cuda"
+    smi = _read(workdir / "nvidia-smi.txt")
+    if smi and "NVIDIA-SMI" in smi:
+        return True
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
 def build_report(workdir: Path) -> dict:
-    ops, ops_header = _benchmarks(workdir / "ops.json")
-    e2e, e2e_header = _benchmarks(workdir / "e2e.json")
+    corrupt: list[str] = []
+    ops, ops_header = _benchmarks(workdir / "ops.json", corrupt)
+    e2e, e2e_header = _benchmarks(workdir / "e2e.json", corrupt)
     first = (ops or e2e or [{}])[0]
-    kind = "gpu" if first.get("device_type") == "cuda" else "cpu"
+    kind = "gpu" if _run_was_on_gpu(workdir, first) else "cpu"
     env = {k: first.get(k) for k in ("device", "device_type", "torch", "triton", "cuda", "python", "copy_gbps",
                                       "gemm_tflops", "sm", "gpu_mem_gib", "l2_mib", "timer")}
     smi = _nvidia_smi() if kind == "gpu" else {}
     env.update({k: v for k, v in smi.items() if k != "gpu"})
+    if not env.get("device") and smi.get("gpu"):
+        env["device"] = smi["gpu"]  # no benchmark result to name the device
     header = ops_header or e2e_header
     return {
         "kind": kind,
@@ -237,6 +271,8 @@ def build_report(workdir: Path) -> dict:
         "machine_info": header.get("machine_info"),
         "install": {"rc": _rc(workdir / "install.rc")},
         "tests": _tests(workdir),
+        "bytes_model_tests": _tests(workdir, "bytes_model"),
+        "corrupt_files": corrupt,
         "benchmark_exit_codes": {"ops": _rc(workdir / "ops.rc"), "train_step": _rc(workdir / "e2e.rc")},
         "ops": ops,
         "train_step": e2e,
