@@ -72,8 +72,8 @@ def pytest_generate_tests(metafunc):
 
 # Order of the ops within a shape: those the model's fast path runs first, so that a time budget
 # cuts patchify / unpatchify (whose reference is already a single copy) before the others.
-_OP_ORDER = ("masked_mse_loss", "decoder_input", "encoder_input", "patchify_gather", "random_masking",
-             "patchify", "unpatchify")
+_OP_ORDER = ("masked_mse_loss", "decoder_input", "encoder_input", "encoder_input_official", "patchify_gather",
+             "random_masking", "patchify", "unpatchify")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -122,8 +122,18 @@ def _seed():
 
 
 def pytest_terminal_summary(terminalreporter):
+    from .report import ops_tables
     from .train_step import summary_lines
 
+    if op_bench.RESULTS:
+        # The figures: pytest-benchmark's table times each call on the host clock, L2 flush and
+        # (on CUDA) the ~1 ms spin included; median_ms here is the GPU time of the call alone.
+        first = op_bench.RESULTS[0]
+        terminalreporter.section("fastmae per-op: median_ms of the call alone (not pytest-benchmark's table)")
+        terminalreporter.write_line(f"device {first.get('device')}, copy bandwidth {first['copy_gbps']:.0f} GB/s, "
+                                    f"torch {first.get('torch')}, triton {first.get('triton')}")
+        for line in ops_tables(op_bench.RESULTS, with_targets=first.get("device_type") == "cuda"):
+            terminalreporter.write_line(line)
     lines = summary_lines()
     if lines:
         terminalreporter.section("fastmae end-to-end")
