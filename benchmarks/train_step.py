@@ -170,15 +170,28 @@ def fused_ops_seconds(env: BenchEnv, sh: bm.MAEShape, arm: str) -> float | None:
 # --------------------------------------------------------------------------------------------------
 
 
+def _allocated(env: BenchEnv) -> int:
+    """Bytes allocated on the device now, after freeing what nothing refers to (0 on CPU)."""
+    gc.collect()
+    if not env.is_cuda:
+        return 0
+    torch.cuda.empty_cache()
+    return torch.cuda.memory_allocated(env.device)
+
+
 def run_train_step(benchmark, env: BenchEnv, model_key: str, arm: str, batch: int) -> dict:
     warmup = 3
+    # Peak memory is relative to what is allocated before the trainer exists (the session's L2-flush
+    # buffer, anything a previous arm left): the same for every arm, it counts the weights, the
+    # optimizer state, the batch and the step's activations; the peak is over the timed steps.
+    baseline = _allocated(env)
     trainer = build_trainer(model_key, arm, batch, env, warmup)
     sh = bm.shape_for(model_key, trainer.batch, MASK_RATIO)
     if env.is_cuda:
         torch.cuda.reset_peak_memory_stats(env.device)
     rounds = 10
     timing = measure(benchmark, env, trainer.step, rounds=rounds, warmup=0, flush=False, queue_ahead=False)
-    peak = torch.cuda.max_memory_allocated(env.device) if env.is_cuda else None
+    peak = torch.cuda.max_memory_allocated(env.device) - baseline if env.is_cuda else None
     del trainer
     if arm.endswith("compiled"):
         torch._dynamo.reset()  # drop the compiled graphs (and the weights they hold on to)
