@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from . import bytes_model as bm
+from . import bytes_tables as bt
 from .cases import make_inputs, reference_call
 from .count_bytes import count_bytes
 
@@ -75,5 +76,5 @@ def test_notes_table_is_current():
 
     notes = (Path(__file__).parent / "NOTES.md").read_text(encoding="utf-8")
     sh = bm.shape_for("vit_b16", 256, 0.75)
-    for table in (bm.table(sh, "bf16"), bm.step_table(sh, "bf16")):
+    for table in (bt.table(sh, "bf16"), bt.step_table(sh, "bf16")):
         assert table in notes, "benchmarks/NOTES.md is stale: paste `python -m benchmarks.bytes_model` into it"
