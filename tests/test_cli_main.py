@@ -4,8 +4,19 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from fastmae.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _cpu_default_device():
+    """The command line runs here on the CPU even where the GPU test run (conftest.py) has made
+    CUDA the default device: tensors the tests create without a device stay on the CPU."""
+    before = torch.get_default_device()
+    torch.set_default_device("cpu")
+    yield
+    torch.set_default_device(before)
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["pretrain", "--help"], ["visualize", "--help"],
@@ -14,7 +25,19 @@ def test_help(capsys, argv):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 0
-    assert "usage: fastmae" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "usage: fastmae" in out
+    assert "``" not in out  # the docstrings' reST literals are shown as plain text
+    assert "(default " not in out  # one "(default: X)", added by the formatter, per option
+
+
+def test_every_option_has_help():
+    from fastmae.cli import build_parser
+
+    _, subparsers = build_parser()
+    for name, parser in subparsers.items():
+        bare = [a.option_strings for a in parser._actions if a.option_strings and not a.help]
+        assert not bare, f"{name}: {bare}"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -24,7 +47,9 @@ def test_help(capsys, argv):
     (["pretrain", "--epochs", "two"], "argument --epochs: expected an integer, got 'two'"),
     (["pretrain", "--blr", "nan"], "argument --blr: must be in (0.0, inf), got nan"),
     (["pretrain", "--amp", "fp8"], "argument --amp: invalid choice: 'fp8'"),
-    (["pretrain", "--bogus"], "unrecognized arguments: --bogus"),
+    (["pretrain", "--bogus"], "unrecognized arguments: --bogus (see 'fastmae pretrain --help')"),
+    (["pretrain", "--seed", "-5"], "argument --seed: must be in [0, 4294967296), got -5"),
+    (["pretrain", "--seed", "99999999999"], "argument --seed: must be in [0, 4294967296), got 9999"),
     (["visualize", "--images", "a.png"], "the following arguments are required: --checkpoint"),
 ])
 def test_argument_errors_are_one_line_exit_2(capsys, argv, message):

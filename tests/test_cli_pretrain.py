@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,6 +12,16 @@ from PIL import Image
 import fastmae
 from fastmae.cli import main, pretrain
 from fastmae.cli.lr_sched import lr_at
+
+
+@pytest.fixture(autouse=True)
+def _cpu_default_device():
+    """The command line runs here on the CPU even where the GPU test run (conftest.py) has made
+    CUDA the default device: tensors the tests create without a device stay on the CPU."""
+    before = torch.get_default_device()
+    torch.set_default_device("cpu")
+    yield
+    torch.set_default_device(before)
 
 
 @pytest.fixture(autouse=True)
@@ -23,9 +35,10 @@ def _one_thread():
 
 def base_args(out, *extra):
     # The torch backend: the test session turns the Triton interpreter on, which "auto" would pick.
+    # The CPU: the bitwise resume test means float32 on the CPU, never CUDA with bf16.
     return ["pretrain", "--model", "mae_vit_micro_patch4", "--input-size", "16", "--num-images", "32",
             "--batch-size", "8", "--epochs", "2", "--warmup-epochs", "1", "--backend", "torch",
-            "--print-freq", "2", "--output-dir", str(out), *extra]
+            "--device", "cpu", "--print-freq", "2", "--output-dir", str(out), *extra]
 
 
 def run(capsys, argv):
@@ -54,6 +67,12 @@ def test_trains_and_writes_every_output(tmp_path, capsys):
     assert ckpt["args"]["lr"] == pytest.approx(2e-3 * 8 / 256)  # blr * effective batch / 256
     # 4 iterations per epoch, one optimizer step each.
     assert all(s["step"].item() == 8 for s in ckpt["optimizer"]["state"].values())
+    # AdamW as the official recipe: betas (0.9, 0.95), no decay on the group of 1-D parameters.
+    groups = ckpt["optimizer"]["param_groups"]
+    assert [g["betas"] for g in groups] == [(0.9, 0.95)] * 2
+    assert [g["weight_decay"] for g in groups] == [0.0, 0.05]
+    # The periodic checkpoint is a byte copy of checkpoint-last, not a second serialisation.
+    assert (out / "checkpoint-1.pth").read_bytes() == (out / "checkpoint-last.pth").read_bytes()
     with Image.open(out / "reconstructions.png") as im:
         assert im.width > 4 * 16
 
@@ -132,17 +151,32 @@ def test_image_folder_skips_unreadable_files_with_a_count(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("workers", [0, 1])
-def test_image_that_fails_to_decode_midway_is_named(tmp_path, capsys, workers):
+def test_image_that_fails_to_decode_midway_is_replaced_with_a_warning(tmp_path, capsys, workers):
     data = tmp_path / "data"
     _write_images(data, 4, size=(64, 64))
     jpeg = data / "class0" / "img0.jpg"
     data_bytes = jpeg.read_bytes()
     jpeg.write_bytes(data_bytes[: len(data_bytes) // 2])  # header intact, data cut: passes the scan
-    code, _, err = run(capsys, base_args(tmp_path / "run", "--data", str(data), "--batch-size", "4",
-                                         "--num-workers", str(workers)))
-    assert code == 1
-    assert len(err.splitlines()) == 1
-    assert err.startswith(f"fastmae: error: cannot decode image {jpeg}: image file is truncated")
+    code, stdout, err = run(capsys, base_args(tmp_path / "run", "--data", str(data),
+                                              "--batch-size", "4", "--num-workers", str(workers)))
+    assert code == 0, err
+    # Warned once for the whole run (2 epochs), counted in each epoch line and the summary.
+    assert err == (f"fastmae: warning: cannot decode image {jpeg}: replaced by the next image "
+                   "that decodes (warned once per file)\n")
+    assert stdout.count(", 1 undecodable image(s) replaced") == 2
+    assert ", 2 undecodable image(s) replaced;" in stdout
+
+
+def test_no_decodable_image_is_a_one_line_error(tmp_path, capsys):
+    data = tmp_path / "data"
+    _write_images(data, 4, size=(64, 64))
+    for path in data.rglob("*.png"):
+        path.unlink()
+    for path in data.rglob("*.jpg"):  # the 2 JPEGs: header intact, data cut (they pass the scan)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    code, _, err = run(capsys, base_args(tmp_path / "run", "--data", str(data), "--batch-size", "2"))
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith("fastmae: error: no image can be decoded")
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
@@ -173,6 +207,7 @@ def _truncated_checkpoint(path):
 
 @pytest.mark.parametrize("extra, message", [
     (["--data", "{tmp}/missing"], "data directory not found: {tmp}/missing"),
+    (["--data", "{tmp}/tiny.pth"], "--data {tmp}/tiny.pth is not a directory"),
     (["--data", "{tmp}/empty"], "no .jpg/.jpeg/.png images in data directory {tmp}/empty"),
     (["--data", "{tmp}/corrupt"], "none of the 2 image files in {tmp}/corrupt can be read"),
     (["--num-images", "6"], "--batch-size 8 is larger than the data (6 images)"),
@@ -209,6 +244,74 @@ def test_existing_run_is_not_overwritten(tmp_path, capsys):
     code, _, err = run(capsys, base_args(out, "--epochs", "1"))
     assert code == 2 and f"{out} already holds a run; continue it with --resume" in err
     assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+
+
+def test_resume_of_another_run_into_an_existing_run_is_refused(tmp_path, capsys):
+    first, other = tmp_path / "first", tmp_path / "other"
+    assert run(capsys, base_args(first, "--epochs", "1"))[0] == 0
+    assert run(capsys, base_args(other, "--epochs", "1", "--seed", "1"))[0] == 0
+    before = {name: (first / name).read_bytes() for name in os.listdir(first)}
+    code, _, err = run(capsys, base_args(first, "--epochs", "2", "--resume",
+                                         str(other / "checkpoint-last.pth")))
+    assert code == 2 and len(err.splitlines()) == 1
+    assert f"{first} already holds another run than {other / 'checkpoint-last.pth'}" in err
+    assert {name: (first / name).read_bytes() for name in os.listdir(first)} == before
+    # The same run through another spelling of its directory is accepted.
+    code, _, err = run(capsys, base_args(first, "--epochs", "2", "--resume",
+                                         str(tmp_path / "." / "first" / "checkpoint-last.pth")))
+    assert code == 0, err
+
+
+def test_resume_from_an_older_checkpoint_rewrites_the_later_log_lines(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(capsys, base_args(out, "--epochs", "3", "--save-every", "1"))[0] == 0
+    old = log_lines(out)
+    code, _, err = run(capsys, base_args(out, "--epochs", "3", "--resume",
+                                         str(out / "checkpoint-0.pth")))
+    assert code == 0, err
+    # Epochs 1 and 2 retrained once each: no duplicate lines, the same values (a CPU run is exact).
+    assert log_lines(out) == old
+
+
+def test_resume_at_another_input_size_rebuilds_the_fixed_position_tables(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(capsys, base_args(out, "--epochs", "1"))[0] == 0
+    code, stdout, err = run(capsys, base_args(out, "--epochs", "2", "--input-size", "32",
+                                              "--resume", str(out / "checkpoint-last.pth")))
+    assert code == 0, err
+    assert "resumed from" in stdout and "different --input-size" in err
+    ckpt = torch.load(out / "checkpoint-last.pth", weights_only=True)
+    assert ckpt["model"]["pos_embed"].shape[1] == (32 // 4) ** 2 + 1
+
+
+def test_triton_backend_without_cuda_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # what a user's CPU machine has
+    code, _, err = run(capsys, base_args(tmp_path / "run", "--backend", "triton"))
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("fastmae: error: --backend triton: backend 'triton' needs CUDA tensors")
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch):
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB ...")
+
+    monkeypatch.setattr(pretrain, "train_one_epoch", oom)
+    code, _, err = run(capsys, base_args(tmp_path / "run"))
+    assert code == 1 and err == "fastmae: error: out of memory: lower --batch-size\n"
+
+
+def test_stale_temporary_files_of_killed_saves_are_removed(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    stale = out / f".checkpoint-last.pth.tmp-{dead.stdout.strip()}"
+    live = out / f".checkpoint-last.pth.tmp-{os.getppid()}"  # a running process: left alone
+    stale.write_bytes(b"partial")
+    live.write_bytes(b"partial")
+    assert run(capsys, base_args(out, "--epochs", "1"))[0] == 0
+    assert not stale.exists() and live.exists()
 
 
 def test_lr_schedule_matches_the_official_formula():

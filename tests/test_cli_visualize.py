@@ -13,6 +13,16 @@ from fastmae.cli import main
 from fastmae.cli.visualize import PANELS, denormalize_norm_pix, reconstruct
 
 
+@pytest.fixture(autouse=True)
+def _cpu_default_device():
+    """The command line runs here on the CPU even where the GPU test run (conftest.py) has made
+    CUDA the default device: tensors the tests create without a device stay on the CPU."""
+    before = torch.get_default_device()
+    torch.set_default_device("cpu")
+    yield
+    torch.set_default_device(before)
+
+
 @pytest.fixture
 def images(tmp_path):
     """Two inputs of different sizes and formats; both are resized to the model's 32 px."""
@@ -109,8 +119,14 @@ def test_reconstruct_panels_in_normalised_space():
     (["--model", "nope"], "unknown model 'nope'"),
     (["--input-size", "30"], "cannot build mae_vit_micro_patch4"),
     (["--mask-ratio", "1.5"], "argument --mask-ratio: must be in (0.0, 1.0)"),
+    (["--mask-ratio", "0.99"], "--mask-ratio 0.99 keeps none of the 64 patches"),  # as pretrain
+    (["--seed", "-1"], "argument --seed: must be in [0, 4294967296), got -1"),
+    (["--device", "foo"], "invalid --device 'foo' (use cpu, cuda or cuda:N)"),  # as pretrain
+    (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device "),
+    (["--backend", "triton"], "--backend triton: backend 'triton' needs CUDA tensors"),
 ])
-def test_bad_input_is_one_line(tmp_path, capsys, images, extra, message):
+def test_bad_input_is_one_line(tmp_path, capsys, images, monkeypatch, extra, message):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # what a user's CPU machine has
     ckpt = micro_checkpoint(tmp_path / "c.pth")
     code, _, err = visualize(capsys, ckpt, images, tmp_path / "out", *extra)
     assert code == 2 and len(err.splitlines()) == 1 and message in err

@@ -7,7 +7,7 @@ import socket
 import torch
 import torch.multiprocessing as mp
 
-from fastmae.cli import build_parser, pretrain
+from fastmae.cli import parse_args, pretrain
 
 
 def _free_port():
@@ -21,7 +21,7 @@ def _worker(rank, world_size, port, out):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    args = build_parser().parse_args([
+    args = parse_args([
         "pretrain", "--model", "mae_vit_micro_patch4", "--input-size", "16", "--num-images", "32",
         "--batch-size", "4", "--epochs", "2", "--blr", "2e-3", "--backend", "torch", "--device", "cpu",
         "--output-dir", os.path.join(out, "run")])

@@ -5,10 +5,15 @@ arguments or inputs) or 1 (a failure while running); no traceback.
 """
 
 import argparse
+import importlib
 import sys
+
+import torch
 
 from fastmae.cli.errors import CLIError, UsageError
 
+# Each command: its module ``fastmae.cli.<name>`` (``add_arguments(parser)``, ``run(args)``) and
+# its one-line help. Modules are imported when the parser is built, not at ``import fastmae.cli``.
 COMMANDS = {
     "pretrain": "MAE pretraining (default: a tiny model on an embedded image set, ~1 min on 2 CPU cores)",
     "visualize": "the official demo's panels (original, masked, reconstruction, + visible)",
@@ -32,30 +37,49 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
         return super()._get_help_string(action)
 
 
-def build_parser():
-    """The parser for every subcommand (each module adds its own options)."""
-    from fastmae.cli import mask, pretrain, visualize
+def _module(name):
+    return importlib.import_module(f"fastmae.cli.{name}")
 
+
+def build_parser():
+    """The parser for every subcommand (each module adds its own options).
+
+    Returns:
+        ``(parser, {name: subparser})``.
+    """
     parser = _Parser(prog="fastmae", description="Masked Autoencoder pretraining with fused kernels.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module in (("pretrain", pretrain), ("visualize", visualize), ("mask", mask)):
-        module.add_arguments(sub.add_parser(name, help=COMMANDS[name],
-                                            description=module.__doc__.strip(),
-                                            formatter_class=_HelpFormatter))
-    return parser
+    subparsers = {}
+    for name, summary in COMMANDS.items():
+        module = _module(name)
+        # The docstrings use reST ``literals``; --help shows them as plain text.
+        subparsers[name] = sub.add_parser(name, help=summary,
+                                          description=module.__doc__.strip().replace("``", ""),
+                                          formatter_class=_HelpFormatter)
+        module.add_arguments(subparsers[name])
+    return parser, subparsers
+
+
+def parse_args(argv=None):
+    """Parse ``argv``; an unknown option is reported against its subcommand's ``--help``."""
+    parser, subparsers = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        subparsers[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def main(argv=None):
     """Run ``fastmae`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
-    from fastmae.cli import mask, pretrain, visualize
-
-    commands = {"pretrain": pretrain.run, "visualize": visualize.run, "mask": mask.run}
     try:
-        args = build_parser().parse_args(argv)
-        return commands[args.command](args)
+        args = parse_args(argv)
+        return _module(args.command).run(args)
     except CLIError as e:
         print(f"fastmae: error: {e}", file=sys.stderr)
         return e.exit_code
+    except torch.OutOfMemoryError:
+        print("fastmae: error: out of memory: lower --batch-size", file=sys.stderr)
+        return 1
     except OSError as e:  # e.g. an unwritable --out or a full disk
         print(f"fastmae: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "),
               file=sys.stderr)

@@ -10,6 +10,7 @@ import argparse
 import os
 import random
 import re
+import shutil
 
 import numpy as np
 import torch
@@ -18,24 +19,48 @@ import fastmae
 from fastmae.cli.errors import UsageError
 
 
+FIXED_TABLES = ("pos_embed", "decoder_pos_embed")
+
+
 class CheckpointError(UsageError):
     """A checkpoint that is missing, unreadable or does not fit the model (one-line message)."""
 
 
 def save_checkpoint(obj, path):
-    """Write ``obj`` to ``path`` atomically: a crash or kill midway leaves the old file in place.
+    """Write ``obj`` to ``path`` atomically: a crash or kill midway leaves the old file in place."""
+    _write_atomically(path, lambda f: torch.save(obj, f))
 
-    The bytes go to a temporary file in the same directory, which is flushed and fsync'ed and only
-    then renamed over ``path`` (``os.replace`` is atomic on POSIX and Windows); the directory is
-    fsync'ed so the rename itself survives a power loss.
+
+def copy_atomically(src, dst):
+    """Copy the file ``src`` to ``dst`` atomically (a periodic checkpoint from checkpoint-last)."""
+    def copy(f):
+        with open(src, "rb") as s:
+            shutil.copyfileobj(s, f, 1 << 20)
+    _write_atomically(dst, copy)
+
+
+def write_text_atomically(text, path):
+    """Replace ``path`` with ``text`` (UTF-8) atomically."""
+    _write_atomically(path, lambda f: f.write(text.encode("utf-8")))
+
+
+_TMP = re.compile(r"^\..+\.tmp-(\d+)$")  # the temporary names below: .<name>.tmp-<pid>
+
+
+def _write_atomically(path, write):
+    """``write(f)`` into a temporary file in ``path``'s directory, then rename it over ``path``.
+
+    The temporary file is flushed and fsync'ed before the rename (``os.replace`` is atomic on
+    POSIX and Windows), and the directory is fsync'ed so the rename itself survives a power loss.
     """
     directory = os.path.dirname(os.path.abspath(path))
     # Hidden name in the same directory (os.replace cannot cross file systems); opened normally so
-    # the final file gets the usual umask permissions. A SIGKILL midway leaves this file behind.
+    # the final file gets the usual umask permissions. A SIGKILL midway leaves this file behind:
+    # remove_stale_temporaries cleans it up at the next start.
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -44,6 +69,35 @@ def save_checkpoint(obj, path):
             os.unlink(tmp)
         raise
     _fsync_dir(directory)
+
+
+def remove_stale_temporaries(directory):
+    """Delete temporary files left in ``directory`` by killed saves: those whose process is gone.
+
+    Returns the names removed. Call on rank 0 before it writes anything.
+    """
+    removed = []
+    for name in os.listdir(directory):
+        match = _TMP.match(name)
+        if match and not _alive(int(match.group(1))):
+            try:
+                os.unlink(os.path.join(directory, name))
+                removed.append(name)
+            except OSError:
+                pass
+    return removed
+
+
+def _alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: an existence check, nothing is sent
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, owned by someone else
+        return True
+    return True
 
 
 def _fsync_dir(directory):
@@ -101,20 +155,31 @@ def load_model_state(model, ckpt, path, model_name):
     Loading goes through ``fastmae.load_official_checkpoint`` (which knows the official format).
     On a mismatch the message names the checkpoint's model (from its args) when it has one, else
     the first mismatching entry, instead of PyTorch's multi-line ``load_state_dict`` report.
+
+    The fixed sin-cos tables ``pos_embed`` and ``decoder_pos_embed`` (not trainable; the model
+    builds them for its own grid) are taken from the checkpoint only when their shapes match, so
+    a checkpoint trained at another ``--input-size`` loads.
     """
+    expected = model.state_dict()
+    state = {k: v for k, v in ckpt["model"].items()
+             if k not in FIXED_TABLES or k not in expected or v.shape == expected[k].shape}
     try:
-        fastmae.load_official_checkpoint(ckpt, model=model, strict=True)
-        return
+        fastmae.load_official_checkpoint({"model": state}, model=model, strict=False)
+        missing = [k for k in expected if k not in state and k not in FIXED_TABLES]
+        unexpected = [k for k in ckpt["model"] if k not in expected]
+        if not missing and not unexpected:
+            return
     except (RuntimeError, KeyError, ValueError):
         pass
     saved_name = checkpoint_args(ckpt).get("model")
     if saved_name and saved_name != model_name:
         raise CheckpointError(
             f"{path} holds a {saved_name} model, not {model_name} (pass --model {saved_name})")
-    state, expected = ckpt["model"], model.state_dict()
+    state = ckpt["model"]
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    reshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    reshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape
+                and k not in FIXED_TABLES]
     if reshaped:
         k = reshaped[0]
         detail = f"'{k}' is {list(state[k].shape)}, expected {list(expected[k].shape)}"

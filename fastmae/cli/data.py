@@ -15,9 +15,8 @@ from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from fastmae.cli.errors import CLIError, UsageError
+from fastmae.cli.images import imagenet_stats, open_image
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
@@ -28,8 +27,7 @@ class DataError(CLIError):
 def to_normalized_tensor(img):
     """PIL RGB image -> ``[3, H, W]`` float32, ImageNet-normalised (ToTensor + Normalize)."""
     x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)  # [3, H, W]
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    mean, std = imagenet_stats()
     return (x - mean) / std
 
 
@@ -68,7 +66,12 @@ def random_resized_crop_box(width, height, rng, scale=(0.2, 1.0), ratio=(3 / 4, 
 
 def pretrain_transform(img, size, rng):
     """Official MAE pretraining augmentation: RandomResizedCrop(scale 0.2-1, bicubic), horizontal
-    flip with probability 1/2, ToTensor, ImageNet Normalize. ``size`` is ``(H, W)``."""
+    flip with probability 1/2, ToTensor, ImageNet Normalize. ``size`` is ``(H, W)``.
+
+    The crop and the resize are one Pillow ``resize(box=...)``, which samples the source inside the
+    box but may read pixels just outside it for the bicubic kernel; torchvision crops first and so
+    clamps at the crop's edge. Results differ slightly along the crop's border pixels.
+    """
     img = img.convert("RGB")
     box = random_resized_crop_box(img.width, img.height, rng)
     img = img.resize((size[1], size[0]), Image.BICUBIC, box=box)
@@ -134,15 +137,18 @@ class ImageFolder:
 
     Files are checked when the folder is scanned (``Image.open`` + ``verify``, no full decode): those
     that fail are skipped with one warning giving their count. A file that passes the check but
-    fails to decode during training stops the run with a ``DataError`` naming it.
+    fails to decode during training is replaced by another image (see :class:`Augmented`).
 
     Raises:
-        UsageError: ``root`` is missing, holds no image files, or none of them can be read.
+        UsageError: ``root`` is missing or not a directory, holds no image files, or none of them
+            can be read.
     """
 
     def __init__(self, root, warn=print):
-        if not os.path.isdir(root):
+        if not os.path.exists(root):
             raise UsageError(f"data directory not found: {root}")
+        if not os.path.isdir(root):
+            raise UsageError(f"--data {root} is not a directory")
         files = sorted(
             os.path.join(d, f)
             for d, _, names in os.walk(root, followlinks=True)
@@ -169,25 +175,30 @@ class ImageFolder:
         return len(self.files)
 
     def image(self, index):
-        """The ``index``-th image, decoded to RGB."""
-        path = self.files[index]
-        try:
-            with Image.open(path) as im:
-                return im.convert("RGB")
-        except Exception as e:
-            raise DataError(f"cannot decode image {path}: {e}") from None
+        """The ``index``-th image, decoded to RGB, or a ``DataError`` naming its file."""
+        return open_image(self.files[index], error=DataError)
 
 
 class Augmented(Dataset):
     """``images`` through :func:`pretrain_transform`, with randomness seeded by (seed, epoch, index).
 
+    Each item is ``(image [3, H, W], skipped)``: when image ``index`` fails to decode, the next
+    index that decodes (``index + 1``, ``index + 2``... modulo the length, so the substitute is the
+    same on every run) takes its place and ``skipped`` is ``index``, else ``-1``. The training loop
+    warns once per such file and counts them per epoch.
+
     Call :meth:`set_epoch` before each epoch, as for the sampler. The loader must not use persistent
     workers: workers receive a copy of this object when an epoch's iterator starts.
+
+    Raises:
+        DataError: from ``__getitem__`` when no image at all can be decoded.
     """
 
     def __init__(self, images, size, seed):
         self.images, self.size, self.seed = images, size, seed
         self.epoch = 0
+        self._bad = set()  # indices known not to decode, in this process
+        self.warned = set()  # indices the training loop has warned about (main process)
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -197,7 +208,28 @@ class Augmented(Dataset):
 
     def __getitem__(self, index):
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        return pretrain_transform(self.images.image(index), self.size, rng)
+        first_error = None
+        for k in range(len(self.images)):
+            i = (index + k) % len(self.images)
+            if i in self._bad:
+                continue
+            try:
+                img = self.images.image(i)
+            except DataError as e:
+                self._bad.add(i)
+                first_error = first_error or e
+                continue
+            return pretrain_transform(img, self.size, rng), (index if k else -1)
+        raise DataError(f"no image can be decoded: {first_error or 'every file failed before'}")
+
+
+class _Sampler(DistributedSampler):
+    """``DistributedSampler`` drawing its permutation on the CPU whatever the default device: its
+    generator is a CPU one, and ``torch.randperm`` would otherwise follow the default device."""
+
+    def __iter__(self):
+        with torch.device("cpu"):
+            return super().__iter__()
 
 
 def build_loader(dataset, batch_size, seed, num_workers, world_size=1, rank=0, pin_memory=False):
@@ -206,7 +238,7 @@ def build_loader(dataset, batch_size, seed, num_workers, world_size=1, rank=0, p
     Raises:
         UsageError: ``batch_size`` is larger than the images one rank gets (no batch would run).
     """
-    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+    sampler = _Sampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
                                  seed=seed)
     if batch_size > len(sampler):
         per_rank = f", {len(sampler)} per process over {world_size}" if world_size > 1 else ""

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from fastmae.cli.errors import CLIError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -68,3 +70,29 @@ def gather(obj, info):
     out = [None] * info.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def barrier(info):
+    """Wait for every rank (a no-op for a single process)."""
+    if info.enabled:
+        dist.barrier()
+
+
+def from_main(make, info):
+    """``make()`` run on rank 0 only and its (picklable) result sent to every rank.
+
+    A ``CLIError`` raised by ``make`` on rank 0 is re-raised on every rank, so none waits forever.
+    """
+    if not info.enabled:
+        return make()
+    box = [None]
+    if info.is_main:
+        try:
+            box[0] = (make(), None)
+        except CLIError as e:
+            box[0] = (None, e)
+    dist.broadcast_object_list(box, src=0)
+    value, error = box[0]
+    if error is not None:
+        raise error
+    return value

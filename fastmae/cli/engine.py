@@ -48,8 +48,9 @@ class Progress:
 
 
 def train_one_epoch(model, loader, optimizer, scaler, amp_dtype, epoch, args, info, device,
-                    progress):
-    """Train ``model`` for one epoch over ``loader``; returns ``{'lr': mean, 'loss': mean}``.
+                    progress, warn=print):
+    """Train ``model`` for one epoch over ``loader``; returns ``{'lr': mean, 'loss': mean,
+    'skipped': images that failed to decode and were replaced, over all ranks}``.
 
     The loss is averaged over all ranks at every iteration (one scalar all-reduce), so every rank
     sees the same value and a non-finite loss stops all of them together.
@@ -62,8 +63,12 @@ def train_one_epoch(model, loader, optimizer, scaler, amp_dtype, epoch, args, in
     iters = len(loader)
     accum = args.accum_iter
     loss_sum = lr_sum = 0.0
+    skipped = 0
     progress.start()
-    for step, imgs in enumerate(iterate(loader)):  # imgs: [B, C, H, W]
+    for step, (imgs, bad) in enumerate(iterate(loader)):  # imgs: [B, C, H, W], bad: [B] (CPU)
+        bad = bad[bad >= 0].tolist()  # a CPU tensor from the loader: no device sync
+        for index in bad:
+            warn_decode_failure(loader.dataset, index, warn)
         if step % accum == 0:
             lr = lr_at(step / iters + epoch, args.lr, args.min_lr, args.warmup_epochs, args.epochs)
             set_lr(optimizer, lr)
@@ -74,7 +79,8 @@ def train_one_epoch(model, loader, optimizer, scaler, amp_dtype, epoch, args, in
         with sync:
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss, _, _ = model(imgs, mask_ratio=args.mask_ratio, full_pred=False)
-            loss_value = sum_across([loss.item()], device, info)[0] / info.world_size
+            loss_value, bad_count = sum_across([loss.item(), len(bad)], device, info)
+            loss_value /= info.world_size
             if not math.isfinite(loss_value):
                 raise NonFiniteLoss(f"loss is {loss_value} at epoch {epoch}, iteration {step}")
             loss = loss / accum
@@ -88,5 +94,15 @@ def train_one_epoch(model, loader, optimizer, scaler, amp_dtype, epoch, args, in
             optimizer.zero_grad(set_to_none=True)
         loss_sum += loss_value
         lr_sum += lr
+        skipped += int(bad_count)
         progress.update(epoch, step, loss_value, loss_sum / (step + 1), lr)
-    return {"lr": lr_sum / iters, "loss": loss_sum / iters}
+    return {"lr": lr_sum / iters, "loss": loss_sum / iters, "skipped": skipped}
+
+
+def warn_decode_failure(dataset, index, warn):
+    """Warn once per file (per process) that image ``index`` failed to decode and was replaced."""
+    if index not in dataset.warned:
+        dataset.warned.add(index)
+        name = getattr(dataset.images, "files", None)
+        warn(f"cannot decode image {name[index] if name else index}: replaced by the next image "
+             "that decodes (warned once per file)")

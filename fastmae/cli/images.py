@@ -1,5 +1,5 @@
-"""Image files in and out for ``visualize`` and ``mask``: opening named images, output names,
-ImageNet de-normalisation and a titled grid."""
+"""Image files in and out: opening an image (one path for every command), output names, the
+ImageNet statistics, de-normalisation and a titled grid."""
 
 import math
 import os
@@ -8,19 +8,33 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from fastmae.cli.data import IMAGENET_MEAN, IMAGENET_STD
 from fastmae.cli.errors import UsageError
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
-def open_image(path):
-    """Open ``path`` as an RGB PIL image, or raise a one-line ``UsageError`` naming it."""
+
+def imagenet_stats():
+    """ImageNet ``(mean, std)`` as ``[3, 1, 1]`` float32 tensors, on the CPU whatever the default
+    device is (images are decoded and normalised on the CPU)."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device="cpu").view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device="cpu").view(3, 1, 1)
+    return mean, std
+
+
+def open_image(path, error=UsageError):
+    """Open ``path`` as an RGB PIL image, or raise a one-line ``error`` naming it.
+
+    ``error`` is ``UsageError`` for files named on the command line, ``data.DataError`` for a
+    training image that passed the scan but fails to decode.
+    """
     try:
         with Image.open(path) as im:
             return im.convert("RGB")
     except FileNotFoundError:
-        raise UsageError(f"image not found: {path}") from None
+        raise error(f"image not found: {path}") from None
     except Exception as e:  # Pillow raises many types for a damaged or non-image file
-        raise UsageError(f"cannot read image {path}: {e}") from None
+        raise error(f"cannot {'read' if error is UsageError else 'decode'} image {path}: {e}") from None
 
 
 def output_names(paths):
@@ -36,8 +50,7 @@ def output_names(paths):
 def to_uint8(x):
     """ImageNet-normalised ``[C, H, W]`` tensor -> ``[H, W, C]`` uint8 array, as the official demo
     shows it: ``clip((x * std + mean) * 255, 0, 255)``, truncated."""
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    mean, std = imagenet_stats()
     img = torch.clip((x.detach().float().cpu() * std + mean) * 255, 0, 255)
     return img.permute(1, 2, 0).to(torch.uint8).numpy()
 

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 import fastmae
-from fastmae.cli.argtypes import fraction, positive_int
+from fastmae.cli.argtypes import fraction, positive_int, seed
 from fastmae.cli.errors import UsageError
 from fastmae.cli.images import open_image, output_names
 
@@ -22,12 +22,14 @@ def add_arguments(parser):
     parser.add_argument("--images", nargs="+", required=True, metavar="IMAGE",
                         help="image files (converted to RGB)")
     parser.add_argument("--input-size", type=positive_int, default=192,
-                        help="side the images are resized to (default 192, as the lesson's class)")
-    parser.add_argument("--mask-patch-size", type=positive_int, default=16)
-    parser.add_argument("--mask-ratio", type=fraction, default=0.8)
-    parser.add_argument("--out", default="output", help="output directory (default ./output, as "
-                        "the lesson); files go to OUT/<image stem>/")
-    parser.add_argument("--seed", type=int, help="seed of the mask draws (default: unseeded)")
+                        help="side the images are resized to (192 as the lesson's class)")
+    parser.add_argument("--mask-patch-size", type=positive_int, default=16,
+                        help="side of a masked square in pixels; divides --input-size")
+    parser.add_argument("--mask-ratio", type=fraction, default=0.8,
+                        help="fraction of the squares masked (rounded up), in [0, 1]")
+    parser.add_argument("--out", default="output", help="output directory (./output as the "
+                        "lesson); files go to OUT/<image stem>/")
+    parser.add_argument("--seed", type=seed, help="seed of the mask draws (default: unseeded)")
 
 
 def run(args):

@@ -25,14 +25,16 @@ from torch.nn.parallel import DistributedDataParallel
 import fastmae
 from fastmae.cli import distributed
 from fastmae.cli.argtypes import (nonnegative_float, nonnegative_int, positive_float, positive_int,
-                                  ratio)
-from fastmae.cli.checkpoint import (checkpoint_args, load_checkpoint, load_model_state, rng_state,
-                                    save_checkpoint, set_rng_state)
-from fastmae.cli.data import (Augmented, ImageFolder, ProceduralImages, build_loader,
+                                  ratio, seed)
+from fastmae.cli.checkpoint import (checkpoint_args, copy_atomically, load_checkpoint,
+                                    load_model_state, remove_stale_temporaries, rng_state,
+                                    save_checkpoint, set_rng_state, write_text_atomically)
+from fastmae.cli.data import (Augmented, DataError, ImageFolder, ProceduralImages, build_loader,
                               resize_normalized)
 from fastmae.cli.engine import NonFiniteLoss, Progress, train_one_epoch
 from fastmae.cli.errors import UsageError
 from fastmae.cli.images import grid
+from fastmae.cli.runtime import check_backend, check_keeps_patch, parse_device
 from fastmae.cli.visualize import TITLES, panel_rows
 
 # Arguments that shape the training trajectory: a resume that changes them cannot continue it exactly.
@@ -55,8 +57,9 @@ def add_arguments(p):
                    help="size of the procedural set (ignored with --data)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per process per iteration")
     p.add_argument("--accum-iter", type=positive_int, default=1, help="iterations per optimizer step")
-    p.add_argument("--epochs", type=positive_int, default=12)
-    p.add_argument("--warmup-epochs", type=nonnegative_float, default=1)
+    p.add_argument("--epochs", type=positive_int, default=12, help="epochs to train in all")
+    p.add_argument("--warmup-epochs", type=nonnegative_float, default=1,
+                   help="epochs of linear lr warmup before the cosine decay")
     p.add_argument("--blr", type=positive_float, default=1e-2,
                    help="base lr: lr = blr * batch-size * accum-iter * processes / 256")
     p.add_argument("--lr", type=positive_float, help="absolute lr (overrides --blr)")
@@ -66,10 +69,13 @@ def add_arguments(p):
     p.add_argument("--amp", choices=("bf16", "fp16", "off"),
                    help="autocast dtype; default bf16 on CUDA, off on CPU (fp16 adds a GradScaler)")
     p.add_argument("--resume", help="checkpoint to continue from (fastmae or official)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0,
+                   help="seed of the data order, augmentation and masking (process r adds r)")
     p.add_argument("--num-workers", type=nonnegative_int,
                    help="data loader processes; default 0 on CPU, min(8, cores) on CUDA")
-    p.add_argument("--output-dir", default="output/pretrain")
+    p.add_argument("--output-dir", default="output/pretrain",
+                   help="where checkpoints, log.txt and reconstructions.png go; a directory that "
+                   "holds a run is only continued, with --resume of a checkpoint inside it")
     p.add_argument("--save-every", type=positive_int, default=20,
                    help="also keep checkpoint-<epoch>.pth every N epochs")
     p.add_argument("--print-freq", type=positive_int, default=20, help="progress line every N iterations")
@@ -91,7 +97,8 @@ def train(args):
     """
     args = argparse.Namespace(**vars(args))  # the lr and defaults filled in below stay local
     info = distributed.from_env()
-    device = _device(args.device, info)
+    device = parse_device(args.device, info.local_rank, info.enabled)
+    check_backend(args.backend, device)
     distributed.init(info, device)
     try:
         return _train(args, info, device)
@@ -103,9 +110,8 @@ def _train(args, info, device):
     say = print if info.is_main else _quiet
     warn = (lambda msg: print(f"fastmae: warning: {msg}", file=sys.stderr)) if info.is_main else _quiet
     last_path = os.path.join(args.output_dir, "checkpoint-last.pth")
-    if not args.resume and os.path.exists(last_path):
-        raise UsageError(f"{args.output_dir} already holds a run; continue it with --resume "
-                         f"{last_path} or choose another --output-dir")
+    log_path = os.path.join(args.output_dir, "log.txt")
+    _check_output_dir(args, last_path, log_path)
     _seed_everything(args.seed + info.rank)
 
     images, dataset, loader = _build_data(args, info, device, warn)
@@ -130,19 +136,22 @@ def _train(args, info, device):
 
     if info.is_main:
         os.makedirs(args.output_dir, exist_ok=True)
+        remove_stale_temporaries(args.output_dir)
+        if args.resume:
+            _truncate_log(log_path, start_epoch)
     say(f"pretraining {args.model} ({sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M "
         f"parameters) at {args.input_size} px on {images.name}; device {device}, "
         f"{info.world_size} process(es), amp {args.amp}")
     say(f"effective batch {eff_batch}, lr {args.lr:.3e} (blr {args.blr:g}), epochs "
         f"{start_epoch}..{args.epochs - 1}, {len(loader)} iterations per epoch")
     progress = Progress(len(loader), args.batch_size * info.world_size, args.print_freq, say)
-    losses, t0 = [], time.perf_counter()
+    losses, skipped, t0 = [], 0, time.perf_counter()
     for epoch in range(start_epoch, args.epochs):
         loader.sampler.set_epoch(epoch)
         dataset.set_epoch(epoch)
         try:
             stats = train_one_epoch(model, loader, optimizer, scaler, amp_dtype, epoch, args, info,
-                                    device, progress)
+                                    device, progress, warn)
         except NonFiniteLoss as e:
             kept = (f"the last good checkpoint is {last_path}" if os.path.exists(last_path)
                     else "no checkpoint had been written")
@@ -150,22 +159,63 @@ def _train(args, info, device):
         rngs = distributed.gather(rng_state(), info)  # every rank's, so a resume continues each
         if info.is_main:
             _save(args, raw_model, optimizer, scaler, epoch, rngs, stats)
+        # No rank runs ahead (or exits) while rank 0 writes: torchrun stops every process as soon
+        # as one has exited, which could kill rank 0 midway through its last save.
+        distributed.barrier(info)
         losses.append(stats["loss"])
+        skipped += stats["skipped"]
+        note = f", {stats['skipped']} undecodable image(s) replaced" if stats["skipped"] else ""
         say(f"epoch [{epoch}] done in {progress.elapsed():.1f}s: train_loss {stats['loss']:.4f} "
-            f"train_lr {stats['lr']:.3e}")
+            f"train_lr {stats['lr']:.3e}{note}")
 
     elapsed = time.perf_counter() - t0
     if info.is_main:
         recon = _save_reconstructions(raw_model, images, args)
         if losses:
             seen = len(losses) * len(loader) * args.batch_size * info.world_size
+            note = f", {skipped} undecodable image(s) replaced" if skipped else ""
             say(f"done: {len(losses)} epochs in {elapsed:.1f}s ({seen / elapsed:,.0f} img/s), "
-                f"train_loss {losses[0]:.4f} -> {losses[-1]:.4f}; wrote {last_path}, "
-                f"{os.path.join(args.output_dir, 'log.txt')}, {recon}")
+                f"train_loss {losses[0]:.4f} -> {losses[-1]:.4f}{note}; wrote {last_path}, "
+                f"{log_path}, {recon}")
         else:
             say(f"nothing to train: the checkpoint is already at --epochs {args.epochs}; "
                 f"wrote {recon}")
+    distributed.barrier(info)  # every rank leaves together, after rank 0's last file
     return raw_model
+
+
+def _check_output_dir(args, last_path, log_path):
+    """A directory that holds a run (a checkpoint-last.pth or a log.txt) is only continued: with
+    ``--resume`` of a checkpoint inside it. Anything else would mix two runs' checkpoints and logs.
+    """
+    if not (os.path.exists(last_path) or os.path.exists(log_path)):
+        return
+    if not args.resume:
+        raise UsageError(f"{args.output_dir} already holds a run; continue it with --resume "
+                         f"{last_path} or choose another --output-dir")
+    resume_dir = os.path.dirname(os.path.realpath(args.resume))
+    if resume_dir != os.path.realpath(args.output_dir):
+        raise UsageError(f"{args.output_dir} already holds another run than {args.resume}; resume "
+                         "a checkpoint inside it or choose another --output-dir")
+
+
+def _truncate_log(log_path, start_epoch):
+    """Rank 0, on resume: keep only the log lines of epochs before ``start_epoch`` (a resume from
+    an older checkpoint retrains the later ones), rewritten atomically."""
+    if not os.path.exists(log_path):
+        return
+    with open(log_path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            epoch = json.loads(line)["epoch"]
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut by a kill, or not ours
+        if epoch < start_epoch:
+            kept.append(line + "\n")
+    if len(kept) != len(lines):
+        write_text_atomically("".join(kept), log_path)
 
 
 def _quiet(*args, **kwargs):
@@ -178,26 +228,6 @@ def _seed_everything(seed):
     random.seed(seed)
 
 
-def _device(spec, info):
-    """The torch device for ``--device`` (default: CUDA when available); ``cuda:LOCAL_RANK`` under
-    torchrun."""
-    if spec is None:
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise UsageError(f"invalid --device '{spec}'") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {spec}: no CUDA device is available")
-        if info.enabled or device.index is None:
-            device = torch.device("cuda", info.local_rank)
-        torch.cuda.set_device(device)
-    elif device.type != "cpu":
-        raise UsageError(f"--device {spec}: only cpu and cuda are supported")
-    return device
-
-
 def _default_amp(device):
     if device.type != "cuda":
         return "off"
@@ -206,7 +236,8 @@ def _default_amp(device):
 
 def _build_data(args, info, device, warn):
     """The images (procedural or ``--data``), their augmented dataset and this rank's loader."""
-    images = (ImageFolder(args.data, warn) if args.data
+    # --data is scanned once, by rank 0 (warnings included), and the file list sent to the others.
+    images = (distributed.from_main(lambda: ImageFolder(args.data, warn), info) if args.data
               else ProceduralImages(args.num_images, size=2 * args.input_size))
     dataset = Augmented(images, (args.input_size, args.input_size), args.seed)
     if args.num_workers is None:
@@ -228,9 +259,7 @@ def _build_model(args):
                                      norm_pix_loss=args.norm_pix_loss, backend=args.backend)
     except ValueError as e:
         raise UsageError(f"cannot build {args.model} at --input-size {args.input_size}: {e}") from None
-    num_patches = (args.input_size // model.patch_embed.patch_size) ** 2
-    if int(num_patches * (1 - args.mask_ratio)) < 1:
-        raise UsageError(f"--mask-ratio {args.mask_ratio} keeps none of the {num_patches} patches")
+    check_keeps_patch(model, args.mask_ratio)
     return model
 
 
@@ -283,9 +312,10 @@ def _save(args, model, optimizer, scaler, epoch, rngs, stats):
     ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch,
             "args": plain_args(args), "rng": rngs}
-    save_checkpoint(ckpt, os.path.join(args.output_dir, "checkpoint-last.pth"))
-    if epoch % args.save_every == 0 or epoch + 1 == args.epochs:
-        save_checkpoint(ckpt, os.path.join(args.output_dir, f"checkpoint-{epoch}.pth"))
+    last = os.path.join(args.output_dir, "checkpoint-last.pth")
+    save_checkpoint(ckpt, last)
+    if epoch % args.save_every == 0 or epoch + 1 == args.epochs:  # the same bytes, not re-serialised
+        copy_atomically(last, os.path.join(args.output_dir, f"checkpoint-{epoch}.pth"))
     line = {"train_lr": stats["lr"], "train_loss": stats["loss"], "epoch": epoch}
     with open(os.path.join(args.output_dir, "log.txt"), "a", encoding="utf-8") as f:
         f.write(json.dumps(line) + "\n")
@@ -300,8 +330,15 @@ def _save_reconstructions(model, images, args, count=8):
     """Rank 0: the demo panels for the first ``count`` images, as ``OUT/reconstructions.png``."""
     size = (args.input_size, args.input_size)
     device = next(model.parameters()).device
-    imgs = torch.stack([resize_normalized(images.image(i), size)
-                        for i in range(min(count, len(images)))]).to(device)
+    decoded = []
+    for i in range(len(images)):
+        if len(decoded) == count:
+            break
+        try:
+            decoded.append(resize_normalized(images.image(i), size))
+        except DataError:
+            continue  # already warned about during training
+    imgs = torch.stack(decoded).to(device)
     path = os.path.join(args.output_dir, "reconstructions.png")
     grid(panel_rows(model, imgs, args.mask_ratio, args.seed), TITLES).save(path)
     return path

@@ -10,11 +10,12 @@ import torch
 from PIL import Image
 
 import fastmae
-from fastmae.cli.argtypes import positive_int, ratio
+from fastmae.cli.argtypes import positive_int, ratio, seed
 from fastmae.cli.checkpoint import checkpoint_args, load_checkpoint, load_model_state
 from fastmae.cli.data import resize_normalized
 from fastmae.cli.errors import UsageError
 from fastmae.cli.images import grid, open_image, output_names, to_uint8
+from fastmae.cli.runtime import check_backend, check_keeps_patch, parse_device
 
 PANELS = ("original", "masked", "reconstruction", "reconstruction_visible")
 TITLES = ("original", "masked", "reconstruction", "reconstruction + visible")
@@ -86,12 +87,12 @@ def add_arguments(parser):
                         help="a fastmae or official MAE checkpoint (loaded with weights_only)")
     parser.add_argument("--images", nargs="+", required=True, metavar="IMAGE",
                         help="JPEG/PNG files to reconstruct")
-    parser.add_argument("--mask-ratio", type=ratio, default=0.75)
+    parser.add_argument("--mask-ratio", type=ratio, default=0.75, help="fraction of patches removed")
     parser.add_argument("--out", default="output/visualize",
                         help="output directory: OUT/<image stem>/{%s}.png and OUT/grid.png"
                         % ",".join(PANELS))
-    parser.add_argument("--seed", type=int, default=2, help="seed of the masking noise "
-                        "(default 2, as the official demo)")
+    parser.add_argument("--seed", type=seed, default=2,
+                        help="seed of the masking noise (the official demo uses 2)")
     parser.add_argument("--model", help="model name; default: the checkpoint's args.model, else "
                         "the model whose parameter shapes match the checkpoint")
     parser.add_argument("--input-size", type=positive_int,
@@ -100,8 +101,9 @@ def add_arguments(parser):
     parser.add_argument("--norm-pix-loss", action="store_true", help="treat the model as trained "
                         "with norm-pix loss (default: the checkpoint's args.norm_pix_loss)")
     parser.add_argument("--backend", default="auto", choices=("auto", "triton", "torch",
-                                                               "reference"))
-    parser.add_argument("--device", default="cpu")
+                                                               "reference"),
+                        help="op implementation passed to the model")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
 
 
 def infer_model_name(state):
@@ -142,9 +144,11 @@ def build_model(ckpt, args):
 
 def run(args):
     """Write the panels and the grid; returns the exit code."""
-    device = torch.device(args.device)
+    device = parse_device(args.device)
+    check_backend(args.backend, device)
     images = [open_image(p) for p in args.images]
     model = build_model(load_checkpoint(args.checkpoint), args).to(device)
+    check_keeps_patch(model, args.mask_ratio)
     imgs = torch.stack([resize_normalized(im, model.img_size) for im in images]).to(device)
     rows = panel_rows(model, imgs, args.mask_ratio, args.seed)
     for name, row in zip(output_names(args.images), rows):

@@ -1,0 +1,48 @@
+"""Checks shared by ``pretrain`` and ``visualize``, made before any work starts: the device, the
+backend on that device, and a mask ratio that keeps at least one patch."""
+
+import torch
+
+import fastmae
+from fastmae.cli.errors import UsageError
+
+
+def parse_device(spec, local_rank=0, distributed=False):
+    """The torch device for ``--device`` (default: CUDA when available), or a one-line ``UsageError``.
+
+    ``cuda`` without an index (and any CUDA device under torchrun) becomes ``cuda:LOCAL_RANK``,
+    which is made the current device.
+    """
+    if spec is None:
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UsageError(f"invalid --device '{spec}' (use cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {spec}: no CUDA device is available")
+        if distributed or device.index is None:
+            device = torch.device("cuda", local_rank)
+        if device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s)")
+        torch.cuda.set_device(device)
+    elif device.type != "cpu":
+        raise UsageError(f"--device {spec}: only cpu and cuda are supported")
+    return device
+
+
+def check_backend(backend, device):
+    """Resolve ``--backend`` for ``device`` now, so ``triton`` on the CPU fails before training."""
+    try:
+        return fastmae.ops.resolve_backend(backend, device)
+    except ValueError as e:
+        raise UsageError(f"--backend {backend}: {e}") from None
+
+
+def check_keeps_patch(model, mask_ratio):
+    """A one-line ``UsageError`` when ``mask_ratio`` keeps none of ``model``'s patches (the
+    official ``len_keep = int(L * (1 - mask_ratio))``)."""
+    num_patches = model.patch_embed.num_patches
+    if int(num_patches * (1 - mask_ratio)) < 1:
+        raise UsageError(f"--mask-ratio {mask_ratio} keeps none of the {num_patches} patches")
