@@ -1,1 +1,1 @@
-"""fastmae benchmarks: the bytes model, the per-op and training-step suites, and the GPU report (see NOTES.md)."""
+"""fastmae benchmarks: the bytes model, the per-op and training-step suites, the GPU report (NOTES.md)."""

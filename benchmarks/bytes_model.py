@@ -239,7 +239,8 @@ def encoder_input_official_bytes(sh: MAEShape, dtype, table_dtype=None) -> dict[
     minimal = encoder_input_bytes(sh, dtype, table_dtype)
     ref_fwd = ((full * (s + s_o) + num * d * s_t) + (ids + 2 * x * s_o) + 3 * d * s_t
                + (d * s_t + x * s_o + out * s_o))
-    ref_bwd = (full * s_o + ids + 3 * x * s_o) + (full * (s_o + s) if s != s_o else 0) + (n * d * s_o + d * s_o)
+    ref_bwd = ((full * s_o + ids + 3 * x * s_o) + (full * (s_o + s) if s != s_o else 0)
+               + (n * d * s_o + d * s_o))
     return _passes(Traffic(minimal["fwd"].minimal, ref_fwd), Traffic(minimal["bwd"].minimal, ref_bwd))
 
 
@@ -298,7 +299,8 @@ def decoder_input_bytes(sh: MAEShape, dtype, table_dtype=None) -> dict[str, Traf
 def masked_mse_loss_bytes(
     sh: MAEShape, dtype, form: str = "full", norm_pix: bool = False, imgs_dtype=None
 ) -> dict[str, Traffic]:
-    """MAE's loss; ``form="full"``: ``pred [N, L, P]`` + ``mask [N, L]``; ``"masked"``: ``pred [N, M, P]`` + ``ids_masked``.
+    """MAE's loss; ``form="full"``: ``pred [N, L, P]`` + ``mask [N, L]``; ``"masked"``:
+    ``pred [N, M, P]`` + ``ids_masked``.
 
     ``R`` = rows of pred (``L`` or ``M``). ``imgs_dtype`` defaults to ``dtype`` (the model feeds
     float32 images and a bf16 pred under autocast; the op benchmarks use one dtype).
@@ -337,11 +339,13 @@ def masked_mse_loss_bytes(
     if norm_pix:
         # mean and var read X, write [N, R] each; (X - mean) reads X and mean, writes X;
         # var + eps and ** 0.5 on [N, R]; divide reads X and the std, writes X.
-        norm = 2 * (pix + small * s_img) + (pix + small * s_img + pix) + 4 * small * s_img + (pix + small * s_img + pix)
+        norm = (2 * (pix + small * s_img) + (pix + small * s_img + pix) + 4 * small * s_img
+                + (pix + small * s_img + pix))
     # pred - target, square, mean over P ([N, R] out in s_err)
     core = (pred + pix + err) + 2 * err + (err + small * s_err)
     # * mask (read [N, R] both, write fp32 [N, R]), sum of that and of the mask, where, divide.
-    tail = (small * s_err + small * 4 + small * 4) + (small * 4 + 4) + (small * 4 + 4) + (4 + 4 + 4 + 4 + 4 + 4 + 4)
+    tail = ((small * s_err + small * 4 + small * 4) + (small * 4 + 4) + (small * 4 + 4)
+            + (4 + 4 + 4 + 4 + 4 + 4 + 4))
     minimal_fwd = pred + pix + weights + 4
     ref_fwd = target + extra + norm + core + tail
     minimal_bwd = 2 * pred + pix + weights + 4
@@ -369,7 +373,8 @@ def random_masking_bytes(sh: MAEShape, dtype=None) -> dict[str, Traffic]:
     ones mask, zeroing the kept columns, a gather.
     """
     n, num, k = sh.batch, sh.num_patches, sh.len_keep
-    noise, ids_l, ids_k, mask = n * num * NOISE_BYTES, n * num * INDEX_BYTES, n * k * INDEX_BYTES, n * num * MASK_BYTES
+    noise, ids_l = n * num * NOISE_BYTES, n * num * INDEX_BYTES
+    ids_k, mask = n * k * INDEX_BYTES, n * num * MASK_BYTES
     minimal = noise + ids_k + ids_l + mask
     reference = (
         (noise + noise + ids_l)  # argsort(noise): read, write values and indices

@@ -31,14 +31,16 @@ from .bytes_model import (
 def table(shape: MAEShape, dtype, bandwidth: float = NOTES_BANDWIDTH) -> str:
     """A markdown table: each op and pass, minimal MB, ideal µs at ``bandwidth``, reference MB, ratio."""
     head = (
-        f"| op | pass | minimal MB | ideal µs at {bandwidth / 1e12:.1f} TB/s | reference MB | reference / minimal |\n"
+        f"| op | pass | minimal MB | ideal µs at {bandwidth / 1e12:.1f} TB/s | reference MB "
+        "| reference / minimal |\n"
         "|---|---|---:|---:|---:|---:|"
     )
     lines = [head]
     for op, variant in OP_VARIANTS:
         for mode, t in op_bytes(op, shape, dtype, **variant).items():
             lines.append(
-                f"| {variant_label(op, variant)} | {mode} | {t.minimal / 1e6:.1f} | {t.minimal / bandwidth * 1e6:.1f} "
+                f"| {variant_label(op, variant)} | {mode} | {t.minimal / 1e6:.1f} "
+                f"| {t.minimal / bandwidth * 1e6:.1f} "
                 f"| {t.reference / 1e6:.1f} | {t.reference / t.minimal:.1f}x |"
             )
     return "\n".join(lines)
@@ -61,9 +63,11 @@ def step_rows(shape: MAEShape, amp_dtype="bf16") -> list[tuple[str, str, int, st
     gather = patchify_gather_bytes(shape, f32)["fwd"].minimal
     return [
         ("masking", "random_masking (fwd)", mask.minimal, "argsort x2, gather", mask.reference),
-        ("visible patches", "patchify_gather (fwd; images need no grad)", gather, "(inside the conv on all L)", 0),
+        ("visible patches", "patchify_gather (fwd; images need no grad)", gather,
+         "(inside the conv on all L)", 0),
         ("encoder input", "encoder_input (fwd+bwd)", enc, "pos add on all L, gather, cat", enc_ref),
-        ("decoder input", "decoder_input (fwd+bwd)", dec.minimal, "repeat, cat, gather, cat, add", dec.reference),
+        ("decoder input", "decoder_input (fwd+bwd)", dec.minimal, "repeat, cat, gather, cat, add",
+         dec.reference),
         ("loss, norm-pix", "masked_mse_loss[masked] (fwd+bwd)", loss, "full-form reference loss", loss_ref),
     ]
 
@@ -72,7 +76,8 @@ def step_table(shape: MAEShape, amp_dtype="bf16", bandwidth: float = NOTES_BANDW
     """Markdown for ``step_rows`` with totals and ideal times."""
     rows = step_rows(shape, amp_dtype)
     lines = [
-        f"| step piece | fast path op | minimal MB | ideal µs at {bandwidth / 1e12:.1f} TB/s | official path "
+        f"| step piece | fast path op | minimal MB | ideal µs at {bandwidth / 1e12:.1f} TB/s "
+        "| official path "
         "| reference MB |",
         "|---|---|---:|---:|---|---:|",
     ]
@@ -80,7 +85,8 @@ def step_table(shape: MAEShape, amp_dtype="bf16", bandwidth: float = NOTES_BANDW
         lines.append(f"| {piece} | {fast} | {fast_b / 1e6:.1f} | {fast_b / bandwidth * 1e6:.1f} | {official} "
                      f"| {ref_b / 1e6:.1f} |")
     tf, tr = sum(r[2] for r in rows), sum(r[4] for r in rows)
-    lines.append(f"| **total** | | **{tf / 1e6:.1f}** | **{tf / bandwidth * 1e6:.1f}** | | **{tr / 1e6:.1f}** |")
+    lines.append(f"| **total** | | **{tf / 1e6:.1f}** | **{tf / bandwidth * 1e6:.1f}** | "
+                 f"| **{tr / 1e6:.1f}** |")
     return "\n".join(lines)
 
 

@@ -17,7 +17,8 @@ from .bytes_model import MAEShape
 
 
 def _masking(sh: MAEShape, device) -> dict[str, torch.Tensor]:
-    """A real random masking: ``ids_keep [N, K]``, ``ids_masked [N, M]``, ``ids_restore [N, L]``, ``mask [N, L]``."""
+    """A real random masking: ``ids_keep [N, K]``, ``ids_masked [N, M]``, ``ids_restore [N, L]``,
+    ``mask [N, L]``."""
     noise = torch.rand(sh.batch, sh.num_patches, device=device)  # [N, L]
     ids_shuffle = torch.argsort(noise, dim=1)  # [N, L]
     ids_restore = torch.argsort(ids_shuffle, dim=1)  # [N, L]
@@ -99,7 +100,8 @@ def reference_call(op: str, variant: dict, sh: MAEShape):
         "masked_mse_loss": (
             (lambda pred, imgs, mask: reference.masked_mse_loss_ref(pred, imgs, mask, p, norm))
             if variant.get("form", "full") == "full"
-            else (lambda pred, imgs, ids_masked: reference.masked_mse_loss_ref(pred, imgs, None, p, norm, ids_masked))
+            else (lambda pred, imgs, ids_masked: reference.masked_mse_loss_ref(
+                pred, imgs, None, p, norm, ids_masked))
         ),
         "random_masking": lambda noise: reference.random_masking_ref(noise, k),
     }

@@ -32,7 +32,8 @@ def pytest_addoption(parser):
     group = parser.getgroup("fastmae benchmarks")
     group.addoption("--bench-scope", default=os.environ.get("FASTMAE_BENCH_SCOPE", "auto"),
                     choices=("auto",) + op_bench.SCOPES, help="which shapes to benchmark (default: auto)")
-    group.addoption("--bench-budget", type=float, default=float(os.environ.get("FASTMAE_BENCH_BUDGET_S", "0")),
+    group.addoption("--bench-budget", type=float,
+                    default=float(os.environ.get("FASTMAE_BENCH_BUDGET_S", "0")),
                     help="seconds after which remaining benchmarks are skipped (0: no limit)")
     group.addoption("--bench-cpu-compile", action="store_true",
                     default=os.environ.get("FASTMAE_BENCH_CPU_COMPILE") == "1",
@@ -46,8 +47,10 @@ def pytest_configure(config):
         # tests/conftest.py turns the interpreter on; a GPU benchmark under it would time Python
         raise pytest.UsageError("TRITON_INTERPRET=1 is set: run the benchmarks on CUDA without the Triton "
                                 "interpreter (a separate pytest run from tests/, TRITON_INTERPRET=0)")
-    config.addinivalue_line("markers", "bench_op(op, *variants): the fused op (and variants) a benchmark measures")
-    config.addinivalue_line("markers", "bench_cost(seconds): a benchmark's expected run time, for --bench-budget")
+    config.addinivalue_line("markers",
+                            "bench_op(op, *variants): the fused op (and variants) a benchmark measures")
+    config.addinivalue_line("markers",
+                            "bench_cost(seconds): a benchmark's expected run time, for --bench-budget")
 
 
 def bench_scope(config) -> str:
@@ -101,7 +104,8 @@ def pytest_runtest_setup(item):
     expected = cost.args[0] if cost else 0.0
     elapsed = time.monotonic() - _START
     if budget and elapsed + expected > budget:
-        pytest.skip(f"benchmark time budget: {elapsed:.0f} s spent + ~{expected:.0f} s expected > {budget:.0f} s "
+        pytest.skip(f"benchmark time budget: {elapsed:.0f} s spent + ~{expected:.0f} s expected "
+                    f"> {budget:.0f} s "
                     "(--bench-budget / FASTMAE_BENCH_BUDGET_S)")
 
 
@@ -130,7 +134,8 @@ def pytest_terminal_summary(terminalreporter):
         # (on CUDA) the ~1 ms spin included; median_ms here is the GPU time of the call alone.
         first = op_bench.RESULTS[0]
         terminalreporter.section("fastmae per-op: median_ms of the call alone (not pytest-benchmark's table)")
-        terminalreporter.write_line(f"device {first.get('device')}, copy bandwidth {first['copy_gbps']:.0f} GB/s, "
+        terminalreporter.write_line(f"device {first.get('device')}, "
+                                    f"copy bandwidth {first['copy_gbps']:.0f} GB/s, "
                                     f"torch {first.get('torch')}, triton {first.get('triton')}")
         for line in ops_tables(op_bench.RESULTS, with_targets=first.get("device_type") == "cuda"):
             terminalreporter.write_line(line)

@@ -36,7 +36,8 @@ aten = torch.ops.aten
 _FREE = {
     aten.empty.memory_format, aten.empty_like.default, aten.empty_strided.default,
     aten.new_empty.default, aten.new_empty_strided.default, aten.detach.default, aten.alias.default,
-    aten.lift_fresh.default, aten._unsafe_view.default, aten.sym_size.int, aten.sym_stride.int, aten.sym_numel.default,
+    aten.lift_fresh.default, aten._unsafe_view.default, aten.sym_size.int, aten.sym_stride.int,
+    aten.sym_numel.default,
     aten.sym_storage_offset.default, aten.is_same_size.default,
 }
 # Ops that fetch one source element per output element through an index.
@@ -91,7 +92,8 @@ class ByteCounter(TorchDispatchMode):
         inputs = _tensors((args, kwargs))
         outputs = _tensors(out)
         if func in _GATHERS:
-            idx = inputs[1:]  # gather(src, dim, index) / index(src, [indices]) / index_select(src, dim, index)
+            # gather(src, dim, index) / index(src, [indices]) / index_select(src, dim, index)
+            idx = inputs[1:]
             return sum(span_bytes(i) for i in idx) + 2 * sum(o.numel() * o.element_size() for o in outputs)
         name = func.overloadpacket.__name__
         if name in ("scatter_add_", "scatter_add"):
@@ -103,7 +105,8 @@ class ByteCounter(TorchDispatchMode):
         if name == "slice_backward":
             # zeros of the input's size, then the gradient copied into the slice
             grad, whole = args[0], outputs[0]
-            return whole.numel() * whole.element_size() + span_bytes(grad) + grad.numel() * whole.element_size()
+            return (whole.numel() * whole.element_size() + span_bytes(grad)
+                    + grad.numel() * whole.element_size())
         if name in ("zero_", "fill_"):
             return args[0].numel() * args[0].element_size()
         if name in ("zeros", "ones", "full", "new_zeros", "new_ones", "new_full", "zeros_like", "ones_like",
@@ -117,7 +120,8 @@ class ByteCounter(TorchDispatchMode):
         return sum(span_bytes(t) for t in inputs) + sum(o.numel() * o.element_size() for o in outputs)
 
 
-def count_bytes(fn, inputs: dict, grad_of: tuple[str, ...] = (), backward: bool = False) -> tuple[Count, Count]:
+def count_bytes(fn, inputs: dict, grad_of: tuple[str, ...] = (),
+                backward: bool = False) -> tuple[Count, Count]:
     """Bytes moved by ``fn(**inputs)`` and, with ``backward``, by the gradients of ``grad_of``.
 
     Returns ``(forward, backward)`` counts; the backward count is empty without ``backward``.
@@ -146,7 +150,8 @@ def _main() -> None:  # pragma: no cover - a printing helper
         for mode, count in (("fwd", fwd), ("bwd", bwd)):
             if mode not in model:
                 continue
-            print(f"  {mode}: counted {count.total / 1e6:9.2f} MB, formula {model[mode].reference / 1e6:9.2f} MB")
+            print(f"  {mode}: counted {count.total / 1e6:9.2f} MB, "
+                  f"formula {model[mode].reference / 1e6:9.2f} MB")
             for name, nbytes in count.per_op.most_common():
                 print(f"      {name:24s} x{count.calls[name]:<3d} {nbytes / 1e6:9.2f} MB")
 

@@ -14,7 +14,8 @@ data-movement ops are left out, as MFU conventionally does):
 The linear terms are the usual ``6 · params_active · tokens`` (each block has ~12·D² weights seen by
 its T tokens). This counts the FLOPs MAE *needs* (the fast path's); the official algorithm also
 embeds the ``L - K`` masked patches and predicts the ``K`` visible ones, which are not credited:
-every arm is measured against the same useful work, so MFU ratios equal throughput ratios. ViT-B/16, 224 px, mask 0.75: 58.0 GFLOP per image (ViT-L/16: 123.7).
+every arm is measured against the same useful work, so MFU ratios equal throughput ratios.
+ViT-B/16, 224 px, mask 0.75: 58.0 GFLOP per image (ViT-L/16: 123.7).
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def _blocks(tokens: int, width: int, depth: int, mlp_ratio: int) -> int:
 def train_flops_per_image(sh: MAEShape, model: str | None = None) -> dict[str, int]:
     """``{"forward", "train"}`` FLOPs per image for ``sh`` (see the module docstring)."""
     depth, dec_depth, mlp = MODEL_DEPTHS[model or sh.model]
-    k, m, num, pd, d, dd = sh.len_keep, sh.num_masked, sh.num_patches, sh.patch_dim, sh.embed_dim, sh.decoder_dim
+    k, m, num = sh.len_keep, sh.num_masked, sh.num_patches
+    pd, d, dd = sh.patch_dim, sh.embed_dim, sh.decoder_dim
     forward = (
         2 * k * pd * d
         + _blocks(k + 1, d, depth, mlp)

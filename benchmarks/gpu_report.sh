@@ -94,11 +94,13 @@ bounded 60 bytes_model $PY -m pytest benchmarks/test_bytes_model.py -q -rfE -p n
 
 # The benchmarks never run under the interpreter (on CPU they use the torch backend).
 export TRITON_INTERPRET=0
-BENCH_ARGS=(--benchmark-only -q -rs -p no:cacheprovider --bench-scope "$SCOPE" --benchmark-columns=min,median,rounds)
+BENCH_ARGS=(--benchmark-only -q -rs -p no:cacheprovider --bench-scope "$SCOPE"
+            --benchmark-columns=min,median,rounds)
 # --bench-budget leaves room for the last benchmark started in time (a compile takes up to ~30 s).
 OPS_T=$(share 45 60)
 step "per-op benchmarks (${OPS_T}s)"
-bounded "$OPS_T" ops $PY -m pytest benchmarks/ "${BENCH_ARGS[@]}" --ignore=benchmarks/test_bench_train_step.py \
+bounded "$OPS_T" ops $PY -m pytest benchmarks/ "${BENCH_ARGS[@]}" \
+    --ignore=benchmarks/test_bench_train_step.py \
     --ignore=benchmarks/test_bytes_model.py --bench-budget $(( OPS_T - 40 > 10 ? OPS_T - 40 : 10 )) \
     --benchmark-json="$WORK/ops.json"
 

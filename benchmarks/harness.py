@@ -73,7 +73,8 @@ class BenchEnv:
 
     def describe(self) -> dict:
         return {
-            "device": self.device_name, "device_type": self.device.type, "copy_gbps": round(self.copy_gbps, 1),
+            "device": self.device_name, "device_type": self.device.type,
+            "copy_gbps": round(self.copy_gbps, 1),
             "gemm_tflops": None if self.gemm_tflops is None else round(self.gemm_tflops, 1),
             "fastmae_backend": self.fastmae_backend, **self.versions, **self.info,
         }

@@ -64,7 +64,8 @@ def _tool(name: str) -> str:
 
 
 def access_bytes(opcode: str) -> int:
-    """Bytes one thread moves with the SASS load/store ``opcode`` (``LDG.E.128`` -> 16, ``STG.E.U16`` -> 2)."""
+    """Bytes one thread moves with the SASS load/store ``opcode``
+    (``LDG.E.128`` -> 16, ``STG.E.U16`` -> 2)."""
     for part in opcode.split(".")[1:]:
         if part.isdigit() and int(part) in (64, 128, 256):
             return int(part) // 8
@@ -99,7 +100,8 @@ def _ptxas_log(arch: int, ptx: str, out: str) -> str:
     """``ptxas -v`` on the kernel's PTX (the first ptxas that accepts its PTX version): its report."""
     errors = []
     for ptxas in _ptxas_candidates(arch):
-        run = subprocess.run([ptxas, "-v", f"--gpu-name={_sm(arch)}", ptx, "-o", out], capture_output=True, text=True)
+        run = subprocess.run([ptxas, "-v", f"--gpu-name={_sm(arch)}", ptx, "-o", out],
+                             capture_output=True, text=True)
         if run.returncode == 0:
             return run.stdout + run.stderr
         errors.append(f"{ptxas}: {run.stderr.strip()[:200]}")
@@ -152,13 +154,15 @@ def inspect_cubin(compiled, arch: int, workdir: str, stem: str) -> dict:
         f.write(compiled.asm["cubin"])
     with open(ptx, "w") as f:
         f.write(compiled.asm["ptx"])
-    res = subprocess.run([_tool("cuobjdump"), "-res-usage", cubin], capture_output=True, text=True, check=True)
+    res = subprocess.run([_tool("cuobjdump"), "-res-usage", cubin],
+                         capture_output=True, text=True, check=True)
     regs, stack, static_shared, local = (int(v) for v in _RES.search(res.stdout).groups())
     log = _ptxas_log(arch, ptx, cubin + ".v")
     spills = [tuple(int(v) for v in m) for m in _SPILL.findall(log)]
     if not spills:
         raise RuntimeError(f"no spill report in the ptxas -v output:\n{log}")
-    sass = subprocess.run([_tool("cuobjdump"), "-sass", cubin], capture_output=True, text=True, check=True).stdout
+    sass = subprocess.run([_tool("cuobjdump"), "-sass", cubin],
+                          capture_output=True, text=True, check=True).stdout
     ops = Counter(op + mods for op, mods in _SASS_OP.findall(sass))
     loads = {k: v for k, v in ops.items() if k.startswith("LDG")}  # LDG and LDGSTS
     stores = {k: v for k, v in ops.items() if k.startswith("STG")}
@@ -196,22 +200,26 @@ def collect(archs) -> list[dict]:
             continue
         for spec in specs:
             for arch in archs:
-                rec = {"module": module, "name": spec["name"], "arch": arch, "num_warps": spec.get("num_warps", 4),
+                rec = {"module": module, "name": spec["name"], "arch": arch,
+                       "num_warps": spec.get("num_warps", 4),
                        "expect_vector_io": bool(spec.get("expect_vector_io", False)),
                        "why_not_vector": spec.get("why_not_vector", "")}
                 records.append(rec)
                 try:
                     jobs.append((rec, compile_spec(spec, arch)))
                 except Exception as e:
-                    rec.update(ok=False, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=4))
+                    rec.update(ok=False, error=f"{type(e).__name__}: {e}",
+                               traceback=traceback.format_exc(limit=4))
 
     with tempfile.TemporaryDirectory(prefix="fastmae-sass-") as workdir:
         def inspect(job):
             rec, compiled = job
             try:
-                rec.update(inspect_cubin(compiled, rec["arch"], workdir, f"{len(records)}_{id(rec)}"), ok=True)
+                rec.update(inspect_cubin(compiled, rec["arch"], workdir, f"{len(records)}_{id(rec)}"),
+                           ok=True)
             except Exception as e:
-                rec.update(ok=False, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(limit=4))
+                rec.update(ok=False, error=f"{type(e).__name__}: {e}",
+                           traceback=traceback.format_exc(limit=4))
 
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             list(pool.map(inspect, jobs))
@@ -223,7 +231,8 @@ def _short(opcodes: dict) -> str:
 
 
 def format_table(records) -> str:
-    head = ("kernel", "sm", "warps", "regs", "spill st/ld", "stack", "local", "smem", "global loads", "global stores")
+    head = ("kernel", "sm", "warps", "regs", "spill st/ld", "stack", "local", "smem", "global loads",
+            "global stores")
     rows = []
     for r in records:
         if not r["ok"]:
@@ -231,7 +240,8 @@ def format_table(records) -> str:
                          "ERROR " + r["error"].splitlines()[0][:100], ""))
             continue
         rows.append((r["name"], str(r["arch"]), str(r["num_warps"]), str(r["registers"]),
-                     f"{r['spill_stores']}/{r['spill_loads']}", str(r["stack"]), str(r["local"]), str(r["shared"]),
+                     f"{r['spill_stores']}/{r['spill_loads']}", str(r["stack"]), str(r["local"]),
+                     str(r["shared"]),
                      _short(r["loads"]), _short(r["stores"])))
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
@@ -243,7 +253,8 @@ def format_table(records) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", type=int, nargs="+", default=[90, 80], help="compute capabilities (90 = H100)")
+    parser.add_argument("--arch", type=int, nargs="+", default=[90, 80],
+                        help="compute capabilities (90 = H100)")
     parser.add_argument("--json", action="store_true", help="print JSON records instead of the table")
     args = parser.parse_args(argv)
     records = collect(args.arch)

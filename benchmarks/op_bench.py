@@ -67,7 +67,8 @@ class OpCase:
         sh = self.shape
         v = "-".join(f"{k}={v}" for k, v in self.variant)
         parts = [v] if v else []
-        parts += [f"{sh.model}-N{sh.batch}-m{sh.mask_ratio}", DTYPE_NAMES[self.dtype], self.provider, self.mode]
+        parts += [f"{sh.model}-N{sh.batch}-m{sh.mask_ratio}", DTYPE_NAMES[self.dtype], self.provider,
+                  self.mode]
         return "-".join(parts)
 
 
@@ -203,7 +204,8 @@ def run_op_benchmark(benchmark, case: OpCase, env: BenchEnv, scope: str) -> dict
     _check_reference_bytes(case, traffic)
     gbps = traffic.minimal / timing.median_s / 1e9
     info = {
-        "op": case.op, "variant": case.label, "provider": case.provider, "backend": backend, "mode": case.mode,
+        "op": case.op, "variant": case.label, "provider": case.provider, "backend": backend,
+        "mode": case.mode,
         "dtype": DTYPE_NAMES[case.dtype], "shape": case.shape.as_dict(), "scope": scope,
         **timing.as_dict(),
         "minimal_bytes": traffic.minimal, "reference_bytes": traffic.reference,
@@ -212,7 +214,9 @@ def run_op_benchmark(benchmark, case: OpCase, env: BenchEnv, scope: str) -> dict
         "peak_mem_mb": None if peak is None else peak / 1e6,
         **env.describe(),
     }
-    benchmark.group = f"{case.label} {case.shape.model} N={case.shape.batch} mask={case.shape.mask_ratio} {DTYPE_NAMES[case.dtype]} {case.mode}"
+    sh = case.shape
+    benchmark.group = (f"{case.label} {sh.model} N={sh.batch} mask={sh.mask_ratio} "
+                       f"{DTYPE_NAMES[case.dtype]} {case.mode}")
     benchmark.extra_info.update(info)
     RESULTS.append(info)
     return info

@@ -36,7 +36,8 @@ def _read(path: Path) -> str | None:
 
 def _git(*args: str) -> str | None:
     try:
-        return subprocess.run(["git", *args], capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
+                              timeout=10).stdout.strip()
     except Exception:  # noqa: BLE001 - no git, not a repository: report None
         return None
 
@@ -73,7 +74,8 @@ def _tests(workdir: Path, name: str = "tests") -> dict:
     log = _read(workdir / f"{name}.log")
     if log:
         lines = [line for line in log.splitlines() if re.search(r"\d+ (passed|failed|error|skipped)", line)]
-        res["summary"] = lines[-1].strip("= ") if lines else log.strip().splitlines()[-1] if log.strip() else ""
+        last = log.strip().splitlines()[-1] if log.strip() else ""
+        res["summary"] = lines[-1].strip("= ") if lines else last
         res["timed_out"] = "KeyboardInterrupt" in log or res.get("rc") in (124, 130, 137)
     return res
 
@@ -215,13 +217,15 @@ def e2e_table(rows: list[dict]) -> list[str]:
             f"| {r['model']} | {r['arm']} | {r['batch']} | {r['images_per_s']:.1f} | {r['step_ms']:.1f} "
             f"| {_fmt(r.get('mfu') and 100 * r['mfu'], '.1f')}{'%' if r.get('mfu') else ''} "
             f"| {_fmt(r.get('pct_of_measured_gemm'), '.1f')} | {_fmt(r.get('peak_mem_gb'), '.1f')} "
-            f"| {_fmt(r.get('fused_ops_share') and 100 * r['fused_ops_share'], '.1f')}{'%' if r.get('fused_ops_share') else ''} "
+            f"| {_fmt(r.get('fused_ops_share') and 100 * r['fused_ops_share'], '.1f')}"
+            f"{'%' if r.get('fused_ops_share') else ''} "
             f"| {_fmt(r.get('speedup_vs_reference'), '.2f')}{'x' if r.get('speedup_vs_reference') else ''} "
             f"| {_fmt(r.get('peak_mem_vs_reference'), '.2f')} |"
         )
     first = rows[0]
     mfu = (f"MFU against the data-sheet bf16 peak ({first['peak_bf16_tflops_spec']:.0f} TFLOP/s), FLOPs per "
-           "benchmarks/flops.py" if first.get("peak_bf16_tflops_spec") else "no MFU (no known peak for this device)")
+           "benchmarks/flops.py" if first.get("peak_bf16_tflops_spec")
+           else "no MFU (no known peak for this device)")
     out.append(f"\n{first['amp']}; mask {first['mask_ratio']}; norm_pix_loss={first['norm_pix_loss']}; "
                f"attention {first['attention']}; optimizer {first['optimizer']}; {mfu}.")
     return out
@@ -229,13 +233,16 @@ def e2e_table(rows: list[dict]) -> list[str]:
 
 def conditions(report: dict) -> str:
     env, git = report["environment"], report["git"]
-    device = env.get("device") if report["kind"] == "cpu" else f"{env.get('device')} (driver {env.get('driver', '?')})"
+    device = env.get("device")
+    if report["kind"] != "cpu":
+        device = f"{device} (driver {env.get('driver', '?')})"
     cuda = f", CUDA {env.get('cuda')}" if env.get("cuda") else ""
+    gemm = f"; bf16 GEMM {_fmt(env.get('gemm_tflops'), '.0f')} TFLOP/s" if env.get("gemm_tflops") else ""
     return (f"{report['label']}: {device}, torch {env.get('torch')}, "
             f"triton {env.get('triton')}{cuda}, Python {env.get('python')}; commit "
             f"{(git.get('commit') or '?')[:10]}{' (dirty)' if git.get('dirty') else ''}, {report['date']}. "
             f"Copy bandwidth measured in the same run: {_fmt(env.get('copy_gbps'), '.0f')} GB/s"
-            f"{'; bf16 GEMM ' + _fmt(env.get('gemm_tflops'), '.0f') + ' TFLOP/s' if env.get('gemm_tflops') else ''}. "
+            f"{gemm}. "
             f"Timing: {env.get('timer', '-')}.")
 
 
@@ -247,13 +254,15 @@ def summary_markdown(report: dict) -> str:
              f"{report['bytes_model_tests'].get('summary', 'not run')} "
              f"(exit code {report['bytes_model_tests'].get('rc')})."]
     if report["corrupt_files"]:
-        lines.append("\nCorrupt benchmark JSON (cut off?), its figures are missing: " + "; ".join(report["corrupt_files"]))
+        lines.append("\nCorrupt benchmark JSON (cut off?), its figures are missing: "
+                     + "; ".join(report["corrupt_files"]))
     if report["kind"] == "cpu":
         lines.append("\nCPU run: these figures exercise the suite; they are not speed claims.")
     lines += ops_tables(report["ops"], with_targets=report["kind"] == "gpu")
     lines += e2e_table(report["train_step"])
     if report["skipped"]:
-        lines.append(f"\n{_skip_count(report['skipped'])} benchmarks skipped: " + "; ".join(report["skipped"]))
+        lines.append(f"\n{_skip_count(report['skipped'])} benchmarks skipped: "
+                     + "; ".join(report["skipped"]))
     return "\n".join(lines)
 
 
@@ -284,7 +293,8 @@ def build_report(workdir: Path) -> dict:
     e2e, e2e_header = _benchmarks(workdir / "e2e.json", corrupt)
     first = (ops or e2e or [{}])[0]
     kind = "gpu" if _run_was_on_gpu(workdir, first) else "cpu"
-    env = {k: first.get(k) for k in ("device", "device_type", "torch", "triton", "cuda", "python", "copy_gbps",
+    env = {k: first.get(k) for k in ("device", "device_type", "torch", "triton", "cuda", "python",
+                                      "copy_gbps",
                                       "gemm_tflops", "sm", "gpu_mem_gib", "l2_mib", "timer")}
     smi = _nvidia_smi() if kind == "gpu" else {}
     env.update({k: v for k, v in smi.items() if k != "gpu"})

@@ -23,7 +23,8 @@ def pytest_generate_tests(metafunc):
 
 def test_train_step(benchmark, e2e, bench_env, request):
     model, batch, arm = e2e
-    if arm.endswith("compiled") and not bench_env.is_cuda and not request.config.getoption("--bench-cpu-compile"):
+    cpu_compile = request.config.getoption("--bench-cpu-compile")
+    if arm.endswith("compiled") and not bench_env.is_cuda and not cpu_compile:
         pytest.skip("compiled arm on CPU: inductor needs 30-50 s per arm to compile the model on a 2-core "
                     "machine (measured); run with --bench-cpu-compile to include it")
     info = run_train_step(benchmark, bench_env, model, arm, batch)

@@ -23,7 +23,8 @@ SHAPES = [
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s.model}-N{s.batch}-m{s.mask_ratio}")
-@pytest.mark.parametrize("op,variant", bm.OP_VARIANTS, ids=[bm.variant_label(o, v) for o, v in bm.OP_VARIANTS])
+@pytest.mark.parametrize("op,variant", bm.OP_VARIANTS,
+                         ids=[bm.variant_label(o, v) for o, v in bm.OP_VARIANTS])
 def test_reference_bytes_match_the_count(op, variant, shape, dtype):
     inputs, grad_of = make_inputs(op, variant, shape, dtype, "meta")
     fwd, bwd = count_bytes(reference_call(op, variant, shape), inputs, grad_of, backward=bool(grad_of))
@@ -77,4 +78,5 @@ def test_notes_table_is_current():
     notes = (Path(__file__).parent / "NOTES.md").read_text(encoding="utf-8")
     sh = bm.shape_for("vit_b16", 256, 0.75)
     for table in (bt.table(sh, "bf16"), bt.step_table(sh, "bf16")):
-        assert table in notes, "benchmarks/NOTES.md is stale: paste `python -m benchmarks.bytes_model` into it"
+        assert table in notes, ("benchmarks/NOTES.md is stale: "
+                                "paste `python -m benchmarks.bytes_model` into it")

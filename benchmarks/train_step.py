@@ -157,7 +157,8 @@ def fused_ops_seconds(env: BenchEnv, sh: bm.MAEShape, arm: str) -> float | None:
             ops.patchify_gather(imgs, ids_keep, p, backend=backend)
             tokens = ops.encoder_input(x_vis, pos, cls, ids_keep, backend=backend)
             dec = ops.decoder_input(x_dec, ids_restore, mask_token, dec_pos, backend=backend)
-            loss = ops.masked_mse_loss(pred, imgs, None, p, NORM_PIX_LOSS, ids_masked=ids_masked, backend=backend)
+            loss = ops.masked_mse_loss(pred, imgs, None, p, NORM_PIX_LOSS, ids_masked=ids_masked,
+                                       backend=backend)
             torch.autograd.grad([tokens, dec, loss], [x_vis, cls, x_dec, mask_token, pred],
                                 [torch.ones_like(tokens), torch.ones_like(dec), torch.ones_like(loss)])
 
@@ -241,7 +242,8 @@ def summary_lines() -> list[str]:
         mem = "-" if r["peak_mem_gb"] is None else f"{r['peak_mem_gb']:.1f}"
         share = "-" if r["fused_ops_share"] is None else f"{100 * r['fused_ops_share']:.1f}%"
         ratio = f"{r['speedup_vs_reference']:.2f}x" if "speedup_vs_reference" in r else "-"
-        lines.append(f"| {model} | {arm} | {r['batch']} | {r['images_per_s']:.1f} | {r['step_ms']:.1f} | {mfu} "
+        lines.append(f"| {model} | {arm} | {r['batch']} | {r['images_per_s']:.1f} | {r['step_ms']:.1f} "
+                     f"| {mfu} "
                      f"| {mem} | {share} | {ratio} |")
     first = next(iter(RESULTS.values()))
     lines.append(f"({first['device']}; torch {first['torch']}, triton {first['triton']}; {first['amp']}; "
