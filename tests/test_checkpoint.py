@@ -151,3 +151,44 @@ def test_rng_state_roundtrip_through_weights_only_file(tmp_path):
     checkpoint.set_rng_state(load_checkpoint(tmp_path / "r.pth")["rng"])
     got = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(expected[0], got[0]) and (expected[1] == got[1]).all() and expected[2] == got[2]
+
+
+def test_fixed_position_tables_are_rebuilt_for_another_grid():
+    import fastmae
+
+    at16 = fastmae.create_model("mae_vit_micro_patch4", img_size=16)
+    at32 = fastmae.create_model("mae_vit_micro_patch4", img_size=32)
+    fresh = {k: v.clone() for k, v in at32.state_dict().items()}
+    checkpoint.load_model_state(at32, {"model": at16.state_dict()}, "c.pth", "mae_vit_micro_patch4")
+    state = at32.state_dict()
+    # Trainable weights come from the checkpoint; the sin-cos tables stay the model's own.
+    assert torch.equal(state["cls_token"], at16.state_dict()["cls_token"])
+    assert torch.equal(state["pos_embed"], fresh["pos_embed"])
+    assert torch.equal(state["decoder_pos_embed"], fresh["decoder_pos_embed"])
+    # A missing trainable entry is still an error.
+    partial = {k: v for k, v in at16.state_dict().items() if k != "cls_token"}
+    with pytest.raises(CheckpointError, match="'cls_token' is missing"):
+        checkpoint.load_model_state(at32, {"model": partial}, "c.pth", "mae_vit_micro_patch4")
+
+
+def test_copy_and_text_writes_are_atomic_and_exact(tmp_path):
+    src, dst, log = tmp_path / "a.pth", tmp_path / "b.pth", tmp_path / "log.txt"
+    save_checkpoint(_ckpt(1), src)
+    checkpoint.copy_atomically(src, dst)
+    assert dst.read_bytes() == src.read_bytes()
+    log.write_text("old\n")
+    checkpoint.write_text_atomically("new\n", log)
+    assert log.read_text() == "new\n"
+    assert sorted(os.listdir(tmp_path)) == ["a.pth", "b.pth", "log.txt"]  # no temporaries left
+
+
+def test_remove_stale_temporaries_only_of_dead_processes(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    names = [f".checkpoint-last.pth.tmp-{dead}", f".log.txt.tmp-{dead}",
+             f".checkpoint-3.pth.tmp-{os.getpid()}", "checkpoint-last.pth", "notes.tmp-1"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    removed = checkpoint.remove_stale_temporaries(tmp_path)
+    assert sorted(removed) == sorted(names[:2])
+    assert sorted(os.listdir(tmp_path)) == sorted(names[2:])

@@ -6,6 +6,14 @@ Rank 0 writes ``OUT/checkpoint-last.pth`` every epoch, ``OUT/checkpoint-<epoch>.
 ``--save-every`` epochs and at the end, one JSON line per epoch to ``OUT/log.txt`` and, at the end,
 ``OUT/reconstructions.png``.
 
+An ``--output-dir`` that holds a run (``checkpoint-last.pth`` or ``log.txt``) is only continued,
+with ``--resume`` of a checkpoint inside it; a resume rewrites ``log.txt`` to the epochs before the
+one it starts from. A checkpoint from another ``--input-size`` resumes: the fixed sin-cos position
+tables are rebuilt for the new grid. With ``--data``, files that fail Pillow's check at the scan
+are skipped with one warning; an image that passes it but fails to decode during training is
+replaced by the next image that decodes, with one warning per file and a count in the epoch and
+summary lines.
+
 The defaults are that quick demo. The paper's recipe (ViT-L, 800 epochs, effective batch 4096,
 e.g. torchrun on 8 nodes x 8 GPUs): --model mae_vit_large_patch16 --input-size 224 --data DIR
 --norm-pix-loss --batch-size 64 --epochs 800 --warmup-epochs 40 --blr 1.5e-4 --weight-decay 0.05
