@@ -158,10 +158,10 @@ def patchify_gather(
 ) -> torch.Tensor:
     """The patches ``ids_keep`` names, straight from the image: ``[N, C, H, W]`` -> ``[N, K, p*p*C]``.
 
-    ``ids_keep`` must hold distinct patch indices in each row (the backward writes each patch's
-    gradient once). Equals ``patchify(imgs)`` gathered by ``ids_keep`` but reads only those patches' pixels. The
+    Equals ``patchify(imgs)`` gathered by ``ids_keep`` but reads only those patches' pixels. The
     result feeds a patch-embed GEMM whose weight is the conv weight permuted to (p, q, c) order
-    (see ``MaskedAutoencoderViT.patch_embed_weight``).
+    (see ``MaskedAutoencoderViT.patch_embed_weight``). ``ids_keep`` must hold distinct patch indices
+    in each row (the backward writes each patch's gradient once).
     """
     check.patch_size(patch_size)
     check.images("imgs", imgs, patch_size)
