@@ -138,7 +138,8 @@ def unpatchify(
             raise ValueError(f"x has {pdim} values per patch, not a multiple of patch_size² = {patch_size ** 2}")
         in_chans = pdim // (patch_size * patch_size)
     if pdim != patch_size * patch_size * in_chans:
-        raise ValueError(f"x has {pdim} values per patch, expected patch_size² * in_chans = {patch_size ** 2 * in_chans}")
+        raise ValueError(f"x has {pdim} values per patch, expected patch_size² * in_chans = "
+                         f"{patch_size ** 2 * in_chans}")
     if grid_size is None:
         side = int(round(num_patches**0.5))
         if side * side != num_patches:
@@ -297,10 +298,12 @@ def masked_mse_loss(
         check.tensor("mask", mask, 2, check.FLOAT_DTYPES)
         check.same_device("mask", mask, imgs.device)
         if tuple(mask.shape) != (n, num_patches):
-            raise ValueError(f"mask must have shape [{n}, {num_patches}] for imgs {tuple(imgs.shape)}, got {tuple(mask.shape)}")
+            raise ValueError(f"mask must have shape [{n}, {num_patches}] for imgs {tuple(imgs.shape)}, "
+                             f"got {tuple(mask.shape)}")
         want = (n, num_patches, pdim)
     if tuple(pred.shape) != want:
-        raise ValueError(f"pred must have shape {list(want)} for imgs {tuple(imgs.shape)} and patch_size {patch_size}, got {tuple(pred.shape)}")
+        raise ValueError(f"pred must have shape {list(want)} for imgs {tuple(imgs.shape)} and patch_size "
+                         f"{patch_size}, got {tuple(pred.shape)}")
     pred, imgs = _contiguous(pred, imgs)
     mask = mask.contiguous() if mask is not None else None
     ids_masked = ids_masked.contiguous() if ids_masked is not None else None
