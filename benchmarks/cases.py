@@ -40,7 +40,7 @@ def make_inputs(op: str, variant: dict, sh: MAEShape, dtype: torch.dtype, device
     learned tokens' and ``imgs_dtype`` the loss's images' (both default to ``dtype``; in the model
     under bf16 autocast they are float32).
     """
-    n, c, hw, p = sh.batch, sh.in_chans, sh.img_size, sh.patch_size
+    n, c, hw = sh.batch, sh.in_chans, sh.img_size
     num, k, m, pd = sh.num_patches, sh.len_keep, sh.num_masked, sh.patch_dim
     d, dd = sh.embed_dim, sh.decoder_dim
     ids = _masking(sh, device)

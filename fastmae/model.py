@@ -31,7 +31,6 @@ from .reference import (
     masked_mse_loss_ref,
     patchify_ref,
     random_masking_ref,
-    unpatchify_ref,
 )
 
 __all__ = ["MaskedAutoencoderViT", "MODELS", "create_model"]

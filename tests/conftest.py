@@ -35,3 +35,13 @@ def _fresh_seed(request):
     seed = zlib.crc32(request.node.nodeid.encode())
     torch.manual_seed(seed)
     yield seed
+
+
+@pytest.fixture
+def cpu_default_device():
+    """For the command-line tests: the CLI runs on the CPU even where the GPU test run (above) has
+    made CUDA the default device, so tensors created without a device stay on the CPU."""
+    before = torch.get_default_device()
+    torch.set_default_device("cpu")
+    yield
+    torch.set_default_device(before)

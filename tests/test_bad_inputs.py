@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import fastmae
-from fastmae import MaskGenerator, ops
+from fastmae import ops
 
 P = 4  # patch size of the images below: 8 x 8 px -> a 2 x 2 grid, 48 values per patch
 

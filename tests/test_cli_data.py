@@ -13,14 +13,7 @@ from fastmae.cli.data import (Augmented, ProceduralImages, build_loader, pretrai
                               random_resized_crop_box, to_normalized_tensor)
 from fastmae.cli.images import IMAGENET_MEAN, IMAGENET_STD, to_uint8
 
-
-@pytest.fixture(autouse=True)
-def _cpu_default_device():
-    """As in the other CLI tests: the GPU test run makes CUDA the default device."""
-    before = torch.get_default_device()
-    torch.set_default_device("cpu")
-    yield
-    torch.set_default_device(before)
+pytestmark = pytest.mark.usefixtures("cpu_default_device")  # see tests/conftest.py
 
 
 @pytest.mark.parametrize("width, height", [

@@ -4,20 +4,11 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from fastmae.cli import main
 
-
-@pytest.fixture(autouse=True)
-def _cpu_default_device():
-    """The command line runs here on the CPU even where the GPU test run (conftest.py) has made
-    CUDA the default device: tensors the tests create without a device stay on the CPU."""
-    before = torch.get_default_device()
-    torch.set_default_device("cpu")
-    yield
-    torch.set_default_device(before)
+pytestmark = pytest.mark.usefixtures("cpu_default_device")  # see tests/conftest.py
 
 
 @pytest.fixture

@@ -13,15 +13,7 @@ import fastmae
 from fastmae.cli import main, pretrain
 from fastmae.cli.lr_sched import lr_at
 
-
-@pytest.fixture(autouse=True)
-def _cpu_default_device():
-    """The command line runs here on the CPU even where the GPU test run (conftest.py) has made
-    CUDA the default device: tensors the tests create without a device stay on the CPU."""
-    before = torch.get_default_device()
-    torch.set_default_device("cpu")
-    yield
-    torch.set_default_device(before)
+pytestmark = pytest.mark.usefixtures("cpu_default_device")  # see tests/conftest.py
 
 
 @pytest.fixture(autouse=True)

@@ -12,15 +12,7 @@ import fastmae
 from fastmae.cli import main
 from fastmae.cli.visualize import PANELS, denormalize_norm_pix, reconstruct
 
-
-@pytest.fixture(autouse=True)
-def _cpu_default_device():
-    """The command line runs here on the CPU even where the GPU test run (conftest.py) has made
-    CUDA the default device: tensors the tests create without a device stay on the CPU."""
-    before = torch.get_default_device()
-    torch.set_default_device("cpu")
-    yield
-    torch.set_default_device(before)
+pytestmark = pytest.mark.usefixtures("cpu_default_device")  # see tests/conftest.py
 
 
 @pytest.fixture

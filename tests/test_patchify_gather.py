@@ -15,7 +15,7 @@ import torch
 
 from fastmae import ops
 from fastmae.reference import patchify_gather_ref
-from helpers import DTYPES, interpreting, poisoned, requires_kernels
+from helpers import DTYPES, poisoned, requires_kernels
 
 pytestmark = requires_kernels
 
