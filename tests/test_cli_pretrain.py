@@ -325,3 +325,22 @@ def test_param_groups_skip_decay_on_biases_and_1d_params():
     assert {names[id(p)] for p in decay["params"]} >= {"cls_token", "mask_token", "blocks.0.attn.qkv.weight"}
     frozen = {"pos_embed", "decoder_pos_embed"}
     assert len(no_decay["params"]) + len(decay["params"]) == len(names) - len(frozen)
+
+
+def test_default_output_dir_never_refuses_nor_overwrites(tmp_path, capsys, monkeypatch):
+    # The README's main command may be run twice: without --output-dir each run takes the first of
+    # output/pretrain, output/pretrain-2, ... that holds no run; a resume continues in its own one.
+    monkeypatch.chdir(tmp_path)
+    argv = base_args("unused")
+    i = argv.index("--output-dir")
+    argv = argv[:i] + argv[i + 2:]  # no --output-dir
+    for _ in range(2):
+        code, _, err = run(capsys, argv)
+        assert code == 0, err
+    first, second = tmp_path / "output" / "pretrain", tmp_path / "output" / "pretrain-2"
+    assert log_lines(first) and log_lines(second)
+    before = (first / "checkpoint-last.pth").read_bytes()
+    code, _, err = run(capsys, [*argv, "--epochs", "3", "--resume", str(first / "checkpoint-last.pth")])
+    assert code == 0, err
+    assert len(log_lines(first)) == 3 and (first / "checkpoint-last.pth").read_bytes() != before
+    assert not (tmp_path / "output" / "pretrain-3").exists()

@@ -6,7 +6,9 @@ Rank 0 writes ``OUT/checkpoint-last.pth`` every epoch, ``OUT/checkpoint-<epoch>.
 ``--save-every`` epochs and at the end, one JSON line per epoch to ``OUT/log.txt`` and, at the end,
 ``OUT/reconstructions.png``.
 
-An ``--output-dir`` that holds a run (``checkpoint-last.pth`` or ``log.txt``) is only continued,
+Without ``--output-dir`` a run writes to the first of ``output/pretrain``, ``output/pretrain-2``, ...
+that holds no run (or, with ``--resume``, to the resumed run's directory), so the default command
+can be run again. An ``--output-dir`` that holds a run (``checkpoint-last.pth`` or ``log.txt``) is only continued,
 with ``--resume`` of a checkpoint inside it; a resume rewrites ``log.txt`` to the epochs before the
 one it starts from. A checkpoint from another ``--input-size`` resumes: the fixed sin-cos position
 tables are rebuilt for the new grid. With ``--data``, files that fail Pillow's check at the scan
@@ -45,6 +47,8 @@ from fastmae.cli.images import grid
 from fastmae.cli.runtime import check_backend, check_keeps_patch, parse_device
 from fastmae.cli.visualize import TITLES, panel_rows
 
+DEFAULT_OUTPUT_DIR = os.path.join("output", "pretrain")
+
 # Arguments that shape the training trajectory: a resume that changes them cannot continue it exactly.
 TRAJECTORY_ARGS = ("model", "input_size", "mask_ratio", "norm_pix_loss", "batch_size", "accum_iter",
                    "epochs", "warmup_epochs", "lr", "min_lr", "weight_decay", "seed", "data",
@@ -81,9 +85,11 @@ def add_arguments(p):
                    help="seed of the data order, augmentation and masking (process r adds r)")
     p.add_argument("--num-workers", type=nonnegative_int,
                    help="data loader processes; default 0 on CPU, min(8, cores) on CUDA")
-    p.add_argument("--output-dir", default="output/pretrain",
+    p.add_argument("--output-dir",
                    help="where checkpoints, log.txt and reconstructions.png go; a directory that "
-                   "holds a run is only continued, with --resume of a checkpoint inside it")
+                   "holds a run is only continued, with --resume of a checkpoint inside it. Default: "
+                   "the --resume file's directory when it holds that run, else the first of "
+                   f"{DEFAULT_OUTPUT_DIR}, {DEFAULT_OUTPUT_DIR}-2, ... that holds no run")
     p.add_argument("--save-every", type=positive_int, default=20,
                    help="also keep checkpoint-<epoch>.pth every N epochs")
     p.add_argument("--print-freq", type=positive_int, default=20, help="progress line every N iterations")
@@ -117,9 +123,11 @@ def train(args):
 def _train(args, info, device):
     say = print if info.is_main else _quiet
     warn = (lambda msg: print(f"fastmae: warning: {msg}", file=sys.stderr)) if info.is_main else _quiet
+    if args.output_dir is None:
+        args.output_dir = _default_output_dir(args.resume, info)
     last_path = os.path.join(args.output_dir, "checkpoint-last.pth")
     log_path = os.path.join(args.output_dir, "log.txt")
-    _check_output_dir(args, last_path, log_path)
+    _check_output_dir(args, last_path)
     _seed_everything(args.seed + info.rank)
 
     images, dataset, loader = _build_data(args, info, device, warn)
@@ -192,11 +200,34 @@ def _train(args, info, device):
     return raw_model
 
 
-def _check_output_dir(args, last_path, log_path):
+def _holds_run(directory):
+    return any(os.path.exists(os.path.join(directory, name)) for name in ("checkpoint-last.pth", "log.txt"))
+
+
+def _default_output_dir(resume, info):
+    """Where a run without ``--output-dir`` writes: the resumed run's own directory, else a directory
+    that holds no run yet, so running the default command twice never refuses nor overwrites.
+    Rank 0 decides, for every rank (the others would race its first write)."""
+    choice = [None]
+    if info.is_main:
+        if resume and _holds_run(os.path.dirname(os.path.abspath(resume))):
+            choice = [os.path.dirname(resume) or "."]
+        else:
+            path, i = DEFAULT_OUTPUT_DIR, 1
+            while _holds_run(path):
+                i += 1
+                path = f"{DEFAULT_OUTPUT_DIR}-{i}"
+            choice = [path]
+    if info.enabled:
+        torch.distributed.broadcast_object_list(choice, src=0)
+    return choice[0]
+
+
+def _check_output_dir(args, last_path):
     """A directory that holds a run (a checkpoint-last.pth or a log.txt) is only continued: with
     ``--resume`` of a checkpoint inside it. Anything else would mix two runs' checkpoints and logs.
     """
-    if not (os.path.exists(last_path) or os.path.exists(log_path)):
+    if not _holds_run(args.output_dir):
         return
     if not args.resume:
         raise UsageError(f"{args.output_dir} already holds a run; continue it with --resume "
