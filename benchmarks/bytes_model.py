@@ -61,7 +61,7 @@ OP_VARIANTS = (
     ("masked_mse_loss", {"form": "full", "norm_pix": True}),
     ("masked_mse_loss", {"form": "masked", "norm_pix": False}),
     ("masked_mse_loss", {"form": "masked", "norm_pix": True}),
-    ("random_masking", {}),
+    ("masking_ids", {}),
 )
 
 
@@ -365,17 +365,18 @@ def masked_mse_loss_bytes(
 # --------------------------------------------------------------------------------------------------
 
 
-def random_masking_bytes(sh: MAEShape, dtype=None) -> dict[str, Traffic]:
-    """``noise [N, L]`` (fp32) -> ``ids_keep [N, K]``, ``ids_restore [N, L]`` (int64), ``mask [N, L]`` (fp32).
+def masking_ids_bytes(sh: MAEShape, dtype=None) -> dict[str, Traffic]:
+    """``noise [N, L]`` (fp32) -> ``ids_keep [N, K]``, ``ids_restore [N, L]``, ``ids_masked [N, M]`` (int64),
+    ``mask [N, L]`` (fp32).
 
-    minimal: noise read, three outputs written. reference: two argsorts (each counted as reading
+    minimal: noise read, four outputs written (``ids_keep`` and ``ids_masked`` together: ``N·L·8``). reference: two argsorts (each counted as reading
     its input and writing sorted values and indices once; a real sort makes more passes), the
     ones mask, zeroing the kept columns, a gather.
     """
     n, num, k = sh.batch, sh.num_patches, sh.len_keep
     noise, ids_l = n * num * NOISE_BYTES, n * num * INDEX_BYTES
-    ids_k, mask = n * k * INDEX_BYTES, n * num * MASK_BYTES
-    minimal = noise + ids_k + ids_l + mask
+    mask = n * num * MASK_BYTES
+    minimal = noise + ids_l + ids_l + mask  # ids_keep + ids_masked: N·L·8
     reference = (
         (noise + noise + ids_l)  # argsort(noise): read, write values and indices
         + (ids_l + ids_l + ids_l)  # argsort(ids_shuffle)
@@ -394,12 +395,12 @@ _OPS = {
     "encoder_input_official": encoder_input_official_bytes,
     "decoder_input": decoder_input_bytes,
     "masked_mse_loss": masked_mse_loss_bytes,
-    "random_masking": random_masking_bytes,
+    "masking_ids": masking_ids_bytes,
 }
 
 
 def op_bytes(op: str, shape: MAEShape, dtype, **variant) -> dict[str, Traffic]:
-    """``{"fwd": Traffic, "bwd": ..., "fwdbwd": ...}`` for an op (``random_masking``: ``fwd`` only)."""
+    """``{"fwd": Traffic, "bwd": ..., "fwdbwd": ...}`` for an op (``masking_ids``: ``fwd`` only)."""
     if op not in _OPS:
         raise ValueError(f"unknown op {op!r}; choose one of {sorted(_OPS)}")
     return _OPS[op](shape, dtype, **variant)

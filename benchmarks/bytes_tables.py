@@ -21,7 +21,7 @@ from .bytes_model import (
     masked_mse_loss_bytes,
     op_bytes,
     patchify_gather_bytes,
-    random_masking_bytes,
+    masking_ids_bytes,
     shape_for,
     variant_label,
 )
@@ -59,10 +59,10 @@ def step_rows(shape: MAEShape, amp_dtype="bf16") -> list[tuple[str, str, int, st
     dec = decoder_input_bytes(shape, amp_dtype, f32)["fwdbwd"]
     loss = masked_mse_loss_bytes(shape, amp_dtype, "masked", True, imgs_dtype=f32)["fwdbwd"].minimal
     loss_ref = masked_mse_loss_bytes(shape, amp_dtype, "full", True, imgs_dtype=f32)["fwdbwd"].reference
-    mask = random_masking_bytes(shape)["fwd"]
+    mask = masking_ids_bytes(shape)["fwd"]
     gather = patchify_gather_bytes(shape, f32)["fwd"].minimal
     return [
-        ("masking", "random_masking (fwd)", mask.minimal, "argsort x2, gather", mask.reference),
+        ("masking", "masking_ids (fwd)", mask.minimal, "argsort x2, gather", mask.reference),
         ("visible patches", "patchify_gather (fwd; images need no grad)", gather,
          "(inside the conv on all L)", 0),
         ("encoder input", "encoder_input (fwd+bwd)", enc, "pos add on all L, gather, cat", enc_ref),

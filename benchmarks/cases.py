@@ -77,7 +77,7 @@ def make_inputs(op: str, variant: dict, sh: MAEShape, dtype: torch.dtype, device
         else:
             inputs = {"pred": data(n, m, pd, grad=True), "imgs": imgs, "ids_masked": ids["ids_masked"]}
         grad_of = ("pred",)
-    elif op == "random_masking":
+    elif op == "masking_ids":
         inputs, grad_of = {"noise": ids["noise"]}, ()
     else:
         raise ValueError(f"unknown op {op!r}")
@@ -95,7 +95,7 @@ def reference_call(op: str, variant: dict, sh: MAEShape):
         "unpatchify": lambda x: reference.unpatchify_ref(x, p, sh.grid, sh.in_chans),
         "patchify_gather": lambda imgs, ids_keep: reference.patchify_gather_ref(imgs, ids_keep, p),
         "encoder_input": reference.encoder_input_ref,
-        "encoder_input_official": _encoder_input_official,
+        "encoder_input_official": reference.encoder_input_official_ref,
         "decoder_input": reference.decoder_input_ref,
         "masked_mse_loss": (
             (lambda pred, imgs, mask: reference.masked_mse_loss_ref(pred, imgs, mask, p, norm))
@@ -103,7 +103,7 @@ def reference_call(op: str, variant: dict, sh: MAEShape):
             else (lambda pred, imgs, ids_masked: reference.masked_mse_loss_ref(
                 pred, imgs, None, p, norm, ids_masked))
         ),
-        "random_masking": lambda noise: reference.random_masking_ref(noise, k),
+        "masking_ids": lambda noise: reference.masking_ids_ref(noise, k),
     }
     return calls[op]
 
@@ -124,16 +124,8 @@ def fastmae_call(op: str, variant: dict, sh: MAEShape, backend: str):
             else (lambda pred, imgs, ids_masked: ops.masked_mse_loss(
                 pred, imgs, None, p, norm, ids_masked=ids_masked, backend=backend))
         ),
-        "random_masking": lambda noise: ops.random_masking(noise, k, backend=backend),
+        "masking_ids": lambda noise: ops.masking_ids(noise, k, backend=backend),
     }
     if op not in calls:
         raise ValueError(f"fastmae has no public op {op!r}")
     return calls[op]
-
-
-def _encoder_input_official(x, pos_embed, cls_token, ids_keep):
-    """The official encoder order: positions added to all ``L`` patches, then gather, then cls."""
-    x = x + pos_embed[:, 1:, :]  # [N, L, D]
-    x = reference.gather_tokens_ref(x, ids_keep)  # [N, K, D]
-    cls = (cls_token + pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)  # [N, 1, D]
-    return torch.cat((cls, x), dim=1)  # [N, K+1, D]

@@ -76,7 +76,7 @@ def pytest_generate_tests(metafunc):
 # Order of the ops within a shape: those the model's fast path runs first, so that a time budget
 # cuts patchify / unpatchify (whose reference is already a single copy) before the others.
 _OP_ORDER = ("masked_mse_loss", "decoder_input", "encoder_input", "encoder_input_official", "patchify_gather",
-             "random_masking", "patchify", "unpatchify")
+             "masking_ids", "patchify", "unpatchify")
 
 
 @pytest.hookimpl(tryfirst=True)

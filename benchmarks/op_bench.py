@@ -41,7 +41,7 @@ _RELEVANT = {
     "encoder_input_official": ("N", "L", "K", "D"),
     "decoder_input": ("N", "L", "K", "Dd"),
     "masked_mse_loss": ("N", "C", "H", "p", "K"),
-    "random_masking": ("N", "L", "K"),
+    "masking_ids": ("N", "L", "K"),
 }
 
 
@@ -100,10 +100,10 @@ def scope_shapes(scope: str) -> list[tuple[bm.MAEShape, torch.dtype]]:
 def op_cases(op: str, variants, scope: str) -> list[OpCase]:
     """Every (variant, shape, dtype, provider, mode) to run for ``op``, duplicates removed."""
     cases, seen = [], set()
-    modes = ("fwd",) if op == "random_masking" else MODES
+    modes = ("fwd",) if op == "masking_ids" else MODES
     for variant in variants:
         for sh, dtype in scope_shapes(scope):
-            if op == "random_masking":
+            if op == "masking_ids":
                 dtype = torch.float32  # the noise is float32 whatever the model's dtype
             dims = sh.as_dict()
             key = (tuple(sorted(variant.items())), tuple(dims[k] for k in _RELEVANT[op]), dtype)

@@ -179,7 +179,7 @@ def ops_tables(rows: list[dict], with_targets: bool = True) -> list[str]:
             vs_eager = ref["median_ms"] / fast["median_ms"] if fast and ref else None
             vs_comp = comp["median_ms"] / fast["median_ms"] if fast and comp else None
             targets = ""
-            if with_targets and fast and mode == "fwdbwd" and variant.split("[")[0] != "random_masking":
+            if with_targets and fast and mode == "fwdbwd" and variant.split("[")[0] != "masking_ids":
                 checks = []
                 if mb >= 100:
                     checks.append(("copy", fast["pct_of_copy_bw"] >= TARGET_PCT_COPY))

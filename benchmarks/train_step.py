@@ -28,7 +28,6 @@ import fastmae
 from fastmae import ops, reference
 
 from . import bytes_model as bm
-from .cases import _encoder_input_official
 from .flops import peak_bf16_tflops, train_flops_per_image
 from .harness import BenchEnv, time_calls, measure
 
@@ -138,8 +137,8 @@ def fused_ops_seconds(env: BenchEnv, sh: bm.MAEShape, arm: str) -> float | None:
 
         def run():
             noise = torch.rand(n, num, device=dev)
-            ids_keep, ids_restore, mask = reference.random_masking_ref(noise, k)
-            tokens = _encoder_input_official(x_emb, pos, cls, ids_keep)
+            ids_keep, ids_restore, mask, _ = reference.masking_ids_ref(noise, k)
+            tokens = reference.encoder_input_official_ref(x_emb, pos, cls, ids_keep)
             dec = reference.decoder_input_ref(x_dec, ids_restore, mask_token, dec_pos)
             loss = reference.masked_mse_loss_ref(pred, imgs, mask, p, NORM_PIX_LOSS)
             torch.autograd.grad([tokens, dec, loss], [x_emb, cls, x_dec, mask_token, pred],
@@ -150,10 +149,7 @@ def fused_ops_seconds(env: BenchEnv, sh: bm.MAEShape, arm: str) -> float | None:
 
         def run():
             noise = torch.rand(n, num, device=dev)
-            ids_keep, ids_restore, _ = ops.random_masking(noise, k, backend=backend)
-            # the model's ids of the masked patches: the inverse of ids_restore, from K on
-            arange = torch.arange(num, device=dev).expand(n, -1)
-            ids_masked = torch.empty_like(ids_restore).scatter_(1, ids_restore, arange)[:, k:]
+            ids_keep, ids_restore, _, ids_masked = ops.masking_ids(noise, k, backend=backend)
             ops.patchify_gather(imgs, ids_keep, p, backend=backend)
             tokens = ops.encoder_input(x_vis, pos, cls, ids_keep, backend=backend)
             dec = ops.decoder_input(x_dec, ids_restore, mask_token, dec_pos, backend=backend)

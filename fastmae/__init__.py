@@ -26,6 +26,8 @@ from .ops import (
     encoder_input,
     get_backend,
     masked_mse_loss,
+    masked_tokens,
+    masking_ids,
     patchify,
     patchify_gather,
     unpatchify,
@@ -40,6 +42,6 @@ __all__ = [
     "get_2d_sincos_pos_embed", "get_backend", "interpolate_pos_embed", "load_official_checkpoint",
     "mae_vit_base_patch16", "mae_vit_base_patch16_dec512d8b", "mae_vit_huge_patch14",
     "mae_vit_huge_patch14_dec512d8b", "mae_vit_large_patch16", "mae_vit_large_patch16_dec512d8b",
-    "mae_vit_micro_patch4", "mae_vit_tiny_patch4", "masked_mse_loss", "ops", "patchify", "patchify_gather",
+    "mae_vit_micro_patch4", "mae_vit_tiny_patch4", "masked_mse_loss", "masked_tokens", "masking_ids", "ops", "patchify", "patchify_gather",
     "random_masking", "reference", "unpatchify", "use_backend",
 ]

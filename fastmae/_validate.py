@@ -106,8 +106,7 @@ def ids(name: str, t, n: int, length: int | None, upper: int, device: torch.devi
     same_device(name, t, device)
     if t.shape[1] > upper:
         raise ValueError(f"{name} has {t.shape[1]} indices per row but only {upper} patches exist")
-    eager = not torch.compiler.is_compiling()  # a traced graph cannot branch on values
-    if eager and t.numel() and (t.device.type == "cpu" or os.environ.get("FASTMAE_CHECK_INDICES") == "1"):
+    if _reads_values(t):
         lo, hi = int(t.min()), int(t.max())
         if lo < 0 or hi >= upper:
             raise ValueError(f"{name} values must lie in [0, {upper}), got min {lo} and max {hi}")
@@ -119,6 +118,26 @@ def ids(name: str, t, n: int, length: int | None, upper: int, device: torch.devi
                 raise ValueError(f"{name} repeats a value within a row (first in row {row}); "
                                  f"each row must hold distinct patch indices")
     return t
+
+
+def _reads_values(t: torch.Tensor) -> bool:
+    """Whether index values may be read: eager, and a CPU tensor or ``FASTMAE_CHECK_INDICES=1``."""
+    eager = not torch.compiler.is_compiling()  # a traced graph cannot branch on values
+    return eager and bool(t.numel()) and (t.device.type == "cpu" or os.environ.get("FASTMAE_CHECK_INDICES") == "1")
+
+
+def masked_of_restore(ids_masked: torch.Tensor, ids_restore: torch.Tensor) -> None:
+    """``ids_masked [N, M]`` is what ``masking_ids`` returned with ``ids_restore [N, L]``:
+    ``ids_restore[n, ids_masked[n, m]] == L - M + m`` (checked where index values are, see :func:`ids`)."""
+    n, num_patches = ids_restore.shape
+    m = ids_masked.shape[1]
+    if not _reads_values(ids_masked):
+        return
+    ranks = ids_restore.gather(1, ids_masked.long())  # [N, M]
+    want = torch.arange(num_patches - m, num_patches, device=ranks.device)
+    if not bool((ranks == want).all()):
+        raise ValueError("ids_masked and ids_restore do not belong together: ids_restore[ids_masked[m]] must "
+                         "be L - M + m (pass both from one masking_ids call)")
 
 
 def same_device(name: str, t: torch.Tensor, device: torch.device) -> None:

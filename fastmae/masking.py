@@ -36,6 +36,8 @@ def random_masking(
     Returns:
         ``x_masked [N, K, D]`` (kept tokens in noise order), ``mask [N, L]`` (float, 1 = removed),
         ``ids_restore [N, L]``.
+
+    The indices alone (no token gather) are ``fastmae.ops.masking_ids(noise, len_keep)``.
     """
     check.tensor("x", x, 3)
     n, num_patches, _ = x.shape
@@ -45,8 +47,8 @@ def random_masking(
     if noise is None:
         noise = torch.rand(n, num_patches, device=x.device)
     check.noise(noise, n, num_patches, x.device)
-    ids_keep, ids_restore, mask = ops.random_masking(noise, len_keep, backend=backend)
-    return gather_tokens_ref(x, ids_keep), mask, ids_restore
+    masking = ops.masking_ids(noise, len_keep, backend=backend)
+    return gather_tokens_ref(x, masking.ids_keep), masking.mask, masking.ids_restore
 
 
 class MaskGenerator:

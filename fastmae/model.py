@@ -1,16 +1,18 @@
 """``MaskedAutoencoderViT``: the official MAE model, with a fast path built on ``fastmae.ops``.
 
 Drop-in for facebookresearch/mae ``models_mae.py``: same constructor, factories, methods, state-dict
-keys and initialisation. Two ways through ``forward``, chosen per call by ``backend``:
+keys and initialisation. Every MAE-specific step is a call to ``fastmae.ops`` with the model's
+``backend`` (``"triton"``, ``"torch"``, ``"reference"`` or ``"auto"``; see ``fastmae.ops``), which
+picks the implementation. The one step whose *order* differs is the encoder input:
 
-* ``"reference"`` — the official algorithm: conv patch-embed of every patch, add positions, mask,
-  gather, and the official decoder and loss.
-* ``"torch"`` / ``"triton"`` (and ``"auto"``) — the fast path: mask first, embed only the visible
-  patches (a GEMM with the conv weight in (p, q, c) order), assemble encoder and decoder inputs in
-  one pass each, and, when the caller does not need the full ``pred``, run ``decoder_pred`` on the
-  masked tokens only.
+* ``"reference"`` — the official order: conv patch-embed of every patch, add positions, gather the
+  kept ones, prepend cls (``encoder_input_official_ref``);
+* every other backend — the fast path: mask first, embed only the visible patches (a GEMM with the
+  conv weight in (p, q, c) order) and assemble the encoder input in one pass.
 
-Both give the same loss, pred, mask and gradients for the same noise (up to float rounding).
+After the decoder blocks, ``forward(full_pred=False)`` keeps only the masked tokens
+(``ops.masked_tokens``), so ``decoder_norm`` and ``decoder_pred`` run on those rows alone. Every
+path gives the same loss, pred, mask and gradients for the same noise (up to float rounding).
 """
 
 from __future__ import annotations
@@ -25,13 +27,7 @@ from . import _validate as check
 from . import ops
 from .layers import Block, PatchEmbed
 from .pos_embed import get_2d_sincos_pos_embed, interpolate_pos_embed
-from .reference import (
-    decoder_input_ref,
-    gather_tokens_ref,
-    masked_mse_loss_ref,
-    patchify_ref,
-    random_masking_ref,
-)
+from .reference import encoder_input_official_ref
 
 __all__ = ["MaskedAutoencoderViT", "MODELS", "create_model"]
 
@@ -127,14 +123,13 @@ class MaskedAutoencoderViT(nn.Module):
 
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
         """``[N, C, H, W]`` -> ``[N, L, p*p*C]``."""
-        check.images("imgs", imgs, self.patch_size)
-        return patchify_ref(imgs, self.patch_size)
+        return ops.patchify(imgs, self.patch_size, backend=self.backend)
 
     def unpatchify(self, x: torch.Tensor, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
         """``[N, L, p*p*C]`` -> ``[N, C, H, W]``; the grid defaults to the model's when ``L`` matches it."""
-        if grid_size is None and x.shape[1] == self.patch_embed.num_patches:
+        if grid_size is None and x.dim() == 3 and x.shape[1] == self.patch_embed.num_patches:
             grid_size = self.patch_embed.grid_size
-        return ops.unpatchify(x, self.patch_size, grid_size, self.in_chans, backend="reference")
+        return ops.unpatchify(x, self.patch_size, grid_size, self.in_chans, backend=self.backend)
 
     def patch_embed_weight(self) -> torch.Tensor:
         """The conv weight ``[D, C, p, q]`` as a GEMM weight over (p, q, c)-ordered patches: ``[D, P]``."""
@@ -182,26 +177,22 @@ class MaskedAutoencoderViT(nn.Module):
     def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None):
         """``imgs [N, C, H, W]`` -> ``latent [N, K+1, D]``, ``mask [N, L]``, ``ids_restore [N, L]``."""
         len_keep, noise = self._check_inputs(imgs, mask_ratio, noise)
-        latent, mask, ids_restore, _ = self._encode(imgs, len_keep, noise, self._backend(imgs.device))
-        return latent, mask, ids_restore
+        latent, masking = self._encode(imgs, len_keep, noise, self._backend(imgs.device))
+        return latent, masking.mask, masking.ids_restore
 
     def _encode(self, imgs, len_keep, noise, backend):
+        """``imgs [N, C, H, W]`` -> ``latent [N, K+1, D]`` and the ``ops.MaskingIds`` of ``noise``."""
         pos_embed, _ = self._pos_tables(self.grid_of(imgs))
-        if backend == "reference":
-            x = self.patch_embed(imgs)  # [N, L, D]
-            x = x + pos_embed[:, 1:, :]
-            ids_keep, ids_restore, mask = random_masking_ref(noise, len_keep)
-            x = gather_tokens_ref(x, ids_keep)  # [N, K, D]
-            cls_tokens = (self.cls_token + pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
-            x = torch.cat((cls_tokens, x), dim=1)  # [N, K+1, D]
-        else:
-            ids_keep, ids_restore, mask = ops.random_masking(noise, len_keep, backend=backend)
-            x = ops.patchify_gather(imgs, ids_keep, self.patch_size, backend=backend)  # [N, K, P]
+        masking = ops.masking_ids(noise, len_keep, backend=backend)
+        if backend == "reference":  # the official order: embed every patch, add positions, then gather
+            x = encoder_input_official_ref(self.patch_embed(imgs), pos_embed, self.cls_token, masking.ids_keep)
+        else:  # embed only the visible patches
+            x = ops.patchify_gather(imgs, masking.ids_keep, self.patch_size, backend=backend)  # [N, K, P]
             x = F.linear(x, self.patch_embed_weight(), self.patch_embed.proj.bias)  # [N, K, D]
-            x = ops.encoder_input(x, pos_embed, self.cls_token, ids_keep, backend=backend)  # [N, K+1, D]
+            x = ops.encoder_input(x, pos_embed, self.cls_token, masking.ids_keep, backend=backend)  # [N, K+1, D]
         for blk in self.blocks:
             x = blk(x)
-        return self.norm(x), mask, ids_restore, ids_keep
+        return self.norm(x), masking
 
     # ---------------------------------------------------------------------------------------------
     # decoder
@@ -215,8 +206,8 @@ class MaskedAutoencoderViT(nn.Module):
         check.tensor("x", x, 3)
         check.tensor("ids_restore", ids_restore, 2, check.INDEX_DTYPES)
         grid = self._grid_for(ids_restore.shape[1], grid_size)
-        x = self._decode(x, ids_restore, grid, self._backend(x.device))
-        return self.decoder_pred(x[:, 1:, :])  # drop cls
+        x = self._decode(x, ids_restore, grid, self._backend(x.device))  # [N, L+1, Dd]
+        return self.decoder_pred(self.decoder_norm(x[:, 1:, :]))  # drop cls
 
     def _grid_for(self, num_patches: int, grid_size):
         if grid_size is not None:
@@ -229,16 +220,13 @@ class MaskedAutoencoderViT(nn.Module):
         return (side, side)
 
     def _decode(self, x, ids_restore, grid, backend):
-        """The decoder up to ``decoder_norm``: ``[N, K+1, D]`` -> ``[N, L+1, Dd]``."""
+        """The decoder blocks: ``latent [N, K+1, D]`` -> ``[N, L+1, Dd]`` (before ``decoder_norm``)."""
         _, dec_pos = self._pos_tables(grid)
         x = self.decoder_embed(x)  # [N, K+1, Dd]
-        if backend == "reference":
-            x = decoder_input_ref(x, ids_restore, self.mask_token, dec_pos)
-        else:
-            x = ops.decoder_input(x, ids_restore, self.mask_token, dec_pos, backend=backend)  # [N, L+1, Dd]
+        x = ops.decoder_input(x, ids_restore, self.mask_token, dec_pos, backend=backend)  # [N, L+1, Dd]
         for blk in self.decoder_blocks:
             x = blk(x)
-        return self.decoder_norm(x)
+        return x
 
     # ---------------------------------------------------------------------------------------------
     # loss and forward
@@ -246,11 +234,8 @@ class MaskedAutoencoderViT(nn.Module):
 
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``imgs [N, C, H, W]``, ``pred [N, L, P]``, ``mask [N, L]`` -> scalar (official, 0 when nothing is masked)."""
-        backend = self._backend(imgs.device)
-        if backend == "reference":
-            check.images("imgs", imgs, self.patch_size, self.in_chans)
-            return masked_mse_loss_ref(pred, imgs, mask, self.patch_size, self.norm_pix_loss)
-        return ops.masked_mse_loss(pred, imgs, mask, self.patch_size, self.norm_pix_loss, backend=backend)
+        check.images("imgs", imgs, self.patch_size, self.in_chans)
+        return ops.masked_mse_loss(pred, imgs, mask, self.patch_size, self.norm_pix_loss, backend=self.backend)
 
     def forward(self, imgs: torch.Tensor, mask_ratio: float = 0.75, noise: torch.Tensor | None = None,
                 full_pred: bool = True):
@@ -260,30 +245,23 @@ class MaskedAutoencoderViT(nn.Module):
             mask_ratio: in ``[0, 1)``; ``int(L * (1 - mask_ratio))`` patches are kept (at least one).
                 With ``mask_ratio=0`` nothing is masked and the loss is 0 (the official code gives NaN).
             noise: ``[N, L]`` masking noise (small = kept); ``torch.rand`` when omitted.
-            full_pred: ``False`` predicts only the masked patches, which is all the loss needs,
-                and returns ``pred=None`` (fast path only; the reference path always predicts all).
+            full_pred: ``False`` runs ``decoder_norm`` and ``decoder_pred`` on the masked tokens only,
+                which is all the loss needs, and returns ``pred=None``.
         """
         len_keep, noise = self._check_inputs(imgs, mask_ratio, noise)
         backend = self._backend(imgs.device)
-        grid = self.grid_of(imgs)
-        latent, mask, ids_restore, _ = self._encode(imgs, len_keep, noise, backend)
-        x = self._decode(latent, ids_restore, grid, backend)  # [N, L+1, Dd]
-        if backend == "reference":
-            pred = self.decoder_pred(x[:, 1:, :])  # [N, L, P]
-            return masked_mse_loss_ref(pred, imgs, mask, self.patch_size, self.norm_pix_loss), pred, mask
+        latent, masking = self._encode(imgs, len_keep, noise, backend)
+        x = self._decode(latent, masking.ids_restore, self.grid_of(imgs), backend)  # [N, L+1, Dd]
+        p, norm_pix = self.patch_size, self.norm_pix_loss
         if full_pred:
-            pred = self.decoder_pred(x[:, 1:, :])  # [N, L, P]
-            loss = ops.masked_mse_loss(pred, imgs, mask, self.patch_size, self.norm_pix_loss, backend=backend)
-            return loss, pred, mask
-        # Only the masked patches: their ids are ids_shuffle[:, K:], the inverse of ids_restore.
-        n, num_patches = ids_restore.shape
-        arange = torch.arange(num_patches, device=imgs.device).expand(n, -1)
-        ids_shuffle = torch.empty_like(ids_restore).scatter_(1, ids_restore, arange)  # [N, L]
-        ids_masked = ids_shuffle[:, len_keep:]  # [N, M]
-        pred_masked = self.decoder_pred(gather_tokens_ref(x[:, 1:, :], ids_masked))  # [N, M, P]
-        loss = ops.masked_mse_loss(pred_masked, imgs, None, self.patch_size, self.norm_pix_loss,
-                                   ids_masked=ids_masked, backend=backend)
-        return loss, None, mask
+            pred = self.decoder_pred(self.decoder_norm(x[:, 1:, :]))  # [N, L, P]
+            loss = ops.masked_mse_loss(pred, imgs, masking.mask, p, norm_pix, backend=backend)
+            return loss, pred, masking.mask
+        x = ops.masked_tokens(x, masking.ids_masked, masking.ids_restore, backend=backend)  # [N, M, Dd]
+        pred_masked = self.decoder_pred(self.decoder_norm(x))  # [N, M, P]
+        loss = ops.masked_mse_loss(pred_masked, imgs, None, p, norm_pix, ids_masked=masking.ids_masked,
+                                   backend=backend)
+        return loss, None, masking.mask
 
 
 # -------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import torch
 
@@ -38,8 +38,10 @@ __all__ = [
     "patchify_gather",
     "encoder_input",
     "decoder_input",
+    "masked_tokens",
     "masked_mse_loss",
-    "random_masking",
+    "masking_ids",
+    "MaskingIds",
 ]
 
 BACKENDS = ("auto", "triton", "torch", "reference")
@@ -114,7 +116,7 @@ def patchify(imgs: torch.Tensor, patch_size: int, *, backend: str | None = None)
     (imgs,) = _contiguous(imgs)
     impl = resolve_backend(backend, imgs.device)
     if impl == "triton":
-        return _kernels().patchify(imgs, patch_size)
+        return _kernels().patchify.patchify(imgs, patch_size)
     return reference.patchify_ref(imgs, patch_size)
 
 
@@ -150,7 +152,7 @@ def unpatchify(
     (x,) = _contiguous(x)
     impl = resolve_backend(backend, x.device)
     if impl == "triton" and x.dtype != torch.float64:
-        return _kernels().unpatchify(x, patch_size, grid_size[0], grid_size[1], in_chans)
+        return _kernels().patchify.unpatchify(x, patch_size, grid_size[0], grid_size[1], in_chans)
     return reference.unpatchify_ref(x, patch_size, tuple(grid_size), in_chans)
 
 
@@ -171,7 +173,7 @@ def patchify_gather(
     imgs, ids_keep = _contiguous(imgs, ids_keep)
     impl = resolve_backend(backend, imgs.device)
     if impl == "triton":
-        return _kernels().patchify_gather(imgs, ids_keep, patch_size)
+        return _kernels().patchify.patchify_gather(imgs, ids_keep, patch_size)
     if impl == "torch":
         return torch_ops.patchify_gather(imgs, ids_keep, patch_size)
     return reference.patchify_gather_ref(imgs, ids_keep, patch_size)
@@ -219,7 +221,7 @@ def encoder_input(
     x_vis, pos_embed, cls_token, ids_keep = _contiguous(x_vis, pos_embed, cls_token, ids_keep)
     impl = resolve_backend(backend, x_vis.device)
     if impl == "triton":
-        return _kernels().encoder_input(x_vis, pos_embed, cls_token, ids_keep)
+        return _kernels().encoder_input.encoder_input(x_vis, pos_embed, cls_token, ids_keep)
     if impl == "torch":
         return torch_ops.encoder_input(x_vis, pos_embed, cls_token, ids_keep)
     return reference.encoder_input_ref(x_vis, pos_embed, cls_token, ids_keep)
@@ -237,7 +239,7 @@ def decoder_input(
 
     Row 0 is ``x[0] + pos_embed[0]``; row ``1+l`` is ``x[1 + ids_restore[l]]`` when that index is
     below ``K`` (a visible patch) and ``mask_token`` otherwise, plus ``pos_embed[1+l]``.
-    ``ids_restore`` must be a permutation of ``[0, L)`` in each row (as ``random_masking`` gives). The
+    ``ids_restore`` must be a permutation of ``[0, L)`` in each row (as ``masking_ids`` gives). The
     result's dtype is the promotion of the three inputs' (as the official concatenation and sum).
     """
     _tokens_and_table("x", x, pos_embed, "mask_token", mask_token, "ids_restore", ids_restore)
@@ -249,10 +251,33 @@ def decoder_input(
     x, ids_restore, mask_token, pos_embed = _contiguous(x, ids_restore, mask_token, pos_embed)
     impl = resolve_backend(backend, x.device)
     if impl == "triton":
-        return _kernels().decoder_input(x, ids_restore, mask_token, pos_embed)
+        return _kernels().decoder_input.decoder_input(x, ids_restore, mask_token, pos_embed)
     if impl == "torch":
         return torch_ops.decoder_input(x, ids_restore, mask_token, pos_embed)
     return reference.decoder_input_ref(x, ids_restore, mask_token, pos_embed)
+
+
+def masked_tokens(
+    x: torch.Tensor, ids_masked: torch.Tensor, ids_restore: torch.Tensor, *, backend: str | None = None
+) -> torch.Tensor:
+    """The decoder's masked tokens: ``x [N, L+1, D]`` (cls first) -> ``[N, M, D]``, row ``m`` = ``x[1 + ids_masked[m]]``.
+
+    ``ids_masked [N, M]`` and ``ids_restore [N, L]`` are the ones :func:`masking_ids` returned
+    together (``ids_restore[ids_masked[m]] == K + m``, ``K = L - M``): the fused backward writes each
+    row of the gradient once, found through ``ids_restore``, with no zero fill and no atomics.
+    """
+    check.tensor("x", x, 3, check.FLOAT_DTYPES)
+    n, l1, _ = x.shape
+    if n == 0 or l1 < 2:
+        raise ValueError(f"x must have shape [N, L+1, D] with N >= 1 and L >= 1, got {tuple(x.shape)}")
+    check.ids("ids_restore", ids_restore, n, l1 - 1, l1 - 1, x.device, distinct=True)
+    check.ids("ids_masked", ids_masked, n, None, l1 - 1, x.device, distinct=True)
+    check.masked_of_restore(ids_masked, ids_restore)
+    x, ids_masked, ids_restore = _contiguous(x, ids_masked, ids_restore)
+    impl = resolve_backend(backend, x.device)
+    if impl == "triton":
+        return _kernels().masked_tokens.masked_tokens(x, ids_masked, ids_restore)
+    return reference.masked_tokens_ref(x, ids_masked, ids_restore)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -312,7 +337,7 @@ def masked_mse_loss(
     # d(loss)/d(mask) gets the torch implementation, which differentiates everything.
     needs_other_grads = imgs.requires_grad or (mask is not None and mask.requires_grad)
     if impl == "triton" and not needs_other_grads:
-        return _kernels().masked_mse_loss(pred, imgs, mask, patch_size, norm_pix_loss, ids_masked)
+        return _kernels().masked_mse_loss.masked_mse_loss(pred, imgs, mask, patch_size, norm_pix_loss, ids_masked)
     if impl == "reference":
         return reference.masked_mse_loss_ref(pred, imgs, mask, patch_size, norm_pix_loss, ids_masked).float()
     return torch_ops.masked_mse_loss(pred, imgs, mask, patch_size, norm_pix_loss, ids_masked)
@@ -323,14 +348,24 @@ def masked_mse_loss(
 # --------------------------------------------------------------------------------------------------
 
 
-def random_masking(
-    noise: torch.Tensor, len_keep: int, *, backend: str | None = None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Masking indices from noise: ``noise [N, L]`` -> ``ids_keep [N, K]``, ``ids_restore [N, L]``, ``mask [N, L]``.
+class MaskingIds(NamedTuple):
+    """What :func:`masking_ids` returns (a tuple: it unpacks as ``ids_keep, ids_restore, mask, ids_masked``)."""
 
-    The ``K`` smallest noise values of each row are kept, in ascending noise order; ``mask`` is
-    float32 with 1 = removed. Equal noise values are ordered by patch index (a stable sort), so
-    results equal the official ``argsort`` whenever the noise has no ties.
+    ids_keep: torch.Tensor  # [N, K] int64, the kept patches in noise order
+    ids_restore: torch.Tensor  # [N, L] int64, each patch's rank in its row (the inverse of ids_shuffle)
+    mask: torch.Tensor  # [N, L] float32, 1 = removed
+    ids_masked: torch.Tensor  # [N, M] int64, the removed patches in noise order
+
+
+def masking_ids(noise: torch.Tensor, len_keep: int, *, backend: str | None = None) -> MaskingIds:
+    """MAE's masking indices from noise: ``noise [N, L]`` -> :class:`MaskingIds`.
+
+    The ``K = len_keep`` smallest noise values of each row are kept, in ascending noise order
+    (``ids_keep``), the others removed (``ids_masked``, also in noise order); ``ids_restore`` is each
+    patch's rank, ``mask`` float32 with 1 = removed. Equal noise values are ordered by patch index (a
+    stable sort), so results equal the official ``argsort`` whenever the noise has no ties; NaN sorts
+    last. Not differentiable: the outputs are indices and a step function of the noise.
+    The official ``random_masking(x, mask_ratio)`` is ``fastmae.random_masking``.
     """
     check.tensor("noise", noise, 2, check.FLOAT_DTYPES + (torch.float64,))
     n, num_patches = noise.shape
@@ -343,5 +378,5 @@ def random_masking(
     (noise,) = _contiguous(noise)
     impl = resolve_backend(backend, noise.device)
     if impl == "triton":
-        return _kernels().random_masking(noise, len_keep)
-    return reference.random_masking_ref(noise, len_keep)
+        return MaskingIds(*_kernels().masking_ids.masking_ids(noise, len_keep))
+    return MaskingIds(*reference.masking_ids_ref(noise, len_keep))

@@ -19,11 +19,13 @@ import torch
 __all__ = [
     "patchify_ref",
     "unpatchify_ref",
-    "random_masking_ref",
+    "masking_ids_ref",
     "gather_tokens_ref",
     "patchify_gather_ref",
     "encoder_input_ref",
+    "encoder_input_official_ref",
     "decoder_input_ref",
+    "masked_tokens_ref",
     "masked_mse_loss_ref",
     "NORM_PIX_EPS",
 ]
@@ -60,15 +62,18 @@ def unpatchify_ref(
     return x.reshape(n, c, h * p, w * p)
 
 
-def random_masking_ref(noise: torch.Tensor, len_keep: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-sample random masking by argsort of ``noise`` (official ``random_masking``, index part).
+def masking_ids_ref(
+    noise: torch.Tensor, len_keep: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample random masking by argsort of ``noise`` (the index part of the official ``random_masking``).
 
     Args:
         noise: ``[N, L]``; small values are kept.
         len_keep: ``K``, how many patches each sample keeps.
     Returns:
         ``ids_keep [N, K]`` (int64, in noise order, not raster order), ``ids_restore [N, L]`` (int64,
-        the inverse permutation of ``ids_shuffle``) and ``mask [N, L]`` (float32, 1 = removed).
+        the inverse permutation of ``ids_shuffle``), ``mask [N, L]`` (float32, 1 = removed) and
+        ``ids_masked [N, M]`` (int64, the removed patches in noise order: ``ids_shuffle[:, K:]``).
 
     The sort is stable, so equal noise values keep index order; for tie-free noise this is exactly
     the official (unstable) ``argsort``.
@@ -80,7 +85,7 @@ def random_masking_ref(noise: torch.Tensor, len_keep: int) -> tuple[torch.Tensor
     mask = torch.ones(n, num_patches, device=noise.device)
     mask[:, :len_keep] = 0
     mask = torch.gather(mask, dim=1, index=ids_restore)  # [N, L] back in patch order
-    return ids_keep, ids_restore, mask
+    return ids_keep, ids_restore, mask, ids_shuffle[:, len_keep:]
 
 
 def gather_tokens_ref(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -115,6 +120,26 @@ def encoder_input_ref(
     return torch.cat([cls, x_vis + pos], dim=1)
 
 
+def encoder_input_official_ref(
+    x: torch.Tensor, pos_embed: torch.Tensor, cls_token: torch.Tensor, ids_keep: torch.Tensor
+) -> torch.Tensor:
+    """The official encoder order (``forward_encoder`` after the patch embedding).
+
+    Args:
+        x: ``[N, L, D]``, patch embeddings of **every** patch.
+        pos_embed: ``[1, L+1, D]``, row 0 for cls.
+        cls_token: ``[1, 1, D]``.
+        ids_keep: ``[N, K]``.
+    Returns:
+        ``[N, K+1, D]``, equal to ``encoder_input_ref`` on the kept rows of ``x``: positions are added
+        to all ``L`` patches, the kept ones gathered, then ``cls_token + pos_embed[0]`` prepended.
+    """
+    x = x + pos_embed[:, 1:, :]  # [N, L, D]
+    x = gather_tokens_ref(x, ids_keep)  # [N, K, D]
+    cls = (cls_token + pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)  # [N, 1, D]
+    return torch.cat((cls, x), dim=1)  # [N, K+1, D]
+
+
 def decoder_input_ref(
     x: torch.Tensor, ids_restore: torch.Tensor, mask_token: torch.Tensor, pos_embed: torch.Tensor
 ) -> torch.Tensor:
@@ -135,6 +160,14 @@ def decoder_input_ref(
     x_ = gather_tokens_ref(x_, ids_restore)  # unshuffle
     x = torch.cat([x[:, :1, :], x_], dim=1)  # [N, L+1, D], cls back in front
     return x + pos_embed
+
+
+def masked_tokens_ref(x: torch.Tensor, ids_masked: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+    """The decoder's masked tokens: ``x [N, L+1, D]`` (cls first) -> ``[N, M, D]``, row ``m`` = ``x[1 + ids_masked[m]]``.
+
+    ``ids_restore`` (what the fused backward uses to write every row once) is not needed here.
+    """
+    return gather_tokens_ref(x[:, 1:, :], ids_masked)
 
 
 def masked_mse_loss_ref(

@@ -1,47 +1,29 @@
-"""Fused Triton kernels for MAE, installed as ``fastmae.kernels``.
+"""Fused Triton kernels for MAE, installed as ``fastmae.kernels`` (the source is the top-level
+``kernels/`` folder; ``setup.py`` maps it).
 
-One file per op: ``@triton.jit`` kernel(s) -> launcher(s) -> a torch custom op with a fake
-(meta) implementation and a registered autograd formula, so ``torch.compile(fullgraph=True)`` traces
-through it. The functions exported here expect the checks of ``fastmae.ops`` to have run (shapes,
-dtypes, devices, contiguity); call ``fastmae.ops`` rather than these directly unless you validate
-yourself. This package uses relative imports only.
+One module per op, named like the op: ``@triton.jit`` kernel(s) -> launcher(s) -> a torch custom op
+with a fake (meta) implementation and a registered autograd formula, so ``torch.compile(fullgraph=True)``
+traces through it, and the function ``fastmae.ops`` calls::
 
-Modules load on first use, so ``import fastmae.kernels`` does not import Triton.
+    fastmae.kernels.patchify.patchify_gather(imgs, ids_keep, patch_size)
+
+The functions expect the checks of ``fastmae.ops`` to have run (shapes, dtypes, devices,
+contiguity); call ``fastmae.ops`` rather than these directly unless you validate yourself. This
+package uses relative imports only. Modules load on first use, so ``import fastmae.kernels`` does not
+import Triton.
 """
 
 import importlib
-import sys
-import types
 
-# public function -> the module (one per op) that defines it
-_EXPORTS = {
-    "patchify": "patchify",
-    "unpatchify": "patchify",
-    "patchify_gather": "patchify",
-    "encoder_input": "encoder_input",
-    "decoder_input": "decoder_input",
-    "masked_mse_loss": "masked_mse_loss",
-    "random_masking": "random_masking",
-}
-KERNEL_MODULES = tuple(dict.fromkeys(_EXPORTS.values()))
+# one module per op (patchify also holds unpatchify and patchify_gather)
+KERNEL_MODULES = ("patchify", "encoder_input", "decoder_input", "masked_tokens", "masked_mse_loss", "masking_ids")
 
-__all__ = list(_EXPORTS) + ["KERNEL_MODULES"]
-
-
-class _Package(types.ModuleType):
-    # The import system binds every imported submodule as an attribute of its package
-    # (``from fastmae.kernels.patchify import ...`` sets ``fastmae.kernels.patchify``); a module named
-    # like the function it exports must not hide that function, so the binding is skipped.
-    def __setattr__(self, name, value):
-        if name in _EXPORTS and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+__all__ = list(KERNEL_MODULES) + ["KERNEL_MODULES"]
 
 
 def __getattr__(name):
-    if name not in _EXPORTS:
+    # The import system then binds the module as an attribute of this package: later lookups are
+    # plain attribute reads (which torch.compile traces without a graph break).
+    if name not in KERNEL_MODULES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    return importlib.import_module(f".{name}", __name__)

@@ -7,9 +7,13 @@ CUDA machine runs the same tests on the GPU (``helpers.DEVICE``).
 """
 
 import os
+import sys
 import zlib
+from pathlib import Path
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# The repository root, for ``tools`` (the kernels' compile specs) whatever directory pytest runs from.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

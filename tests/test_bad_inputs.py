@@ -86,11 +86,11 @@ CASES = {
     "loss norm_pix one value": (lambda: ops.masked_mse_loss(torch.randn(2, 4, 1), torch.randn(2, 1, 2, 2), torch.ones(2, 4), 1, True), ValueError, ["norm_pix_loss", "2 values"]),
     "loss devices": (lambda: ops.masked_mse_loss(torch.randn(2, 4, 48, device="meta"), imgs(), torch.ones(2, 4), P), ValueError, ["pred", "device"]),
     # masking
-    "masking len_keep": (lambda: ops.random_masking(torch.rand(2, 4), 0), ValueError, ["len_keep"]),
-    "masking len_keep big": (lambda: ops.random_masking(torch.rand(2, 4), 5), ValueError, ["len_keep"]),
-    "masking noise rank": (lambda: ops.random_masking(torch.rand(4), 2), ValueError, ["noise"]),
-    "masking noise dtype": (lambda: ops.random_masking(torch.arange(8).reshape(2, 4), 2), TypeError, ["noise", "dtype"]),
-    "masking empty": (lambda: ops.random_masking(torch.rand(0, 4), 2), ValueError, ["noise"]),
+    "masking len_keep": (lambda: ops.masking_ids(torch.rand(2, 4), 0), ValueError, ["len_keep"]),
+    "masking len_keep big": (lambda: ops.masking_ids(torch.rand(2, 4), 5), ValueError, ["len_keep"]),
+    "masking noise rank": (lambda: ops.masking_ids(torch.rand(4), 2), ValueError, ["noise"]),
+    "masking noise dtype": (lambda: ops.masking_ids(torch.arange(8).reshape(2, 4), 2), TypeError, ["noise", "dtype"]),
+    "masking empty": (lambda: ops.masking_ids(torch.rand(0, 4), 2), ValueError, ["noise"]),
 }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import fastmae.kernels as kernels
+from fastmae.kernels import decoder_input as kernel
 from fastmae import ops
 from fastmae.reference import decoder_input_ref
 from helpers import DTYPES, assert_close, poisoned, requires_kernels
@@ -103,7 +103,7 @@ def test_gradcheck():
     # The kernels compute in float32 (ops refuse float64), so check the Triton op in float32. The op is
     # affine, so central differences are exact up to float32 rounding of O(1) outputs (~1e-7 / eps).
     x, ids_restore, mask_token, pos_embed = _inputs(2, 5, 3, 8, torch.float32)
-    fn = lambda a, m, p: kernels.decoder_input(a, ids_restore, m, p)  # noqa: E731
+    fn = lambda a, m, p: kernel.decoder_input(a, ids_restore, m, p)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x, mask_token, pos_embed), eps=0.5, atol=1e-4, rtol=1e-3, fast_mode=True)
 
 
@@ -113,7 +113,7 @@ def test_out_of_range_ids_take_the_mask_token():
     x, ids_restore, mask_token, pos_embed = _inputs(1, 5, 3, 8, torch.float32, pos_grad=False)
     ids_restore[0, 1] = 1000
     ids_restore[0, 3] = -7
-    out = kernels.decoder_input(x, ids_restore, mask_token, pos_embed)
+    out = kernel.decoder_input(x, ids_restore, mask_token, pos_embed)
     for l in (1, 3):
         assert_close(out[0, 1 + l], (mask_token[0, 0] + pos_embed[0, 1 + l]).detach())
     grad = torch.randn_like(out)
@@ -124,7 +124,7 @@ def test_out_of_range_ids_take_the_mask_token():
 
 def test_compile_fullgraph():
     x, ids_restore, mask_token, pos_embed = _inputs(2, 5, 3, 8, torch.float32)
-    fn = lambda a, i, m, p: kernels.decoder_input(a, i, m, p).square().sum()  # noqa: E731
+    fn = lambda a, i, m, p: kernel.decoder_input(a, i, m, p).square().sum()  # noqa: E731
     torch._dynamo.reset()
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     loss = compiled(x, ids_restore, mask_token, pos_embed)

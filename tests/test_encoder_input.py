@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import fastmae.kernels as kernels
+from fastmae.kernels import encoder_input as kernel
 from fastmae import ops
 from fastmae.reference import encoder_input_ref
 from helpers import DTYPES, assert_close, poisoned, requires_kernels
@@ -108,7 +108,7 @@ def test_gradcheck():
     # The kernels compute in float32 (ops refuse float64), so check the Triton op in float32. The op is
     # affine, so central differences are exact up to float32 rounding of O(1) outputs (~1e-7 / eps).
     x_vis, pos_embed, cls_token, ids_keep = _inputs(2, 5, 3, 8, torch.float32)
-    fn = lambda x, p, c: kernels.encoder_input(x, p, c, ids_keep)  # noqa: E731
+    fn = lambda x, p, c: kernel.encoder_input(x, p, c, ids_keep)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x_vis, pos_embed, cls_token), eps=0.5, atol=1e-4, rtol=1e-3, fast_mode=True)
 
 
@@ -119,7 +119,7 @@ def test_out_of_range_ids_stay_in_bounds():
     x_vis, pos_embed, cls_token, _ = _inputs(2, 5, 3, 8, torch.float32)
     ids_keep = torch.tensor([[0, 1000, 2], [3, 1, -7]])  # [N, K]; L = 5
     with poisoned():
-        out = kernels.encoder_input(x_vis, pos_embed, cls_token, ids_keep)  # [N, K+1, D]
+        out = kernel.encoder_input(x_vis, pos_embed, cls_token, ids_keep)  # [N, K+1, D]
         grad = torch.randn_like(out)
         grad_pos, grad_cls = torch.autograd.grad(out, (pos_embed, cls_token), grad)
     valid = (ids_keep >= 0) & (ids_keep < 5)  # [N, K]
@@ -138,7 +138,7 @@ def test_out_of_range_ids_stay_in_bounds():
 
 def test_compile_fullgraph():
     x_vis, pos_embed, cls_token, ids_keep = _inputs(2, 5, 3, 8, torch.float32)
-    fn = lambda x, p, c, i: kernels.encoder_input(x, p, c, i).square().sum()  # noqa: E731
+    fn = lambda x, p, c, i: kernel.encoder_input(x, p, c, i).square().sum()  # noqa: E731
     torch._dynamo.reset()
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     loss = compiled(x_vis, pos_embed, cls_token, ids_keep)

@@ -1,6 +1,6 @@
 """GPU readiness without a GPU: every kernel compiles for sm_90 and sm_80, and its cubin is clean.
 
-``benchmarks/kernel_resources.py --json`` compiles each kernel module's ``compile_specs()`` with the
+``python -m tools.kernel_resources --json`` compiles each kernel module's specs (``tools/kernel_specs``) with the
 specialisation the JIT gives aligned tensors and reads the cubin back (``cuobjdump``, ``ptxas -v``).
 It runs ONCE, in a subprocess without ``TRITON_INTERPRET`` (this session interprets kernels, and an
 interpreted kernel cannot be compiled). Per kernel module and architecture the tests then assert:
@@ -14,6 +14,7 @@ interpreted kernel cannot be compiled). Per kernel module and architecture the t
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -21,11 +22,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import triton
 
 from fastmae.kernels import KERNEL_MODULES
+from tools.kernel_specs import compile_specs
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "kernel_resources.py"
 ARCHS = (90, 80)
 SPEC_KEYS = {"name", "kernel", "signature", "constexprs", "aligned", "num_warps", "expect_vector_io", "why_not_vector"}
 
@@ -50,7 +52,7 @@ def resources():
         pytest.skip(missing)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run(
-        [sys.executable, str(SCRIPT), "--json", "--arch", *map(str, ARCHS)],
+        [sys.executable, "-m", "tools.kernel_resources", "--json", "--arch", *map(str, ARCHS)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     try:
@@ -65,16 +67,28 @@ def _describe(rec: dict) -> str:
 
 @pytest.mark.parametrize("module", KERNEL_MODULES)
 def test_compile_specs_are_plain_data(module):
-    import importlib
-
-    specs = importlib.import_module(f"fastmae.kernels.{module}").compile_specs()
-    assert specs, f"{module}.compile_specs() lists no kernel"
+    specs = compile_specs(module)
+    assert specs, f"tools/kernel_specs/{module}.py lists no kernel"
     for spec in specs:
         assert SPEC_KEYS <= set(spec), f"{module} spec {spec.get('name')} lacks {SPEC_KEYS - set(spec)}"
         for name in spec["aligned"]:
             assert spec["signature"].get(name, "constexpr") != "constexpr", f"{spec['name']}: aligned {name}"
         if not spec["expect_vector_io"]:
             assert spec["why_not_vector"].strip(), f"{spec['name']}: no 16-byte access expected, and no reason given"
+
+
+@pytest.mark.parametrize("module", KERNEL_MODULES)
+def test_compile_specs_cover_every_kernel(module):
+    # every kernel (a @triton.jit function named *_kernel; device helpers are inlined into them) a
+    # kernel module defines or launches from _common has a spec
+    from triton.runtime.interpreter import InterpretedFunction
+
+    mod = importlib.import_module(f"fastmae.kernels.{module}")
+    jitted = {v for v in vars(mod).values()
+              if isinstance(v, (triton.runtime.JITFunction, InterpretedFunction)) and v.__name__.endswith("_kernel")}
+    launched = {s["kernel"] for spec_module in KERNEL_MODULES for s in compile_specs(spec_module)}
+    assert jitted, f"{module} defines no kernel"
+    assert jitted <= launched, f"{module}: no spec for {sorted(k.__name__ for k in jitted - launched)}"
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -47,17 +47,25 @@ def test_context_manager_nests_and_restores_even_on_error(monkeypatch):
 
 
 def test_the_model_reads_the_backend_per_call(monkeypatch):
+    # every MAE step of the model is an ops call with the backend in force at that call; only the
+    # reference path's official encoder order skips patchify_gather and encoder_input
     model = fastmae.create_model("mae_vit_micro_patch4")  # backend="auto"
     calls = []
-    real = ops.decoder_input
-    monkeypatch.setattr(ops, "decoder_input", lambda *a, **k: calls.append(k["backend"]) or real(*a, **k))
+    for name in ("masking_ids", "patchify_gather", "encoder_input", "decoder_input", "masked_tokens",
+                 "masked_mse_loss"):
+        real = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *a, _n=name, _f=real, **k: calls.append((_n, k["backend"])) or _f(*a, **k))
     imgs = torch.randn(1, 3, 32, 32)
     with ops.use_backend("reference"):
         model(imgs)
-    assert calls == []  # the reference path does not use the fused ops
+    resolved = "reference"
+    assert calls == [("masking_ids", resolved), ("decoder_input", resolved), ("masked_mse_loss", resolved)]
+    calls.clear()
     with ops.use_backend("torch"):
-        model(imgs)
-    assert calls == ["torch"]
+        model(imgs, full_pred=False)
+    assert [n for n, _ in calls] == ["masking_ids", "patchify_gather", "encoder_input", "decoder_input",
+                                     "masked_tokens", "masked_mse_loss"]
+    assert {b for _, b in calls} == {"torch"}
 
 
 def test_model_refuses_unknown_backends():

@@ -41,8 +41,8 @@ def _check_ops(backend, problem):
     n, c, hh, ww, p, len_keep, seed, norm_pix = problem
     imgs, noise = _inputs(n, c, hh, ww, p, len_keep, seed)
     num_patches, pdim, d = noise.shape[1], p * p * c, 8
-    ids_keep, ids_restore, mask = ops.random_masking(noise, len_keep, backend=backend)
-    r_keep, r_restore, r_mask = reference.random_masking_ref(noise, len_keep)
+    ids_keep, ids_restore, mask, _ = ops.masking_ids(noise, len_keep, backend=backend)
+    r_keep, r_restore, r_mask, _ = reference.masking_ids_ref(noise, len_keep)
     assert ids_keep.equal(r_keep) and ids_restore.equal(r_restore) and mask.equal(r_mask)
 
     x = ops.patchify_gather(imgs, ids_keep, p, backend=backend)

@@ -13,7 +13,7 @@ from fastmae.reference import (
     masked_mse_loss_ref,
     patchify_gather_ref,
     patchify_ref,
-    random_masking_ref,
+    masking_ids_ref,
     unpatchify_ref,
 )
 
@@ -44,9 +44,9 @@ def test_unpatchify_defaults_to_square_grid_and_channels_from_width():
 
 
 @pytest.mark.parametrize("n,num_patches,k", [(1, 1, 1), (3, 10, 2), (2, 49, 12), (4, 196, 49)])
-def test_random_masking_ref_indices(n, num_patches, k):
+def test_masking_ids_ref_indices(n, num_patches, k):
     noise = torch.rand(n, num_patches)
-    ids_keep, ids_restore, mask = random_masking_ref(noise, k)
+    ids_keep, ids_restore, mask, _ = masking_ids_ref(noise, k)
     ids_shuffle = torch.argsort(noise, dim=1)
     assert ids_keep.equal(ids_shuffle[:, :k])  # smallest noise kept, in noise order
     assert torch.gather(ids_shuffle, 1, ids_restore).equal(torch.arange(num_patches).expand(n, -1))
@@ -55,9 +55,9 @@ def test_random_masking_ref_indices(n, num_patches, k):
     assert mask.gather(1, ids_keep).eq(0).all()  # kept patches are 0 = not removed
 
 
-def test_random_masking_ref_breaks_ties_by_index():
+def test_masking_ids_ref_breaks_ties_by_index():
     noise = torch.tensor([[0.5, 0.1, 0.5, 0.1, 0.3]])
-    ids_keep, ids_restore, _ = random_masking_ref(noise, 3)
+    ids_keep, ids_restore, _, _ = masking_ids_ref(noise, 3)
     assert ids_keep.tolist() == [[1, 3, 4]]
     assert ids_restore.tolist() == [[3, 0, 4, 1, 2]]
 
@@ -92,7 +92,7 @@ def test_masked_mse_loss_ref_matches_hand_written_formula(norm_pix):
 def test_masked_mse_loss_ref_masked_only_form_equals_full_form():
     imgs = torch.randn(2, 3, 8, 8)
     pred = torch.randn(2, 16, 12)
-    ids_keep, ids_restore, mask = random_masking_ref(torch.rand(2, 16), 5)
+    ids_keep, ids_restore, mask, _ = masking_ids_ref(torch.rand(2, 16), 5)
     ids_masked = torch.argsort(ids_restore, dim=1)[:, 5:]
     full = masked_mse_loss_ref(pred, imgs, mask, 2, True)
     only = masked_mse_loss_ref(pred.gather(1, ids_masked[..., None].expand(-1, -1, 12)), imgs, None, 2, True,
@@ -119,7 +119,7 @@ def test_encoder_and_decoder_input_ref_follow_the_official_steps():
     pos = torch.randn(1, num_patches + 1, d)
     cls = torch.randn(1, 1, d)
     x_all = torch.randn(n, num_patches, d)
-    ids_keep, ids_restore, _ = random_masking_ref(torch.rand(n, num_patches), k)
+    ids_keep, ids_restore, _, _ = masking_ids_ref(torch.rand(n, num_patches), k)
     x_vis = torch.stack([x_all[i, ids_keep[i]] for i in range(n)])
     enc = encoder_input_ref(x_vis, pos, cls, ids_keep)
     # official: add positions to all patches, then gather, then prepend cls + pos[0]

@@ -61,7 +61,7 @@ def test_encoder_and_decoder_inputs_past_2_31_elements():
     # N * (K+1) * D and N * (L+1) * D > 2^31 with a wide D, to keep the batch small.
     n, num_patches, k, d = 1100, 196, 49, 40_000
     assert n * (k + 1) * d > 2**31
-    ids_keep, ids_restore, _ = ops.random_masking(torch.rand(n, num_patches, device="cuda"), k, backend="triton")
+    ids_keep, ids_restore, _, _ = ops.masking_ids(torch.rand(n, num_patches, device="cuda"), k, backend="triton")
     pos, tok = torch.randn(1, num_patches + 1, d, **BIG), torch.randn(1, 1, d, **BIG)
     x_vis = torch.randn(n, k, d, **BIG, requires_grad=True)
     enc = ops.encoder_input(x_vis, pos, tok, ids_keep, backend="triton")  # [N, K+1, D]
@@ -92,7 +92,7 @@ def test_patchify_gather_and_loss_past_2_31_elements():
     n, p, k = 14_400, 16, 49
     imgs = torch.randn(n, 3, 224, 224, **BIG)
     assert imgs.numel() > 2**31
-    ids_keep, ids_restore, mask = ops.random_masking(torch.rand(n, 196, device="cuda"), k, backend="triton")
+    ids_keep, ids_restore, mask, _ = ops.masking_ids(torch.rand(n, 196, device="cuda"), k, backend="triton")
     x = ops.patchify_gather(imgs, ids_keep, p, backend="triton")
     torch.testing.assert_close(_tail(x, n), reference.patchify_gather_ref(_tail(imgs, n), _tail(ids_keep, n), p),
                                rtol=0, atol=0)

@@ -1,4 +1,4 @@
-"""The random-masking kernel against ``random_masking_ref`` (a stable argsort of the noise).
+"""The random-masking kernel against ``masking_ids_ref`` (a stable argsort of the noise).
 
 Results are indices and a 0/1 mask, so every comparison is exact (``torch.equal``), and every launch
 runs with poisoned outputs (NaN / -1) so an element the kernel forgets to write fails.
@@ -11,7 +11,7 @@ import torch
 
 import helpers
 from fastmae import ops
-from fastmae.reference import random_masking_ref
+from fastmae.reference import masking_ids_ref
 
 pytestmark = helpers.requires_kernels
 
@@ -25,13 +25,14 @@ def _check(noise: torch.Tensor, len_keep: int):
     """Kernel == reference, exactly, with dtypes and shapes as documented; returns the kernel's outputs."""
     before = noise.clone()
     with helpers.poisoned():
-        ids_keep, ids_restore, mask = ops.random_masking(noise, len_keep, backend="triton")
-    want = random_masking_ref(noise, len_keep)
+        ids_keep, ids_restore, mask, ids_masked = ops.masking_ids(noise, len_keep, backend="triton")
+    want = masking_ids_ref(noise, len_keep)
     n, num_patches = noise.shape
     for name, got, ref, shape, dtype in (
         ("ids_keep", ids_keep, want[0], (n, len_keep), torch.int64),
         ("ids_restore", ids_restore, want[1], (n, num_patches), torch.int64),
         ("mask", mask, want[2], (n, num_patches), torch.float32),
+        ("ids_masked", ids_masked, want[3], (n, num_patches - len_keep), torch.int64),
     ):
         assert got.dtype == dtype and tuple(got.shape) == shape, (name, got.dtype, got.shape)
         assert torch.equal(got, ref), f"{name} differs from the reference at {(got != ref).nonzero()[:5].tolist()}"
@@ -96,21 +97,22 @@ def test_non_contiguous_noise():
 
 def test_no_gradient():
     noise = torch.rand(2, 20, device=helpers.DEVICE, requires_grad=True)
-    ids_keep, ids_restore, mask = ops.random_masking(noise, 5, backend="triton")
-    assert not mask.requires_grad and not ids_keep.requires_grad and not ids_restore.requires_grad
+    out = ops.masking_ids(noise, 5, backend="triton")
+    assert not any(t.requires_grad for t in out)
+    mask = out.mask
     (noise * mask).sum().backward()  # the mask is a constant: d/dnoise = mask
     assert torch.equal(noise.grad, mask)
 
 
 def test_custom_op_registration():
     # schema, fake (meta) implementation and autograd registration agree with the real kernel
-    torch.library.opcheck(torch.ops.fastmae.random_masking.default, (torch.rand(2, 9, device=helpers.DEVICE), 4))
+    torch.library.opcheck(torch.ops.fastmae.masking_ids.default, (torch.rand(2, 9, device=helpers.DEVICE), 4))
 
 
 def test_torch_compile_fullgraph():
     def fn(noise):
-        ids_keep, ids_restore, mask = ops.random_masking(noise, 12, backend="triton")
-        return ids_keep + 1, ids_restore, mask * 2
+        ids_keep, ids_restore, mask, ids_masked = ops.masking_ids(noise, 12, backend="triton")
+        return ids_keep + 1, ids_restore, mask * 2, ids_masked
 
     noise = torch.rand(2, 49, device=helpers.DEVICE)
     torch._dynamo.reset()
@@ -133,4 +135,4 @@ def test_torch_compile_fullgraph():
 )
 def test_bad_input(noise, len_keep, exc, words):
     with pytest.raises(exc, match=words):
-        ops.random_masking(noise().to(helpers.DEVICE), len_keep, backend="triton")
+        ops.masking_ids(noise().to(helpers.DEVICE), len_keep, backend="triton")

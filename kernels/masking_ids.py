@@ -1,4 +1,4 @@
-"""MAE's per-sample random masking on device, in one kernel: noise -> ids_keep, ids_restore, mask.
+"""MAE's per-sample masking indices on device, in one kernel: noise -> ids_keep, ids_restore, mask, ids_masked.
 
 The official code sorts the noise of each row (``ids_shuffle = argsort(noise)``), inverts the
 permutation (``ids_restore = argsort(ids_shuffle)``) and keeps the first ``K`` of the sorted order.
@@ -8,19 +8,21 @@ Both argsorts collapse into one quantity, the rank of each element in its row:
 
 which is the position of ``i`` in a *stable* ascending sort. Then
 
-    ids_restore[i]    = rank[i]                 (the inverse permutation of ids_shuffle)
-    ids_keep[rank[i]] = i      when rank[i] < K (ids_shuffle[:K], kept in noise order)
-    mask[i]           = 1.0 if rank[i] >= K else 0.0   (1 = removed)
+    ids_restore[i]          = rank[i]           (the inverse permutation of ids_shuffle)
+    ids_keep[rank[i]]       = i  when rank[i] < K   (ids_shuffle[:K], kept in noise order)
+    ids_masked[rank[i] - K] = i  when rank[i] >= K  (ids_shuffle[K:], removed, in noise order)
+    mask[i]                 = 1.0 if rank[i] >= K else 0.0   (1 = removed)
 
-Ranks are a permutation of ``0..L-1`` (the order above is total), so the ``ids_keep`` scatter writes
-every one of its ``K`` slots exactly once: no atomics, deterministic. Counting costs O(L^2) compares
+Ranks are a permutation of ``0..L-1`` (the order above is total), so the ``ids_keep`` and
+``ids_masked`` scatters write every one of their ``K`` and ``L - K`` slots exactly once: no atomics,
+deterministic. Counting costs O(L^2) compares
 per row — 38k for ViT-B/16 (L = 196), trivial next to an argsort's launches; the ``j`` loop is chunked,
 so any ``L`` runs with a fixed register budget.
 
 NaN: ordered after every number (+inf included), NaNs among themselves by index (any sign or
 payload) — what ``torch.argsort(stable=True)`` does (checked on CPU for fp16/bf16/fp32/fp64; torch
 puts NaNs at the end of an ascending sort on every device), so the result equals
-``random_masking_ref`` for any noise, and a NaN patch is masked first. ``-0.0`` and ``0.0`` compare
+``masking_ids_ref`` for any noise, and a NaN patch is masked first. ``-0.0`` and ``0.0`` compare
 equal (a tie, broken by index), as in torch. fp16/bf16 noise is compared in float32 (exact); float64
 noise is compared in float64 inside the kernel (a float32 cast could merge distinct values).
 
@@ -36,7 +38,7 @@ import triton.language as tl
 
 from ._common import empty, next_power_of_2
 
-__all__ = ["random_masking", "compile_specs"]
+__all__ = ["masking_ids"]
 
 _NUM_WARPS = 4
 _MAX_BLOCK_I = 32 * _NUM_WARPS  # elements ranked per program: one per thread
@@ -44,11 +46,12 @@ _MAX_BLOCK_J = 32  # elements compared against per loop step, held in each threa
 
 
 @triton.jit
-def _random_masking_kernel(
+def _masking_ids_kernel(
     NOISE,  # pointer to the noise [N, L], row-major (fp16 / bf16 / fp32 / fp64); small = kept
     IDS_KEEP,  # pointer to the output ids_keep [N, K], int64
     IDS_RESTORE,  # pointer to the output ids_restore [N, L], int64
     MASK,  # pointer to the output mask [N, L], float32 (1 = removed)
+    IDS_MASKED,  # pointer to the output ids_masked [N, L-K], int64
     L,  # patches per row
     K,  # len_keep: patches kept per row, 1 <= K <= L
     WIDE: tl.constexpr,  # noise is float64: compare in float64 (else in float32, exact for fp16/bf16)
@@ -88,6 +91,7 @@ def _random_masking_kernel(
     tl.store(IDS_RESTORE + row * L + offs_i, rank.to(tl.int64), mask=in_i)
     tl.store(MASK + row * L + offs_i, (rank >= K).to(tl.float32), mask=in_i)
     tl.store(IDS_KEEP + row * K + rank, offs_i.to(tl.int64), mask=in_i & (rank < K))
+    tl.store(IDS_MASKED + row * (L - K) + (rank - K), offs_i.to(tl.int64), mask=in_i & (rank >= K))
 
 
 def _blocks(num_patches: int) -> tuple[int, int]:
@@ -95,33 +99,37 @@ def _blocks(num_patches: int) -> tuple[int, int]:
     return min(_MAX_BLOCK_I, width), min(_MAX_BLOCK_J, width)
 
 
-def _launch(noise: torch.Tensor, len_keep: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _launch(noise: torch.Tensor, len_keep: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     n, num_patches = noise.shape  # [N, L], contiguous (fastmae.ops made it so)
     assert noise.is_contiguous() and 1 <= len_keep <= num_patches
     ids_keep = empty((n, len_keep), torch.int64, noise.device)  # [N, K]
     ids_restore = empty((n, num_patches), torch.int64, noise.device)  # [N, L]
     mask = empty((n, num_patches), torch.float32, noise.device)  # [N, L]
+    ids_masked = empty((n, num_patches - len_keep), torch.int64, noise.device)  # [N, M]
     block_i, block_j = _blocks(num_patches)
     grid = (n, triton.cdiv(num_patches, block_i))
-    _random_masking_kernel[grid](
-        noise, ids_keep, ids_restore, mask, num_patches, len_keep,
+    _masking_ids_kernel[grid](
+        noise, ids_keep, ids_restore, mask, ids_masked, num_patches, len_keep,
         WIDE=noise.dtype == torch.float64, BLOCK_I=block_i, BLOCK_J=block_j, num_warps=_NUM_WARPS,
     )
-    return ids_keep, ids_restore, mask
+    return ids_keep, ids_restore, mask, ids_masked
 
 
-@torch.library.custom_op("fastmae::random_masking", mutates_args=())
-def _random_masking_op(noise: torch.Tensor, len_keep: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+@torch.library.custom_op("fastmae::masking_ids", mutates_args=())
+def _masking_ids_op(
+    noise: torch.Tensor, len_keep: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return _launch(noise, len_keep)
 
 
-@_random_masking_op.register_fake
-def _(noise: torch.Tensor, len_keep: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+@_masking_ids_op.register_fake
+def _(noise: torch.Tensor, len_keep: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     n, num_patches = noise.shape
     return (
         noise.new_empty((n, len_keep), dtype=torch.int64),
         noise.new_empty((n, num_patches), dtype=torch.int64),
         noise.new_empty((n, num_patches), dtype=torch.float32),
+        noise.new_empty((n, num_patches - len_keep), dtype=torch.int64),
     )
 
 
@@ -129,41 +137,19 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(*output)
 
 
-def _backward(ctx, grad_ids_keep, grad_ids_restore, grad_mask):
+def _backward(ctx, grad_ids_keep, grad_ids_restore, grad_mask, grad_ids_masked):
     return None, None  # no gradient flows to the noise (nor to len_keep)
 
 
-_random_masking_op.register_autograd(_backward, setup_context=_setup_context)
+_masking_ids_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def random_masking(noise: torch.Tensor, len_keep: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``noise [N, L]`` -> ``ids_keep [N, K]`` (int64), ``ids_restore [N, L]`` (int64), ``mask [N, L]`` (float32).
+def masking_ids(
+    noise: torch.Tensor, len_keep: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``noise [N, L]`` -> ``ids_keep [N, K]``, ``ids_restore [N, L]``, ``mask [N, L]`` (float32), ``ids_masked [N, M]``.
 
-    Equals ``fastmae.reference.random_masking_ref``: a stable ascending order of each row (ties by
-    patch index, NaN last). Expects the checks of ``fastmae.ops.random_masking`` to have run.
+    Equals ``fastmae.reference.masking_ids_ref``: a stable ascending order of each row (ties by
+    patch index, NaN last); indices are int64. Expects the checks of ``fastmae.ops.masking_ids``.
     """
-    return _random_masking_op(noise, len_keep)
-
-
-def compile_specs() -> list[dict]:
-    """The kernel at ViT-B/16, 224 px (L = 196, K = 49 at mask ratio 0.75), fp32 noise (``torch.rand``)."""
-    block_i, block_j = _blocks(196)
-    return [
-        {
-            "name": "random_masking",
-            "kernel": _random_masking_kernel,
-            "signature": {
-                "NOISE": "*fp32", "IDS_KEEP": "*i64", "IDS_RESTORE": "*i64", "MASK": "*fp32",
-                "L": "i32", "K": "i32", "WIDE": "constexpr", "BLOCK_I": "constexpr", "BLOCK_J": "constexpr",
-            },
-            "constexprs": {"WIDE": False, "BLOCK_I": block_i, "BLOCK_J": block_j},
-            # L = 196 and K = 49 are not multiples of 16: the JIT specialises the pointers only
-            "aligned": ["NOISE", "IDS_KEEP", "IDS_RESTORE", "MASK"],
-            "num_warps": _NUM_WARPS,
-            "expect_vector_io": False,
-            "why_not_vector": (
-                "compare-bound (O(L^2) per row, 16 B of IO per patch); rows start at row*196 elements, "
-                "not provably 16-byte aligned, and ids_keep is a scatter by rank"
-            ),
-        }
-    ]
+    return _masking_ids_op(noise, len_keep)

@@ -1,0 +1,163 @@
+"""The decoder's masked tokens: a row gather whose backward writes every gradient row exactly once.
+
+    out[n, m] = x[n, 1 + ids_masked[n, m]]                               # [N, M, D]
+
+(``masked_tokens_ref`` in ``fastmae/reference.py``.) In the model it sits after the decoder blocks, so
+``decoder_norm`` and ``decoder_pred`` run on the ``M`` masked rows only. ``x [N, L+1, D]`` has the cls
+row first; ``ids_masked`` holds the removed patches in noise order (``ids_shuffle[:, K:]``, as
+``masking_ids`` gives it), ``K = L - M``.
+
+Backward, for an upstream gradient ``g [N, M, D]``, written row by row over the whole ``[N, L+1, D]``:
+    grad_x[n, 0]     = 0
+    grad_x[n, 1 + l] = g[n, r - K]  if r = ids_restore[n, l] >= K,  else 0
+``ids_restore`` is the inverse permutation of ``ids_shuffle``, so ``r - K`` is exactly the position of
+patch ``l`` in ``ids_masked``: every row is a gather (or zeros), written once — no zero fill, no
+scatter, no atomics, deterministic. (torch's gather backward is a zero fill plus a scatter-add.)
+
+An index outside its range (possible only when validation was skipped on CUDA) never reads or writes
+out of bounds: a bad ``ids_masked`` entry gives a zero row, a bad ``ids_restore`` entry a zero gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import NUM_WARPS, empty, row_blocks
+
+__all__ = ["masked_tokens"]
+
+
+@triton.jit
+def _masked_tokens_kernel(
+    X,  # pointer to x [N, L+1, D], contiguous (row 0 is cls)
+    IDS,  # pointer to ids_masked [N, M] (int32 or int64)
+    OUT,  # pointer to the output [N, M, D], contiguous
+    M,  # masked tokens per sample
+    L,  # patches per sample
+    D,  # token width
+    n_rows,  # N * M, the number of output rows
+    BLOCK_R: tl.constexpr,  # output rows per program
+    BLOCK_D: tl.constexpr,  # columns per program (power of two)
+):
+    # Program (pid_r, pid_d) writes the tile out[rows, cols] of the output viewed as [N*M, D].
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BLOCK_R] flat row n*M + m
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    row_ok = rows < n_rows
+    col_ok = cols < D
+    n = rows // M
+    patch = tl.load(IDS + rows, mask=row_ok, other=-1).to(tl.int64)  # ids_masked[n, m]
+    take = row_ok & (patch >= 0) & (patch < L)  # a bad id reads nothing: its row is zeros
+    src = n * (L + 1) + 1 + tl.where(take, patch, 0)  # [BLOCK_R] row of x
+    io = row_ok[:, None] & col_ok[None, :]
+    vals = tl.load(X + src[:, None] * D + cols[None, :], mask=take[:, None] & col_ok[None, :], other=0.0)
+    tl.store(OUT + rows[:, None] * D + cols[None, :], vals, mask=io)
+
+
+@triton.jit
+def _masked_tokens_bwd_kernel(
+    G,  # pointer to the upstream gradient [N, M, D], contiguous
+    IDS_RESTORE,  # pointer to ids_restore [N, L] (int32 or int64), a permutation per row
+    GX,  # pointer to grad_x [N, L+1, D], contiguous (output; every element written)
+    M,  # masked tokens per sample
+    L,  # patches per sample
+    D,  # token width
+    n_rows,  # N * (L+1), the number of gradient rows
+    BLOCK_R: tl.constexpr,  # gradient rows per program
+    BLOCK_D: tl.constexpr,  # columns per program (power of two)
+):
+    # Program (pid_r, pid_d) writes the tile grad_x[rows, cols] of grad_x viewed as [N*(L+1), D].
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BLOCK_R] flat row n*(L+1) + t
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    row_ok = rows < n_rows
+    col_ok = cols < D
+    n = rows // (L + 1)
+    t = rows - n * (L + 1)  # 0 is cls, 1 + l is patch l
+    is_tok = t > 0
+    rank = tl.load(IDS_RESTORE + n * L + (t - 1), mask=row_ok & is_tok, other=-1).to(tl.int64)
+    slot = rank - (L - M)  # position of patch l among the masked tokens, when it is one
+    take = row_ok & is_tok & (slot >= 0) & (slot < M)
+    src = n * M + tl.where(take, slot, 0)  # [BLOCK_R] row of g
+    vals = tl.load(G + src[:, None] * D + cols[None, :], mask=take[:, None] & col_ok[None, :], other=0.0)
+    tl.store(GX + rows[:, None] * D + cols[None, :], vals.to(GX.dtype.element_ty),
+             mask=row_ok[:, None] & col_ok[None, :])
+
+
+# --------------------------------------------------------------------------------------------------
+# launchers
+# --------------------------------------------------------------------------------------------------
+
+
+def _forward(x: torch.Tensor, ids_masked: torch.Tensor) -> torch.Tensor:
+    n, l1, d = x.shape
+    m = ids_masked.shape[1]
+    out = empty((n, m, d), x.dtype, x.device)  # [N, M, D]
+    if out.numel():
+        block_r, block_d = row_blocks(d)
+        grid = (triton.cdiv(n * m, block_r), triton.cdiv(d, block_d))
+        _masked_tokens_kernel[grid](x, ids_masked, out, m, l1 - 1, d, n * m,
+                                    BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS)
+    return out
+
+
+def _backward(grad: torch.Tensor, ids_restore: torch.Tensor, x_dtype: torch.dtype) -> torch.Tensor:
+    n, m, d = grad.shape
+    num_patches = ids_restore.shape[1]
+    grad_x = empty((n, num_patches + 1, d), x_dtype, grad.device)  # [N, L+1, D]
+    block_r, block_d = row_blocks(d)
+    grid = (triton.cdiv(n * (num_patches + 1), block_r), triton.cdiv(d, block_d))
+    _masked_tokens_bwd_kernel[grid](grad, ids_restore, grad_x, m, num_patches, d, n * (num_patches + 1),
+                                    BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS)
+    return grad_x
+
+
+# --------------------------------------------------------------------------------------------------
+# custom ops and autograd
+# --------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fastmae::masked_tokens", mutates_args=())
+def _masked_tokens_op(x: torch.Tensor, ids_masked: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+    return _forward(x, ids_masked)
+
+
+@_masked_tokens_op.register_fake
+def _(x, ids_masked, ids_restore):
+    return x.new_empty((x.shape[0], ids_masked.shape[1], x.shape[2]))
+
+
+@torch.library.custom_op("fastmae::masked_tokens_bwd", mutates_args=())
+def _masked_tokens_bwd_op(grad: torch.Tensor, ids_restore: torch.Tensor, x_dtype: torch.dtype) -> torch.Tensor:
+    return _backward(grad, ids_restore, x_dtype)
+
+
+@_masked_tokens_bwd_op.register_fake
+def _(grad, ids_restore, x_dtype):
+    return grad.new_empty((grad.shape[0], ids_restore.shape[1] + 1, grad.shape[2]), dtype=x_dtype)
+
+
+def _setup_context(ctx, inputs, output):
+    x, ids_masked, ids_restore = inputs
+    ctx.save_for_backward(ids_masked, ids_restore)
+    ctx.x_dtype = x.dtype
+
+
+def _backward_rule(ctx, grad):
+    ids_masked, ids_restore = ctx.saved_tensors
+    grad_x = None
+    if ctx.needs_input_grad[0]:
+        grad_x = _masked_tokens_bwd_op(grad.contiguous(), ids_restore, ctx.x_dtype)
+    return grad_x, None, None
+
+
+_masked_tokens_op.register_autograd(_backward_rule, setup_context=_setup_context)
+
+
+def masked_tokens(x: torch.Tensor, ids_masked: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+    """``x [N, L+1, D]``, ``ids_masked [N, M]``, ``ids_restore [N, L]`` -> ``[N, M, D]`` (x's dtype).
+
+    Inputs come validated and contiguous from ``fastmae.ops.masked_tokens``.
+    """
+    assert x.dim() == 3 and ids_masked.dim() == 2 and ids_restore.dim() == 2
+    return _masked_tokens_op(x, ids_masked, ids_restore)

@@ -1,0 +1,272 @@
+"""Resource table for every fused kernel, compiled for real GPUs on any machine (no GPU needed).
+
+    python -m tools.kernel_resources [--arch 90 80] [--json]      (or: python benchmarks/kernel_resources.py)
+
+Every module in ``fastmae.kernels.KERNEL_MODULES`` has its kernels at ViT-B/16 shapes listed by
+``tools.kernel_specs.<module>.compile_specs()``. Each spec is compiled with ``triton.compile`` for ``sm_<arch>`` with the
+specialisation the JIT gives aligned tensors (pointer and int arguments named in ``"aligned"`` marked
+divisible by 16), then read back from the cubin with the CUDA tools that ship in the triton wheel
+(``triton/backends/nvidia/bin``):
+
+- ``cuobjdump -res-usage``: registers per thread, stack, local memory (per thread), static shared;
+- ``ptxas -v`` on the kernel's PTX: spill stores / loads in bytes;
+- ``cuobjdump -sass``: every global load / store opcode counted (``LDG.E.128`` moves 16 bytes a
+  thread, ``LDG.E.64`` 8, ``LDG.E`` 4, ``LDG.E.U16`` 2; ``LDGSTS`` are async copies to shared memory),
+  local-memory traffic (``LDL``/``STL``) and global atomics.
+
+Shared memory in the table is the total the launch needs (Triton's metadata: static plus the
+scratch its layout conversions and reductions use). ``--json`` prints one JSON record per
+(kernel, arch) instead of the table; ``tests/test_gpu_readiness.py`` reads that.
+
+The kernels must be compiled, not interpreted: ``TRITON_INTERPRET`` is removed from the environment
+before anything imports them.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.pop("TRITON_INTERPRET", None)  # before triton or the kernels are imported: compile for real
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import traceback  # noqa: E402
+from collections import Counter  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource, make_backend  # noqa: E402
+
+_BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+
+# global memory opcodes in SASS: loads, stores, async global->shared copies, atomics
+# (the lookahead keeps LDGDEPBAR, REDUX, ATOMS ... out)
+_SASS_OP = re.compile(r"\b(LDGSTS|LDG|STG|LDL|STL|ATOMG|ATOM|RED)(?![A-Z0-9_])((?:\.[A-Z0-9_]+)*)")
+_RES = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
+_SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+def _tool(name: str) -> str:
+    path = os.path.join(_BIN, name)
+    if os.path.isfile(path):
+        return path
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} is neither in {_BIN} nor on PATH")
+    return found
+
+
+def access_bytes(opcode: str) -> int:
+    """Bytes one thread moves with the SASS load/store ``opcode``
+    (``LDG.E.128`` -> 16, ``STG.E.U16`` -> 2)."""
+    for part in opcode.split(".")[1:]:
+        if part.isdigit() and int(part) in (64, 128, 256):
+            return int(part) // 8
+        if part in ("U8", "S8"):
+            return 1
+        if part in ("U16", "S16"):
+            return 2
+    return 4
+
+
+def _ptxas_candidates(arch: int) -> list[str]:
+    """The ptxas Triton itself uses for ``arch`` first (3.9 uses ``ptxas-blackwell`` from sm_90 on)."""
+    paths = []
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        try:
+            paths.append(get_ptxas(arch).path)
+        except TypeError:  # older Triton: get_ptxas() takes no argument
+            paths.append(get_ptxas().path)
+    except (ImportError, AttributeError, RuntimeError):
+        pass
+    for name in ("ptxas-blackwell", "ptxas"):
+        try:
+            paths.append(_tool(name))
+        except FileNotFoundError:
+            pass
+    return list(dict.fromkeys(paths))
+
+
+def _ptxas_log(arch: int, ptx: str, out: str) -> str:
+    """``ptxas -v`` on the kernel's PTX (the first ptxas that accepts its PTX version): its report."""
+    errors = []
+    for ptxas in _ptxas_candidates(arch):
+        run = subprocess.run([ptxas, "-v", f"--gpu-name={_sm(arch)}", ptx, "-o", out],
+                             capture_output=True, text=True)
+        if run.returncode == 0:
+            return run.stdout + run.stderr
+        errors.append(f"{ptxas}: {run.stderr.strip()[:200]}")
+    raise RuntimeError("no ptxas accepted the PTX: " + "; ".join(errors))
+
+
+def _sm(arch: int) -> str:
+    return f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"  # what Triton targets (wgmma etc. need 90a)
+
+
+def _jit_function(kernel):
+    """The JITFunction under ``@triton.autotune`` / ``@triton.heuristics`` wrappers."""
+    while not isinstance(kernel, triton.runtime.JITFunction) and hasattr(kernel, "fn"):
+        kernel = kernel.fn
+    if not isinstance(kernel, triton.runtime.JITFunction):
+        raise TypeError(f"spec kernel is a {type(kernel).__name__}, not a triton JITFunction "
+                        "(was TRITON_INTERPRET set when it was decorated?)")
+    return kernel
+
+
+def compile_spec(spec: dict, arch: int):
+    """``triton.compile`` of one spec for ``sm_<arch>``, aligned arguments marked divisible by 16."""
+    fn = _jit_function(spec["kernel"])
+    constexprs = dict(spec.get("constexprs", {}))
+    missing = [a for a in fn.arg_names if a not in spec["signature"] and a not in constexprs]
+    if missing:
+        raise ValueError(f"spec signature does not name the kernel arguments {missing}")
+    signature = {a: "constexpr" if a in constexprs else spec["signature"][a] for a in fn.arg_names}
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    # how the JIT spells "divisible by 16": [["tt.divisibility", 16]] in Triton 3.3 .. 3.9
+    divisible = backend.parse_attr("D") if hasattr(backend, "parse_attr") else [["tt.divisibility", 16]]
+    attrs = {}
+    for name in spec.get("aligned", []):
+        if name not in fn.arg_names or name in constexprs:
+            raise ValueError(f"aligned argument {name!r} is not a runtime argument of {fn.__name__}")
+        attrs[(fn.arg_names.index(name),)] = divisible
+    options = {"num_warps": spec.get("num_warps", 4)}
+    if "num_stages" in spec:
+        options["num_stages"] = spec["num_stages"]
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=target, options=options)
+
+
+def inspect_cubin(compiled, arch: int, workdir: str, stem: str) -> dict:
+    """Registers, stack, local and shared memory, spills and the SASS global-memory opcodes."""
+    cubin = os.path.join(workdir, f"{stem}.cubin")
+    ptx = os.path.join(workdir, f"{stem}.ptx")
+    with open(cubin, "wb") as f:
+        f.write(compiled.asm["cubin"])
+    with open(ptx, "w") as f:
+        f.write(compiled.asm["ptx"])
+    res = subprocess.run([_tool("cuobjdump"), "-res-usage", cubin],
+                         capture_output=True, text=True, check=True)
+    regs, stack, static_shared, local = (int(v) for v in _RES.search(res.stdout).groups())
+    log = _ptxas_log(arch, ptx, cubin + ".v")
+    spills = [tuple(int(v) for v in m) for m in _SPILL.findall(log)]
+    if not spills:
+        raise RuntimeError(f"no spill report in the ptxas -v output:\n{log}")
+    sass = subprocess.run([_tool("cuobjdump"), "-sass", cubin],
+                          capture_output=True, text=True, check=True).stdout
+    ops = Counter(op + mods for op, mods in _SASS_OP.findall(sass))
+    loads = {k: v for k, v in ops.items() if k.startswith("LDG")}  # LDG and LDGSTS
+    stores = {k: v for k, v in ops.items() if k.startswith("STG")}
+    wide = sum(v for k, v in {**loads, **stores}.items() if access_bytes(k) >= 16)
+    return {
+        "registers": regs,
+        "stack": stack,
+        "local": local,
+        "shared": max(static_shared, int(getattr(compiled.metadata, "shared", 0) or 0)),
+        "spill_stores": sum(s for s, _ in spills),
+        "spill_loads": sum(l for _, l in spills),
+        "local_ops": sum(v for k, v in ops.items() if k.startswith(("LDL", "STL"))),
+        "atomics": sum(v for k, v in ops.items() if k.startswith(("ATOM", "RED"))),
+        "loads": dict(sorted(loads.items())),
+        "stores": dict(sorted(stores.items())),
+        "wide_accesses": wide,  # global loads/stores of >= 16 bytes per thread
+    }
+
+
+def collect(archs) -> list[dict]:
+    """One record per (kernel spec, arch); a module that is missing or broken gives an error record.
+
+    Compiles run one after another (Triton caches them between runs); the CUDA tools then run in
+    parallel threads, since they are separate processes.
+    """
+    from fastmae.kernels import KERNEL_MODULES
+
+    from .kernel_specs import compile_specs as specs_of
+
+    records, jobs = [], []
+    for module in KERNEL_MODULES:
+        try:
+            specs = specs_of(module)
+        except Exception as e:  # a module not written yet, or without compile_specs
+            records.append({"module": module, "name": None, "arch": None, "ok": False,
+                            "error": f"{type(e).__name__}: {e}"})
+            continue
+        for spec in specs:
+            for arch in archs:
+                rec = {"module": module, "name": spec["name"], "arch": arch,
+                       "num_warps": spec.get("num_warps", 4),
+                       "expect_vector_io": bool(spec.get("expect_vector_io", False)),
+                       "why_not_vector": spec.get("why_not_vector", "")}
+                records.append(rec)
+                try:
+                    jobs.append((rec, compile_spec(spec, arch)))
+                except Exception as e:
+                    rec.update(ok=False, error=f"{type(e).__name__}: {e}",
+                               traceback=traceback.format_exc(limit=4))
+
+    with tempfile.TemporaryDirectory(prefix="fastmae-sass-") as workdir:
+        def inspect(job):
+            rec, compiled = job
+            try:
+                rec.update(inspect_cubin(compiled, rec["arch"], workdir, f"{len(records)}_{id(rec)}"),
+                           ok=True)
+            except Exception as e:
+                rec.update(ok=False, error=f"{type(e).__name__}: {e}",
+                           traceback=traceback.format_exc(limit=4))
+
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            list(pool.map(inspect, jobs))
+    return records
+
+
+def _short(opcodes: dict) -> str:
+    return " ".join(f"{k}x{v}" for k, v in opcodes.items()) or "-"
+
+
+def format_table(records) -> str:
+    head = ("kernel", "sm", "warps", "regs", "spill st/ld", "stack", "local", "smem", "global loads",
+            "global stores")
+    rows = []
+    for r in records:
+        if not r["ok"]:
+            rows.append((r["name"] or f"[{r['module']}]", str(r["arch"] or "-"), "", "", "", "", "", "",
+                         "ERROR " + r["error"].splitlines()[0][:100], ""))
+            continue
+        rows.append((r["name"], str(r["arch"]), str(r["num_warps"]), str(r["registers"]),
+                     f"{r['spill_stores']}/{r['spill_loads']}", str(r["stack"]), str(r["local"]),
+                     str(r["shared"]),
+                     _short(r["loads"]), _short(r["stores"])))
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows]
+    notes = [f"- {r['name']}: no 16-byte access by design: {r['why_not_vector']}"
+             for r in records if r["ok"] and not r["expect_vector_io"] and r["arch"] == records[0]["arch"]]
+    return "\n".join(out + ([""] + notes if notes else []))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, nargs="+", default=[90, 80],
+                        help="compute capabilities (90 = H100)")
+    parser.add_argument("--json", action="store_true", help="print JSON records instead of the table")
+    args = parser.parse_args(argv)
+    records = collect(args.arch)
+    if args.json:
+        json.dump(records, sys.stdout, indent=1)
+        print()
+    else:
+        print(f"triton {triton.__version__}; bytes per thread: LDG.E.128 = 16, .64 = 8, plain = 4, .U16 = 2")
+        print(format_table(records))
+    return 0 if all(r["ok"] for r in records) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
