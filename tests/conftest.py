@@ -33,6 +33,14 @@ if DEVICE == "cuda":
     torch.backends.cuda.matmul.allow_tf32 = False
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "slow: a test of 2 s or more (real GPU compiles, inductor, several processes); "
+        "`pytest -m 'not slow'` is the quick inner loop, the README's command and CI run everything",
+    )
+
+
 @pytest.fixture(autouse=True)
 def _fresh_seed(request):
     """Fresh random inputs per test, reproducible from the test's name (printed on failure)."""
