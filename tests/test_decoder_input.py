@@ -13,7 +13,9 @@ import torch
 from fastmae.kernels import decoder_input as kernel
 from fastmae import ops
 from fastmae.reference import decoder_input_ref
-from helpers import DTYPES, assert_close, poisoned, requires_kernels
+from helpers import DTYPES, assert_close, requires_kernels
+from op_checks import (check_against_reference, check_bad_input, check_compile_fullgraph, check_deterministic,
+                       check_gradcheck)
 
 pytestmark = requires_kernels
 
@@ -29,88 +31,65 @@ SHAPES = [
 ]
 
 
-def _inputs(n, num_patches, k, d, dtype, table_dtype=None, ids_dtype=torch.int64, pos_grad=True):
+def _inputs(n, num_patches, k, d, dtype, table_dtype=None, ids_dtype=torch.int64, pos_grad=True) -> dict:
     table_dtype = table_dtype or dtype
-    x = torch.randn(n, k + 1, d, dtype=dtype, requires_grad=True)
-    ids_restore = torch.stack([torch.randperm(num_patches) for _ in range(n)]).to(ids_dtype)  # a permutation
-    mask_token = torch.randn(1, 1, d, dtype=table_dtype, requires_grad=True)
-    pos_embed = torch.randn(1, num_patches + 1, d, dtype=table_dtype, requires_grad=pos_grad)
-    return x, ids_restore, mask_token, pos_embed
+    return dict(
+        x=torch.randn(n, k + 1, d, dtype=dtype, requires_grad=True),
+        ids_restore=torch.stack([torch.randperm(num_patches) for _ in range(n)]).to(ids_dtype),  # a permutation
+        mask_token=torch.randn(1, 1, d, dtype=table_dtype, requires_grad=True),
+        pos_embed=torch.randn(1, num_patches + 1, d, dtype=table_dtype, requires_grad=pos_grad),
+    )
 
 
-def _check(x, ids_restore, mask_token, pos_embed, backend="triton"):
-    leaves = [t for t in (x, mask_token, pos_embed) if t.requires_grad]
-    with poisoned():
-        out = ops.decoder_input(x, ids_restore, mask_token, pos_embed, backend=backend)  # [N, L+1, D]
-        grad = torch.randn_like(out)
-        grads = torch.autograd.grad(out, leaves, grad)
-    ref_in = [t.detach().double().requires_grad_(t.requires_grad) for t in (x, mask_token, pos_embed)]
-    ref = decoder_input_ref(ref_in[0], ids_restore, ref_in[1], ref_in[2])
-    ref_grads = torch.autograd.grad(ref, [t for t in ref_in if t.requires_grad], grad.double())
-
-    want = torch.promote_types(torch.promote_types(x.dtype, mask_token.dtype), pos_embed.dtype)
-    assert out.dtype == want and out.shape == ref.shape
-    assert_close(out, ref, msg="forward")
-    n, k1, _ = x.shape
-    reduced = {id(x): None, id(mask_token): n * (ids_restore.shape[1] + 1 - k1), id(pos_embed): n}
-    for leaf, g, rg in zip(leaves, grads, ref_grads):
-        assert g.dtype == leaf.dtype and g.shape == leaf.shape
-        assert_close(g, rg, reduced=reduced[id(leaf)] or None, msg=f"grad {tuple(leaf.shape)}")
-    return out, grads
+def _check(args: dict, backend="triton"):
+    # grad of x copies gradient rows; the mask-token grad sums N*(L-K) rows, the pos-embed grad N
+    n, k1, _ = args["x"].shape
+    masked_rows = n * (args["ids_restore"].shape[1] + 1 - k1)
+    return check_against_reference(ops.decoder_input, decoder_input_ref, args, backend,
+                                   reduced={"mask_token": masked_rows or None, "pos_embed": n})
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_matches_reference_fp32(shape):
-    _check(*_inputs(*shape, torch.float32))
+    _check(_inputs(*shape, torch.float32))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("ids_dtype", [torch.int64, torch.int32], ids=str)
 def test_dtypes(dtype, ids_dtype):
-    _check(*_inputs(2, 9, 4, 40, dtype, ids_dtype=ids_dtype))
+    _check(_inputs(2, 9, 4, 40, dtype, ids_dtype=ids_dtype))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_low_precision_tokens_with_float32_tables(dtype):
     # The model under autocast: a bf16/fp16 decoder_embed output with the float32 mask token and
     # table -> float32 out (the official cat + add promote); grad_x comes back in x's dtype.
-    out, grads = _check(*_inputs(2, 9, 4, 24, dtype, table_dtype=torch.float32))
-    assert out.dtype == torch.float32 and grads[0].dtype == dtype
+    out, grads = _check(_inputs(2, 9, 4, 24, dtype, table_dtype=torch.float32))
+    assert out.dtype == torch.float32 and grads["x"].dtype == dtype
 
 
 def test_pos_embed_without_grad():
     # MAE's decoder_pos_embed is a fixed table: only x and mask_token get gradients.
-    _check(*_inputs(3, 10, 3, 40, torch.float32, pos_grad=False))
+    _check(_inputs(3, 10, 3, 40, torch.float32, pos_grad=False))
 
 
 def test_torch_backend_matches_reference():
-    _check(*_inputs(2, 9, 4, 40, torch.float32), backend="torch")
+    _check(_inputs(2, 9, 4, 40, torch.float32), backend="torch")
 
 
 def test_deterministic():
-    # No atomics: two backward passes give bitwise identical gradients.
-    x, ids_restore, mask_token, pos_embed = _inputs(5, 33, 8, 256, torch.float32)
-    out = ops.decoder_input(x, ids_restore, mask_token, pos_embed, backend="triton")
-    grad = torch.randn_like(out)
-    first = torch.autograd.grad(out, (x, mask_token, pos_embed), grad, retain_graph=True)
-    second = torch.autograd.grad(out, (x, mask_token, pos_embed), grad)
-    for a, b in zip(first, second):
-        assert torch.equal(a, b)
+    check_deterministic(ops.decoder_input, _inputs(5, 33, 8, 256, torch.float32))
 
 
 @pytest.mark.filterwarnings("ignore:Input #.* is not a double precision")
 def test_gradcheck():
-    # The kernels compute in float32 (ops refuse float64), so check the Triton op in float32. The op is
-    # affine, so central differences are exact up to float32 rounding of O(1) outputs (~1e-7 / eps).
-    x, ids_restore, mask_token, pos_embed = _inputs(2, 5, 3, 8, torch.float32)
-    fn = lambda a, m, p: kernel.decoder_input(a, ids_restore, m, p)  # noqa: E731
-    assert torch.autograd.gradcheck(fn, (x, mask_token, pos_embed), eps=0.5, atol=1e-4, rtol=1e-3, fast_mode=True)
+    check_gradcheck(kernel.decoder_input, _inputs(2, 5, 3, 8, torch.float32))
 
 
 def test_out_of_range_ids_take_the_mask_token():
     # Called past the validation of fastmae.ops: an index outside [0, K) selects the mask token in the
     # forward and sends its gradient to the mask token in the backward; nothing outside is touched.
-    x, ids_restore, mask_token, pos_embed = _inputs(1, 5, 3, 8, torch.float32, pos_grad=False)
+    x, ids_restore, mask_token, pos_embed = _inputs(1, 5, 3, 8, torch.float32, pos_grad=False).values()
     ids_restore[0, 1] = 1000
     ids_restore[0, 3] = -7
     out = kernel.decoder_input(x, ids_restore, mask_token, pos_embed)
@@ -123,17 +102,7 @@ def test_out_of_range_ids_take_the_mask_token():
 
 
 def test_compile_fullgraph():
-    x, ids_restore, mask_token, pos_embed = _inputs(2, 5, 3, 8, torch.float32)
-    fn = lambda a, i, m, p: kernel.decoder_input(a, i, m, p).square().sum()  # noqa: E731
-    torch._dynamo.reset()
-    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
-    loss = compiled(x, ids_restore, mask_token, pos_embed)
-    grads = torch.autograd.grad(loss, (x, mask_token, pos_embed))
-    loss_ref = fn(x, ids_restore, mask_token, pos_embed)
-    grads_ref = torch.autograd.grad(loss_ref, (x, mask_token, pos_embed))
-    assert_close(loss, loss_ref)
-    for g, rg in zip(grads, grads_ref):
-        assert_close(g, rg)
+    check_compile_fullgraph(kernel.decoder_input, _inputs(2, 5, 3, 8, torch.float32))
 
 
 @pytest.mark.parametrize(
@@ -150,7 +119,4 @@ def test_compile_fullgraph():
     ],
 )
 def test_bad_input(change, err, name):
-    x, ids_restore, mask_token, pos_embed = _inputs(2, 5, 3, 8, torch.float32)
-    args = change(dict(x=x, ids_restore=ids_restore, mask_token=mask_token, pos_embed=pos_embed))
-    with pytest.raises(err, match=rf"^{name}\b"):
-        ops.decoder_input(**args, backend="triton")
+    check_bad_input(ops.decoder_input, _inputs(2, 5, 3, 8, torch.float32), change, err, name)

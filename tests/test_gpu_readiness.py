@@ -91,6 +91,7 @@ def test_compile_specs_cover_every_kernel(module):
     assert jitted <= launched, f"{module}: no spec for {sorted(k.__name__ for k in jitted - launched)}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("module", KERNEL_MODULES)
 def test_kernels_compile_clean(resources, module, arch):
@@ -114,6 +115,7 @@ def test_kernels_compile_clean(resources, module, arch):
             assert rec["why_not_vector"].strip(), f"{_describe(rec)}: no 16-byte access expected, and no reason given"
 
 
+@pytest.mark.slow
 def test_harness_reads_load_widths(resources):
     # the SASS parser must see the kernels' accesses at all: a regex that matches nothing would pass
     # every check above, so at least one kernel must show a 16-byte access and every kernel a store

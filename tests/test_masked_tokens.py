@@ -14,6 +14,7 @@ from fastmae import ops
 from fastmae.kernels import masked_tokens as kernel
 from fastmae.reference import masked_tokens_ref, masking_ids_ref
 from helpers import DEVICE, DTYPES, poisoned, requires_kernels
+from op_checks import check_bad_input, check_compile_fullgraph, check_deterministic
 
 pytestmark = requires_kernels
 
@@ -86,14 +87,16 @@ def test_custom_op_registration():
     torch.library.opcheck(torch.ops.fastmae.masked_tokens.default, (x, ids_masked, ids_restore))
 
 
+def _args(*shape) -> dict:
+    return dict(zip(("x", "ids_masked", "ids_restore"), _inputs(*shape)))
+
+
+def test_deterministic():
+    check_deterministic(ops.masked_tokens, _args(3, 16, 4, 40))
+
+
 def test_compile_fullgraph():
-    x, ids_masked, ids_restore = _inputs(2, 9, 4, 16)
-    fn = lambda a, m, r: kernel.masked_tokens(a, m, r).square().sum()  # noqa: E731
-    torch._dynamo.reset()
-    loss = torch.compile(fn, fullgraph=True, backend="aot_eager")(x, ids_masked, ids_restore)
-    (grad,) = torch.autograd.grad(loss, x)
-    (want,) = torch.autograd.grad(fn(x, ids_masked, ids_restore), x)
-    assert torch.equal(grad, want)
+    check_compile_fullgraph(kernel.masked_tokens, _args(2, 9, 4, 16))
 
 
 @pytest.mark.parametrize(
@@ -111,7 +114,4 @@ def test_compile_fullgraph():
     ],
 )
 def test_bad_input(change, err, name):
-    x, ids_masked, ids_restore = _inputs(2, 9, 4, 8)
-    args = change(dict(x=x, ids_masked=ids_masked, ids_restore=ids_restore))
-    with pytest.raises(err, match=rf"^{name}\b"):
-        ops.masked_tokens(**args, backend="triton")
+    check_bad_input(ops.masked_tokens, _args(2, 9, 4, 8), change, err, name)

@@ -216,6 +216,7 @@ def test_checkpoint_of_another_model_fails_strict_loading(tmp_path):
         fastmae.load_official_checkpoint(path, fastmae.create_model("mae_vit_micro_patch4"))
 
 
+@pytest.mark.slow
 def test_torch_compile_fullgraph_of_the_small_model():
     model = fastmae.create_model("mae_vit_micro_patch4", backend="torch")
     imgs, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 64)

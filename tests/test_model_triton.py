@@ -52,6 +52,7 @@ def test_triton_fast_path_under_bf16_autocast():
         assert rel_err(got[3][name], ref[3][name]) <= 3e-2, name
 
 
+@pytest.mark.slow
 def test_torch_compile_fullgraph_traces_the_triton_ops():
     model = fastmae.create_model("mae_vit_micro_patch4", norm_pix_loss=True, backend="triton").to(DEVICE)
     imgs, noise = torch.randn(2, 3, 32, 32, device=DEVICE), torch.rand(2, 64, device=DEVICE)

@@ -105,7 +105,7 @@ def test_gradcheck_float64():
         assert torch.autograd.gradgradcheck(fn, (arg,), fast_mode=True)
 
 
-@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
 def test_compile_fullgraph(backend):
     # Through fastmae.ops (validation and dispatch included) into the custom ops.
     def fn(imgs):
