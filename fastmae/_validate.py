@@ -51,6 +51,14 @@ def images(name: str, imgs, patch_size: int, in_chans: int | None = None) -> tor
     return imgs
 
 
+def sample_size(name: str, x: torch.Tensor, rows: int) -> None:
+    """One sample's tokens, ``rows`` of ``x.shape[-1]`` values, fit in int32 offsets (the token kernels
+    index inside a sample in int32 and across samples in int64)."""
+    if rows * x.shape[-1] >= 2**31:
+        raise ValueError(f"{name} of shape {tuple(x.shape)} is too large: one sample's {rows} rows of "
+                         f"{x.shape[-1]} values must hold fewer than 2**31 values")
+
+
 def patch_size(p) -> int:
     if isinstance(p, bool) or not isinstance(p, int):
         raise TypeError(f"patch_size must be an int, got {type(p).__name__}")

@@ -187,7 +187,8 @@ class MaskedAutoencoderViT(nn.Module):
         if backend == "reference":  # the official order: embed every patch, add positions, then gather
             x = encoder_input_official_ref(self.patch_embed(imgs), pos_embed, self.cls_token, masking.ids_keep)
         else:  # embed only the visible patches
-            x = ops.patchify_gather(imgs, masking.ids_keep, self.patch_size, backend=backend)  # [N, K, P]
+            x = ops.patchify_gather(imgs, masking.ids_keep, self.patch_size, out_dtype=_autocast_dtype(imgs),
+                                    backend=backend)  # [N, K, P], in the dtype F.linear runs in
             x = F.linear(x, self.patch_embed_weight(), self.patch_embed.proj.bias)  # [N, K, D]
             x = ops.encoder_input(x, pos_embed, self.cls_token, masking.ids_keep, backend=backend)  # [N, K+1, D]
         for blk in self.blocks:
@@ -262,6 +263,13 @@ class MaskedAutoencoderViT(nn.Module):
         loss = ops.masked_mse_loss(pred_masked, imgs, None, p, norm_pix, ids_masked=masking.ids_masked,
                                    backend=backend)
         return loss, None, masking.mask
+
+
+def _autocast_dtype(t: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast gives a GEMM on ``t``'s device, or None outside autocast."""
+    if torch.is_autocast_enabled(t.device.type):
+        return torch.get_autocast_dtype(t.device.type)
+    return None
 
 
 # -------------------------------------------------------------------------------------------------

@@ -157,26 +157,34 @@ def unpatchify(
 
 
 def patchify_gather(
-    imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size: int, *, backend: str | None = None
+    imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size: int, *, out_dtype: torch.dtype | None = None,
+    backend: str | None = None,
 ) -> torch.Tensor:
     """The patches ``ids_keep`` names, straight from the image: ``[N, C, H, W]`` -> ``[N, K, p*p*C]``.
 
     Equals ``patchify(imgs)`` gathered by ``ids_keep`` but reads only those patches' pixels. The
     result feeds a patch-embed GEMM whose weight is the conv weight permuted to (p, q, c) order
     (see ``MaskedAutoencoderViT.patch_embed_weight``). ``ids_keep`` must hold distinct patch indices
-    in each row (the backward writes each patch's gradient once).
+    in each row (the backward writes each patch's gradient once). ``out_dtype`` (default: the
+    images') is the dtype the rows are written in — the model passes the autocast dtype, so the
+    float32 image becomes bf16 rows in the same pass, with no cast after it; the gradient flows back
+    in the images' dtype.
     """
     check.patch_size(patch_size)
     check.images("imgs", imgs, patch_size)
+    if out_dtype is not None and out_dtype not in check.FLOAT_DTYPES:
+        raise TypeError(f"out_dtype must be one of float32, bfloat16, float16, got {out_dtype}")
     n, _, hh, ww = imgs.shape
     check.ids("ids_keep", ids_keep, n, None, (hh // patch_size) * (ww // patch_size), imgs.device, distinct=True)
     imgs, ids_keep = _contiguous(imgs, ids_keep)
     impl = resolve_backend(backend, imgs.device)
     if impl == "triton":
-        return _kernels().patchify.patchify_gather(imgs, ids_keep, patch_size)
+        return _kernels().patchify.patchify_gather(imgs, ids_keep, patch_size, out_dtype)
     if impl == "torch":
-        return torch_ops.patchify_gather(imgs, ids_keep, patch_size)
-    return reference.patchify_gather_ref(imgs, ids_keep, patch_size)
+        rows = torch_ops.patchify_gather(imgs, ids_keep, patch_size)
+    else:
+        rows = reference.patchify_gather_ref(imgs, ids_keep, patch_size)
+    return rows if out_dtype is None else rows.to(out_dtype)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -198,6 +206,7 @@ def _tokens_and_table(x_name, x, pos_embed, token_name, token, ids_name, ids):
         raise ValueError(f"{token_name} must have shape [1, 1, {d}], got {tuple(token.shape)}")
     for name, t in ((ids_name, ids), ("pos_embed", pos_embed), (token_name, token)):
         check.same_device(name, t, x.device)
+    check.sample_size(x_name, x, pos_embed.shape[1])
 
 
 def encoder_input(
@@ -270,6 +279,7 @@ def masked_tokens(
     n, l1, _ = x.shape
     if n == 0 or l1 < 2:
         raise ValueError(f"x must have shape [N, L+1, D] with N >= 1 and L >= 1, got {tuple(x.shape)}")
+    check.sample_size("x", x, l1)
     check.ids("ids_restore", ids_restore, n, l1 - 1, l1 - 1, x.device, distinct=True)
     check.ids("ids_masked", ids_masked, n, None, l1 - 1, x.device, distinct=True)
     check.masked_of_restore(ids_masked, ids_restore)

@@ -38,6 +38,26 @@ def next_power_of_2(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
 
 
+_SM_COUNT: dict = {}
+# Programs of a persistent launch per SM: 64 resident warps / 4 warps per program (the kernels that
+# use it need few enough registers for that: ~32 at sm_90).
+PERSISTENT_WARPS_PER_SM = 64
+
+
+def image_groups(images: int, blocks: int, num_warps: int, device: torch.device) -> int:
+    """How many groups of images a persistent launch of ``blocks`` programs per image group uses.
+
+    On CUDA: enough programs for one full wave (``SMs * 64 / num_warps``), each then looping over
+    ``images / groups`` images; elsewhere (the interpreter) one group per image, no loop.
+    """
+    if device.type != "cuda":
+        return max(1, images)
+    if device not in _SM_COUNT:
+        _SM_COUNT[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    programs = _SM_COUNT[device] * (PERSISTENT_WARPS_PER_SM // num_warps)
+    return max(1, min(images, -(-programs // blocks)))
+
+
 def promoted_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """The dtype torch's type promotion gives ``a + b + ...`` (bf16 tokens + fp32 tables -> fp32)."""
     dtype = tensors[0].dtype
@@ -56,10 +76,10 @@ ROW_TILE = 2048  # elements per tile (BLOCK_R * BLOCK_D): 16 per thread at 4 war
 NUM_WARPS = 4
 
 
-def row_blocks(d: int) -> tuple[int, int]:
+def row_blocks(d: int, tile: int = ROW_TILE) -> tuple[int, int]:
     """``(BLOCK_R, BLOCK_D)`` for rows of width ``d``: BLOCK_D a power of two, columns in cdiv(d, BLOCK_D) programs."""
     block_d = min(MAX_BLOCK_D, next_power_of_2(d))
-    return max(1, ROW_TILE // block_d), block_d
+    return max(1, tile // block_d), block_d
 
 
 # --------------------------------------------------------------------------------------------------

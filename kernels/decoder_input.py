@@ -29,7 +29,10 @@ from ._common import NUM_WARPS, empty, promoted_dtype, row_blocks
 
 __all__ = ["decoder_input"]
 
-_BWD_TILES_PER_PROG = 8  # backward tiles one program walks before writing its mask-token partial
+# Backward tiles one program walks before writing its mask-token partial: 2 keeps the grid above 4
+# waves at the ViT-B/16 decoder (256 x 13 x 2 programs) while the partials stay small (N*13*D float32,
+# 6.8 MB written and read again: ~6% of the op's bytes).
+_BWD_TILES_PER_PROG = 2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -47,36 +50,38 @@ def _decoder_input_kernel(
     K,  # visible tokens per sample
     L,  # patches per sample
     D,  # token width
-    n_rows,  # N * (L+1), the number of output rows
     BLOCK_R: tl.constexpr,  # output rows per program
     BLOCK_D: tl.constexpr,  # columns per program (power of two)
 ):
-    # Program (pid_r, pid_d) writes the tile out[rows, cols] of the output viewed as [N*(L+1), D].
-    pid_r = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    rows = pid_r.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BLOCK_R] flat row n*(L+1) + t
-    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
-    row_ok = rows < n_rows
+    # grid = (N, cdiv(L+1, BLOCK_R), cdiv(D, BLOCK_D)): program (n, b, c) writes rows
+    # [b*BLOCK_R, (b+1)*BLOCK_R) of sample n, columns of block c. Rows inside a sample are int32
+    # ((L+1)*D < 2**31, checked by fastmae.ops); the sample's base offsets are int64 scalars.
+    n = tl.program_id(0).to(tl.int64)
+    t = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BLOCK_R] output row = pos-embed row
+    cols = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    row_ok = t < L + 1
     col_ok = cols < D
-    n = rows // (L + 1)  # sample
-    t = rows - n * (L + 1)  # row inside the sample, also the pos-embed row: 0 is cls, 1 + l is patch l
     is_tok = t > 0
 
     # r = ids_restore[n, t-1]; the source is x[n, 1 + r] when 0 <= r < K, the mask token otherwise.
-    r = tl.load(IDS + n * L + (t - 1), mask=row_ok & is_tok, other=-1).to(tl.int64)  # [BLOCK_R]
+    r = tl.load(IDS + n * L + (t - 1), mask=row_ok & is_tok, other=-1)  # [BLOCK_R]
     visible = (r >= 0) & (r < K)
     take_x = row_ok & (~is_tok | visible)  # cls row or a visible patch
-    src_row = tl.where(is_tok, 1 + tl.where(visible, r, 0), 0)  # [BLOCK_R], always in [0, K]
+    src_row = tl.where(is_tok, 1 + tl.where(visible, r, 0), 0).to(tl.int32)  # [BLOCK_R], in [0, K]
 
     cm = col_ok[None, :]
-    x = tl.load(X + (n * (K + 1) + src_row)[:, None] * D + cols[None, :], mask=take_x[:, None] & cm, other=0.0)
-    pos = tl.load(POS + t[:, None] * D + cols[None, :], mask=row_ok[:, None] & cm, other=0.0)
-    tok = tl.load(MASK + cols, mask=col_ok, other=0.0)  # [BLOCK_D], read once per program
+    x = tl.load(X + n * (K + 1) * D + (src_row * D)[:, None] + cols[None, :], mask=take_x[:, None] & cm, other=0.0)
+    pos = tl.load(POS + (t * D)[:, None] + cols[None, :], mask=row_ok[:, None] & cm, other=0.0)
+    # The mask token, loaded straight into the tile's layout where a row takes it (cache hits): a
+    # [BLOCK_D] load broadcast over the rows would go through shared memory.
+    take_tok = row_ok & ~take_x
+    tok = tl.load(MASK + (cols[None, :] + tl.zeros([BLOCK_R, 1], tl.int32)), mask=take_tok[:, None] & cm, other=0.0)
 
     # out = (x or mask_token) + pos, in float32, rounded once to the output dtype.
-    src = tl.where(take_x[:, None], x.to(tl.float32), tok.to(tl.float32)[None, :])
+    src = tl.where(take_x[:, None], x.to(tl.float32), tok.to(tl.float32))
     out = src + pos.to(tl.float32)
-    tl.store(OUT + rows[:, None] * D + cols[None, :], out.to(OUT.dtype.element_ty), mask=row_ok[:, None] & cm)
+    tl.store(OUT + n * (L + 1) * D + (t * D)[:, None] + cols[None, :], out.to(OUT.dtype.element_ty),
+             mask=row_ok[:, None] & cm)
 
 
 @triton.jit
@@ -84,44 +89,40 @@ def _decoder_input_bwd_kernel(
     G,  # pointer to the upstream gradient [N, L+1, D], contiguous
     IDS,  # pointer to ids_restore [N, L] (int32 or int64)
     GX,  # pointer to grad_x [N, K+1, D], contiguous (output)
-    PART,  # pointer to the float32 mask-token partial sums [P, D], one row per row-program (output)
+    PART,  # pointer to the float32 mask-token partial sums [N * B, D], B row programs per sample (output)
     K,  # visible tokens per sample
     L,  # patches per sample
     D,  # token width
-    n_rows,  # N * (L+1), the number of gradient rows
     TILES: tl.constexpr,  # row tiles each program walks, in order (a loop, not unrolled: fewer registers)
     BLOCK_R: tl.constexpr,  # rows per tile
     BLOCK_D: tl.constexpr,  # columns per program (power of two)
 ):
-    # Program (pid_r, pid_d) reads g rows [pid_r * TILES * BLOCK_R, (pid_r+1) * TILES * BLOCK_R):
-    # visible rows go to their place in grad_x, masked rows add into the mask-token partial.
-    pid_r = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    # grid = (N, B = cdiv(L+1, TILES*BLOCK_R), cdiv(D, BLOCK_D)): program (n, b, c) reads gradient
+    # rows [b*TILES*BLOCK_R, (b+1)*TILES*BLOCK_R) of sample n: visible rows go to their place in
+    # grad_x, masked rows add into the program's mask-token partial PART[n*B + b].
+    n = tl.program_id(0).to(tl.int64)
+    b = tl.program_id(1)
+    cols = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
     col_ok = cols < D
     cm = col_ok[None, :]
     acc = tl.zeros((BLOCK_R, BLOCK_D), dtype=tl.float32)  # masked rows' sum, per tile row
     for i in range(TILES):
-        rows = (pid_r.to(tl.int64) * TILES + i) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BLOCK_R]
-        row_ok = rows < n_rows
-        n = rows // (L + 1)
-        t = rows - n * (L + 1)
+        t = (b * TILES + i) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BLOCK_R] gradient rows of sample n, int32
+        row_ok = t < L + 1
         is_tok = t > 0
-        r = tl.load(IDS + n * L + (t - 1), mask=row_ok & is_tok, other=-1).to(tl.int64)  # [BLOCK_R]
+        r = tl.load(IDS + n * L + (t - 1), mask=row_ok & is_tok, other=-1)  # [BLOCK_R]
         visible = (r >= 0) & (r < K)
         to_x = row_ok & (~is_tok | visible)  # cls row or a visible patch: written to grad_x
         to_mask = row_ok & is_tok & ~visible  # a masked patch: summed into the mask token
-        dst_row = tl.where(is_tok, 1 + tl.where(visible, r, 0), 0)  # [BLOCK_R], always in [0, K]
+        dst_row = tl.where(is_tok, 1 + tl.where(visible, r, 0), 0).to(tl.int32)  # [BLOCK_R], in [0, K]
 
-        g = tl.load(G + rows[:, None] * D + cols[None, :], mask=row_ok[:, None] & cm, other=0.0).to(tl.float32)
-        tl.store(
-            GX + (n * (K + 1) + dst_row)[:, None] * D + cols[None, :],
-            g.to(GX.dtype.element_ty),
-            mask=to_x[:, None] & cm,
-        )
+        g = tl.load(G + n * (L + 1) * D + (t * D)[:, None] + cols[None, :], mask=row_ok[:, None] & cm,
+                    other=0.0).to(tl.float32)
+        tl.store(GX + n * (K + 1) * D + (dst_row * D)[:, None] + cols[None, :], g.to(GX.dtype.element_ty),
+                 mask=to_x[:, None] & cm)
         acc += tl.where(to_mask[:, None], g, 0.0)
     part = tl.sum(acc, axis=0)  # [BLOCK_D], a fixed reduction order
-    tl.store(PART + pid_r.to(tl.int64) * D + cols, part, mask=col_ok)
+    tl.store(PART + (n * tl.num_programs(1) + b) * D + cols, part, mask=col_ok)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -133,11 +134,10 @@ def _forward(x: torch.Tensor, ids_restore: torch.Tensor, mask_token: torch.Tenso
     n, k1, d = x.shape
     num_patches = ids_restore.shape[1]
     out = empty((n, num_patches + 1, d), promoted_dtype(x, mask_token, pos_embed), x.device)  # [N, L+1, D]
-    n_rows = n * (num_patches + 1)
     block_r, block_d = row_blocks(d)
-    grid = (triton.cdiv(n_rows, block_r), triton.cdiv(d, block_d))
+    grid = (n, triton.cdiv(num_patches + 1, block_r), triton.cdiv(d, block_d))
     _decoder_input_kernel[grid](
-        x, ids_restore, mask_token, pos_embed, out, k1 - 1, num_patches, d, n_rows,
+        x, ids_restore, mask_token, pos_embed, out, k1 - 1, num_patches, d,
         BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS,
     )
     return out
@@ -148,15 +148,13 @@ def _backward_x_mask(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``grad [N, L+1, D]`` -> ``grad_x [N, K+1, D]`` (``x_dtype``), ``grad_mask_token [D]`` (float32)."""
     n, l1, d = grad.shape
-    n_rows = n * l1
     block_r, block_d = row_blocks(d)
-    tiles = min(_BWD_TILES_PER_PROG, triton.cdiv(n_rows, block_r))
-    progs = triton.cdiv(n_rows, tiles * block_r)
+    row_programs = triton.cdiv(l1, _BWD_TILES_PER_PROG * block_r)  # per sample
     grad_x = empty((n, k1, d), x_dtype, grad.device)  # [N, K+1, D]
-    part = empty((progs, d), torch.float32, grad.device)  # [P, D]
-    _decoder_input_bwd_kernel[(progs, triton.cdiv(d, block_d))](
-        grad, ids_restore, grad_x, part, k1 - 1, l1 - 1, d, n_rows,
-        TILES=tiles, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS,
+    part = empty((n * row_programs, d), torch.float32, grad.device)  # [N * B, D]
+    _decoder_input_bwd_kernel[(n, row_programs, triton.cdiv(d, block_d))](
+        grad, ids_restore, grad_x, part, k1 - 1, l1 - 1, d,
+        TILES=_BWD_TILES_PER_PROG, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS,
     )
     return grad_x, part.sum(0)  # fixed-order sum of the partials
 

@@ -32,6 +32,9 @@ from ._common import NUM_WARPS, empty, inverse_ids, next_power_of_2, promoted_dt
 
 __all__ = ["encoder_input"]
 
+# Forward tile elements: 8 per thread at 4 warps. The encoder input is small (K+1 = 50 rows per
+# sample at ViT-B/16): half the decoder's tile keeps its grid above 4 waves.
+_FWD_TILE = 1024
 _BWD_BLOCK_N = 8  # samples per backward tile
 _BWD_N_PER_PROG = 64  # samples one backward program sums before writing its partial
 
@@ -51,37 +54,39 @@ def _encoder_input_kernel(
     K,  # kept tokens per sample
     L,  # patches per sample (pos_embed has L+1 rows)
     D,  # token width
-    n_rows,  # N * (K+1), the number of output rows
     BLOCK_R: tl.constexpr,  # output rows per program
     BLOCK_D: tl.constexpr,  # columns per program (power of two)
 ):
-    # Program (pid_r, pid_d) writes the tile out[rows, cols] of the output viewed as [N*(K+1), D].
-    pid_r = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    rows = pid_r.to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BLOCK_R] flat row n*(K+1) + j
-    cols = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
-    row_ok = rows < n_rows
+    # grid = (N, cdiv(K+1, BLOCK_R), cdiv(D, BLOCK_D)): program (n, b, c) writes rows
+    # [b*BLOCK_R, (b+1)*BLOCK_R) of sample n, columns of block c. Rows inside a sample are int32
+    # ((L+1)*D < 2**31, checked by fastmae.ops); the sample's base offsets are int64 scalars.
+    n = tl.program_id(0).to(tl.int64)
+    j = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BLOCK_R] row: 0 is cls, 1 + k is token k
+    cols = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    row_ok = j < K + 1
     col_ok = cols < D
-    n = rows // (K + 1)  # sample
-    j = rows - n * (K + 1)  # row inside the sample: 0 is cls, 1 + k is visible token k
     is_tok = j > 0
     tok_ok = row_ok & is_tok
 
     # pos row: 0 for cls, 1 + ids_keep[n, j-1] for a token; an out-of-range id adds no position.
-    ids = tl.load(IDS + n * K + (j - 1), mask=tok_ok, other=0).to(tl.int64)  # [BLOCK_R]
+    ids = tl.load(IDS + n * K + (j - 1), mask=tok_ok, other=0)  # [BLOCK_R]
     ids_ok = (ids >= 0) & (ids < L)
-    pos_row = tl.where(is_tok, 1 + tl.where(ids_ok, ids, 0), 0)  # [BLOCK_R], always in [0, L]
+    pos_row = tl.where(is_tok, 1 + tl.where(ids_ok, ids, 0), 0).to(tl.int32)  # [BLOCK_R], in [0, L]
     pos_ok = row_ok & (~is_tok | ids_ok)
 
     cm = col_ok[None, :]
-    x = tl.load(X + (n * K + (j - 1))[:, None] * D + cols[None, :], mask=tok_ok[:, None] & cm, other=0.0)
-    pos = tl.load(POS + pos_row[:, None] * D + cols[None, :], mask=pos_ok[:, None] & cm, other=0.0)
-    cls = tl.load(CLS + cols, mask=col_ok, other=0.0)  # [BLOCK_D], read once per program
+    x = tl.load(X + n * K * D + ((j - 1) * D)[:, None] + cols[None, :], mask=tok_ok[:, None] & cm, other=0.0)
+    pos = tl.load(POS + (pos_row * D)[:, None] + cols[None, :], mask=pos_ok[:, None] & cm, other=0.0)
+    # cls, loaded straight into the tile's layout for row 0 only: a [BLOCK_D] load broadcast over the
+    # rows would go through shared memory.
+    is_cls = row_ok & ~is_tok
+    cls = tl.load(CLS + (cols[None, :] + tl.zeros([BLOCK_R, 1], tl.int32)), mask=is_cls[:, None] & cm, other=0.0)
 
     # out = (x or cls) + pos, in float32, rounded once to the output dtype.
-    src = tl.where(is_tok[:, None], x.to(tl.float32), cls.to(tl.float32)[None, :])
+    src = tl.where(is_tok[:, None], x.to(tl.float32), cls.to(tl.float32))
     out = src + pos.to(tl.float32)
-    tl.store(OUT + rows[:, None] * D + cols[None, :], out.to(OUT.dtype.element_ty), mask=row_ok[:, None] & cm)
+    tl.store(OUT + n * (K + 1) * D + (j * D)[:, None] + cols[None, :], out.to(OUT.dtype.element_ty),
+             mask=row_ok[:, None] & cm)
 
 
 @triton.jit
@@ -134,11 +139,10 @@ def _forward(x_vis: torch.Tensor, pos_embed: torch.Tensor, cls_token: torch.Tens
     n, k, d = x_vis.shape
     num_patches = pos_embed.shape[1] - 1
     out = empty((n, k + 1, d), promoted_dtype(x_vis, pos_embed, cls_token), x_vis.device)  # [N, K+1, D]
-    n_rows = n * (k + 1)
-    block_r, block_d = row_blocks(d)
-    grid = (triton.cdiv(n_rows, block_r), triton.cdiv(d, block_d))
+    block_r, block_d = row_blocks(d, _FWD_TILE)
+    grid = (n, triton.cdiv(k + 1, block_r), triton.cdiv(d, block_d))
     _encoder_input_kernel[grid](
-        x_vis, pos_embed, cls_token, ids_keep, out, k, num_patches, d, n_rows,
+        x_vis, pos_embed, cls_token, ids_keep, out, k, num_patches, d,
         BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS,
     )
     return out

@@ -37,22 +37,23 @@ def _masked_tokens_kernel(
     M,  # masked tokens per sample
     L,  # patches per sample
     D,  # token width
-    n_rows,  # N * M, the number of output rows
     BLOCK_R: tl.constexpr,  # output rows per program
     BLOCK_D: tl.constexpr,  # columns per program (power of two)
 ):
-    # Program (pid_r, pid_d) writes the tile out[rows, cols] of the output viewed as [N*M, D].
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BLOCK_R] flat row n*M + m
-    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
-    row_ok = rows < n_rows
+    # grid = (N, cdiv(M, BLOCK_R), cdiv(D, BLOCK_D)): program (n, b, c) writes rows
+    # [b*BLOCK_R, (b+1)*BLOCK_R) of sample n. Rows inside a sample are int32 ((L+1)*D < 2**31,
+    # checked by fastmae.ops); the sample's base offsets are int64 scalars.
+    n = tl.program_id(0).to(tl.int64)
+    m = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BLOCK_R] output rows of sample n
+    cols = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    row_ok = m < M
     col_ok = cols < D
-    n = rows // M
-    patch = tl.load(IDS + rows, mask=row_ok, other=-1).to(tl.int64)  # ids_masked[n, m]
+    patch = tl.load(IDS + n * M + m, mask=row_ok, other=-1)  # ids_masked[n, m]
     take = row_ok & (patch >= 0) & (patch < L)  # a bad id reads nothing: its row is zeros
-    src = n * (L + 1) + 1 + tl.where(take, patch, 0)  # [BLOCK_R] row of x
-    io = row_ok[:, None] & col_ok[None, :]
-    vals = tl.load(X + src[:, None] * D + cols[None, :], mask=take[:, None] & col_ok[None, :], other=0.0)
-    tl.store(OUT + rows[:, None] * D + cols[None, :], vals, mask=io)
+    src = (1 + tl.where(take, patch, 0)).to(tl.int32)  # [BLOCK_R] row of x[n]
+    vals = tl.load(X + n * (L + 1) * D + (src * D)[:, None] + cols[None, :],
+                   mask=take[:, None] & col_ok[None, :], other=0.0)
+    tl.store(OUT + n * M * D + (m * D)[:, None] + cols[None, :], vals, mask=row_ok[:, None] & col_ok[None, :])
 
 
 @triton.jit
@@ -63,24 +64,24 @@ def _masked_tokens_bwd_kernel(
     M,  # masked tokens per sample
     L,  # patches per sample
     D,  # token width
-    n_rows,  # N * (L+1), the number of gradient rows
     BLOCK_R: tl.constexpr,  # gradient rows per program
     BLOCK_D: tl.constexpr,  # columns per program (power of two)
 ):
-    # Program (pid_r, pid_d) writes the tile grad_x[rows, cols] of grad_x viewed as [N*(L+1), D].
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BLOCK_R] flat row n*(L+1) + t
-    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
-    row_ok = rows < n_rows
+    # grid = (N, cdiv(L+1, BLOCK_R), cdiv(D, BLOCK_D)): program (n, b, c) writes rows
+    # [b*BLOCK_R, (b+1)*BLOCK_R) of grad_x[n]: 0 is cls, 1 + l is patch l.
+    n = tl.program_id(0).to(tl.int64)
+    t = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BLOCK_R]
+    cols = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    row_ok = t < L + 1
     col_ok = cols < D
-    n = rows // (L + 1)
-    t = rows - n * (L + 1)  # 0 is cls, 1 + l is patch l
     is_tok = t > 0
-    rank = tl.load(IDS_RESTORE + n * L + (t - 1), mask=row_ok & is_tok, other=-1).to(tl.int64)
+    rank = tl.load(IDS_RESTORE + n * L + (t - 1), mask=row_ok & is_tok, other=-1)
     slot = rank - (L - M)  # position of patch l among the masked tokens, when it is one
     take = row_ok & is_tok & (slot >= 0) & (slot < M)
-    src = n * M + tl.where(take, slot, 0)  # [BLOCK_R] row of g
-    vals = tl.load(G + src[:, None] * D + cols[None, :], mask=take[:, None] & col_ok[None, :], other=0.0)
-    tl.store(GX + rows[:, None] * D + cols[None, :], vals.to(GX.dtype.element_ty),
+    src = tl.where(take, slot, 0).to(tl.int32)  # [BLOCK_R] row of g[n]
+    vals = tl.load(G + n * M * D + (src * D)[:, None] + cols[None, :], mask=take[:, None] & col_ok[None, :],
+                   other=0.0)
+    tl.store(GX + n * (L + 1) * D + (t * D)[:, None] + cols[None, :], vals.to(GX.dtype.element_ty),
              mask=row_ok[:, None] & col_ok[None, :])
 
 
@@ -95,8 +96,8 @@ def _forward(x: torch.Tensor, ids_masked: torch.Tensor) -> torch.Tensor:
     out = empty((n, m, d), x.dtype, x.device)  # [N, M, D]
     if out.numel():
         block_r, block_d = row_blocks(d)
-        grid = (triton.cdiv(n * m, block_r), triton.cdiv(d, block_d))
-        _masked_tokens_kernel[grid](x, ids_masked, out, m, l1 - 1, d, n * m,
+        grid = (n, triton.cdiv(m, block_r), triton.cdiv(d, block_d))
+        _masked_tokens_kernel[grid](x, ids_masked, out, m, l1 - 1, d,
                                     BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS)
     return out
 
@@ -106,8 +107,8 @@ def _backward(grad: torch.Tensor, ids_restore: torch.Tensor, x_dtype: torch.dtyp
     num_patches = ids_restore.shape[1]
     grad_x = empty((n, num_patches + 1, d), x_dtype, grad.device)  # [N, L+1, D]
     block_r, block_d = row_blocks(d)
-    grid = (triton.cdiv(n * (num_patches + 1), block_r), triton.cdiv(d, block_d))
-    _masked_tokens_bwd_kernel[grid](grad, ids_restore, grad_x, m, num_patches, d, n * (num_patches + 1),
+    grid = (n, triton.cdiv(num_patches + 1, block_r), triton.cdiv(d, block_d))
+    _masked_tokens_bwd_kernel[grid](grad, ids_restore, grad_x, m, num_patches, d,
                                     BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS)
     return grad_x
 

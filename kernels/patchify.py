@@ -50,7 +50,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import _inverse_ids_kernel, empty, inverse_ids, next_power_of_2
+from ._common import empty, image_groups, inverse_ids, next_power_of_2
 
 __all__ = ["patchify", "unpatchify", "patchify_gather"]
 
@@ -64,92 +64,114 @@ __all__ = ["patchify", "unpatchify", "patchify_gather"]
 def _patchify_kernel(
     IMG,  # pointer to the images [N, C, H, W], contiguous
     IDS,  # pointer to ids [N, K] (int32 or int64), the patch each output row holds; None without HAS_IDS
-    OUT,  # pointer to the patch rows [N, K, P], P = PS*PS*C, contiguous
-    K,  # rows per image: ids.shape[1], or L without ids
-    L,  # patches per image, h*w (ids outside [0, L) give a zero row)
-    H,  # image height in pixels, h*PS
-    W,  # image width in pixels, w*PS
+    OUT,  # pointer to the patch rows [N, K, P], P = PS*PS*C, contiguous; its dtype may differ from IMG's
+    N,  # images
+    K,  # rows per image: ids.shape[1], or L without ids (ids outside [0, L) give a zero row)
     C: tl.constexpr,  # channels
     PS: tl.constexpr,  # patch size p
+    GH: tl.constexpr,  # patches per image column, h = H / p
+    GW: tl.constexpr,  # patches per image row, w = W / p
     C_PAD: tl.constexpr,  # next power of two >= C
     PP_PAD: tl.constexpr,  # next power of two >= p*p
     P_PAD: tl.constexpr,  # next power of two >= P
+    PATCHES: tl.constexpr,  # output rows (patches) per program, a power of two
     HAS_IDS: tl.constexpr,  # True: row k holds patch ids[n, k]; False: row k holds patch k
 ):
     # out[n, k, (r*p + q)*C + c] = img[n, c, i*p + r, j*p + q],  (i, j) = divmod(patch, w)
+    # grid = (cdiv(K, PATCHES), G): program (b, g) moves rows [b*PATCHES, (b+1)*PATCHES) of images
+    # g, g + G, g + 2G, ... (a persistent loop: what does not depend on the image — the offsets inside
+    # a patch, the permutation — is computed once per program). The grid shape is constexpr, so
+    # divmod(patch, w) and every offset inside an image fold to multiplies and shifts.
     P: tl.constexpr = PS * PS * C
-    row = tl.program_id(0).to(tl.int64)  # one program per output row n*K + k
-    n = row // K
-    if HAS_IDS:
-        patch = tl.load(IDS + row).to(tl.int64)
-        inside = (patch >= 0) & (patch < L)
-        patch = tl.where(inside, patch, 0)  # a bad id never addresses memory; its row becomes zeros
-        c_end = tl.where(inside, C, 0)  # channels to read (a bound, not `mask & inside`: see below)
-    else:
-        patch = row - n * K
-        c_end = C
-    i = patch // (W // PS)
-    j = patch - i * (W // PS)
-    src = IMG + n * C * H * W + i * PS * W + j * PS  # int64: pixel (0, 0) of the patch, channel 0
-
-    # The patch in image order: tile[c, r*p + q] = img[n, c, i*p + r, j*p + q]; p contiguous values
-    # per (c, r), so the load is vectorised along q.
+    W: tl.constexpr = GW * PS
+    HW: tl.constexpr = GH * PS * W
+    k = tl.program_id(0) * PATCHES + tl.arange(0, PATCHES)  # [PATCHES] rows of an image, int32
+    row_ok = k < K
+    # The offsets inside a patch, image order: tile[t, c, r*p + q] = img[n, c, i*p + r, j*p + q]; p
+    # contiguous values per (c, r), so the loads are vectorised along q.
     c = tl.arange(0, C_PAD)[:, None]  # [C_PAD, 1]
     pp = tl.arange(0, PP_PAD)[None, :]  # [1, PP_PAD], pp = r*p + q
-    # (The interpreter of triton 3.9 turns `tensor_mask & scalar_mask` into int32 and rejects it as
-    # a mask, hence the scalar folded into the bound c_end.)
-    tile = tl.load(src + c * (H * W) + (pp // PS) * W + pp % PS, mask=(c < c_end) & (pp < PS * PS), other=0.0)
-
-    # To row order: out[e] = tile[c, pp] with e = pp*C + c, i.e. c = e % C, pp = e // C.
+    inner = c * HW + (pp // PS) * W + pp % PS  # [C_PAD, PP_PAD]
+    in_tile = (c < C) & (pp < PS * PS)
+    # To row order: out[e] = tile[c, pp] with e = pp*C + c, i.e. c = e % C, pp = e // C. One 1-D
+    # gather (through shared memory) over the program's tiles; a 2-D gather along axis 1 compiles to
+    # warp shuffles, ~4x the instructions. (No clamp needed for the padding e >= P:
+    # (C-1)*PP_PAD + (P_PAD-1)//C < C_PAD*PP_PAD for every C, p.)
     e = tl.arange(0, P_PAD)
-    from_tile = tl.where(e < P, (e % C) * PP_PAD + e // C, 0)
-    vals = tl.gather(tl.reshape(tile, [C_PAD * PP_PAD]), from_tile, 0)  # [P_PAD]
-    tl.store(OUT + row * P + e, vals, mask=e < P)
+    t = tl.arange(0, PATCHES)[:, None]  # [PATCHES, 1]
+    from_tile = tl.reshape(t * (C_PAD * PP_PAD) + ((e % C) * PP_PAD + e // C)[None, :], [PATCHES * P_PAD])
+    io = row_ok[:, None] & (e < P)[None, :]  # [PATCHES, P_PAD]
+
+    for n in range(tl.program_id(1), N, tl.num_programs(1)):
+        n64 = tl.cast(n, tl.int64)  # (tl.cast: the interpreter hands the loop a Python int)
+        if HAS_IDS:
+            patch = tl.load(IDS + n64 * K + k, mask=row_ok, other=-1)  # int64 ids are range-checked before narrowing
+            inside = row_ok & (patch >= 0) & (patch < GH * GW)
+            patch = tl.where(inside, patch, 0).to(tl.int32)  # a bad id never addresses memory; its row becomes zeros
+        else:
+            patch = k
+            inside = row_ok
+        i = patch // GW
+        j = patch - i * GW
+        base = n64 * (C * HW) + (i * (PS * W) + j * PS)  # [PATCHES] int64: pixel (0, 0) of each patch, channel 0
+        tile = tl.load(IMG + (base[:, None, None] + inner[None, :, :]),
+                       mask=inside[:, None, None] & in_tile[None, :, :], other=0.0)  # [PATCHES, C_PAD, PP_PAD]
+        flat = tl.reshape(tile, [PATCHES * C_PAD * PP_PAD])
+        vals = tl.reshape(tl.gather(flat, from_tile, 0), [PATCHES, P_PAD])
+        out = OUT + (n64 * K + k)[:, None] * P + e[None, :]
+        tl.store(out, vals.to(OUT.dtype.element_ty), mask=io)
 
 
 @triton.jit
 def _unpatchify_kernel(
     X,  # pointer to the patch rows [N, R, P], P = PS*PS*C, contiguous
     INV,  # pointer to int32 [N, L]: the row holding patch l, or -1 (zeros); None without HAS_INV
-    OUT,  # pointer to the images [N, C, H, W], contiguous; every pixel is written
+    OUT,  # pointer to the images [N, C, H, W], contiguous; every pixel is written; its dtype may differ
+    N,  # images
     R,  # rows per image in X: L without a map, K with one
-    L,  # patches per image, h*w
-    H,  # image height in pixels, h*PS
-    W,  # image width in pixels, w*PS
     C: tl.constexpr,  # channels
     PS: tl.constexpr,  # patch size p
+    GH: tl.constexpr,  # patches per image column, h = H / p
+    GW: tl.constexpr,  # patches per image row, w = W / p
     C_PAD: tl.constexpr,  # next power of two >= C
     PP_PAD: tl.constexpr,  # next power of two >= p*p
     P_PAD: tl.constexpr,  # next power of two >= P
+    PATCHES: tl.constexpr,  # image patches per program, a power of two (neighbours along a grid row)
     HAS_INV: tl.constexpr,  # True: patch l comes from row inv[n, l]; False: from row l
 ):
     # img[n, c, i*p + r, j*p + q] = x[n, row, (r*p + q)*C + c],  (i, j) = divmod(l, w)
+    # grid = (cdiv(L, PATCHES), G), a persistent loop over images as in _patchify_kernel.
     P: tl.constexpr = PS * PS * C
-    pid = tl.program_id(0).to(tl.int64)  # one program per image patch n*L + l
-    n = pid // L
-    patch = pid - n * L
-    if HAS_INV:
-        src_row = tl.load(INV + pid).to(tl.int64)
-        has_row = (src_row >= 0) & (src_row < R)  # -1: a patch no row holds; it gets zeros
-        src_row = tl.where(has_row, src_row, 0)
-        p_end = tl.where(has_row, P, 0)  # values to read; a bound rather than `mask & has_row` (see above)
-    else:
-        src_row = patch
-        p_end = P
+    L: tl.constexpr = GH * GW
+    W: tl.constexpr = GW * PS
+    HW: tl.constexpr = GH * PS * W
+    patch = tl.program_id(0) * PATCHES + tl.arange(0, PATCHES)  # [PATCHES] image patches l, int32
+    ok = patch < L
     e = tl.arange(0, P_PAD)
-    vals = tl.load(X + (n * R + src_row) * P + e, mask=e < p_end, other=0.0)  # [P_PAD], row order
-
-    # To image order: tile[c, pp] = vals[pp*C + c].
+    # To image order: tile[t, c, pp] = vals[t, pp*C + c] (one 1-D gather, as in _patchify_kernel).
     c = tl.arange(0, C_PAD)[:, None]  # [C_PAD, 1]
     pp = tl.arange(0, PP_PAD)[None, :]  # [1, PP_PAD], pp = r*p + q
     in_tile = (c < C) & (pp < PS * PS)
-    from_row = tl.reshape(tl.where(in_tile, pp * C + c, 0), [C_PAD * PP_PAD])
-    tile = tl.reshape(tl.gather(vals, from_row, 0), [C_PAD, PP_PAD])
+    t = tl.arange(0, PATCHES)[:, None, None]  # [PATCHES, 1, 1]
+    from_row = tl.reshape(t * P_PAD + tl.where(in_tile, pp * C + c, 0)[None, :, :], [PATCHES * C_PAD * PP_PAD])
+    i = patch // GW
+    j = patch - i * GW
+    dst = (i * (PS * W) + j * PS)[:, None, None] + (c * HW + (pp // PS) * W + pp % PS)[None, :, :]  # in an image
+    io = ok[:, None, None] & in_tile[None, :, :]
 
-    i = patch // (W // PS)
-    j = patch - i * (W // PS)
-    dst = OUT + n * C * H * W + i * PS * W + j * PS  # int64: pixel (0, 0) of the patch, channel 0
-    tl.store(dst + c * (H * W) + (pp // PS) * W + pp % PS, tile, mask=in_tile)
+    for n in range(tl.program_id(1), N, tl.num_programs(1)):
+        n64 = tl.cast(n, tl.int64)  # (tl.cast: the interpreter hands the loop a Python int)
+        if HAS_INV:
+            src_row = tl.load(INV + n64 * L + patch, mask=ok, other=-1)
+            has_row = ok & (src_row >= 0) & (src_row < R)  # -1: a patch no row holds; it gets zeros
+            src_row = tl.where(has_row, src_row, 0)
+        else:
+            src_row = patch
+            has_row = ok
+        src = X + (n64 * R + src_row)[:, None] * P + e[None, :]
+        vals = tl.load(src, mask=has_row[:, None] & (e < P)[None, :], other=0.0)  # [PATCHES, P_PAD], row order
+        tile = tl.reshape(tl.gather(tl.reshape(vals, [PATCHES * P_PAD]), from_row, 0), [PATCHES, C_PAD, PP_PAD])
+        tl.store(OUT + n64 * (C * HW) + dst, tile.to(OUT.dtype.element_ty), mask=io)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -157,49 +179,66 @@ def _unpatchify_kernel(
 # --------------------------------------------------------------------------------------------------
 
 
+# Image-order tile elements a program moves (PATCHES patches of C_PAD * PP_PAD, 8 per thread at 4
+# warps: one 16-byte access per thread in bf16): more per thread would cut the grid below 4 waves at
+# ViT-B/16 (12,544 visible patches), fewer would spend more instructions on the per-patch set-up.
+_TILE_ELEMENTS = 1024
+_MAX_PATCHES = 16
+
+
 def _tile(in_chans: int, patch_size: int) -> dict:
-    """Block sizes for one patch: the image-order tile is ``C_PAD x PP_PAD``, the row ``P_PAD``."""
+    """Block sizes: ``PATCHES`` patches per program, each an image-order tile of ``C_PAD x PP_PAD``
+    and a row of ``P_PAD``; 8 elements per thread (16 bytes in bf16/fp16, 2 x 16 in fp32)."""
     c_pad, pp_pad = next_power_of_2(in_chans), next_power_of_2(patch_size * patch_size)
     p_pad = next_power_of_2(patch_size * patch_size * in_chans)
-    # 8 elements per thread over the image-order tile: 16-byte accesses in bf16/fp16, 2 x 16 in fp32.
-    num_warps = min(8, max(1, c_pad * pp_pad // 256))
-    return dict(C=in_chans, PS=patch_size, C_PAD=c_pad, PP_PAD=pp_pad, P_PAD=p_pad, num_warps=num_warps)
+    patches = max(1, min(_MAX_PATCHES, _TILE_ELEMENTS // (c_pad * pp_pad)))
+    num_warps = min(8, max(1, patches * c_pad * pp_pad // 256))
+    return dict(C=in_chans, PS=patch_size, C_PAD=c_pad, PP_PAD=pp_pad, P_PAD=p_pad, PATCHES=patches,
+                num_warps=num_warps)
 
 
-def _check_sizes(in_chans: int, height: int, width: int, programs: int) -> None:
-    # Offsets inside one image are int32 (the per-image base is int64); the grid is 1-D.
+def _check_sizes(in_chans: int, height: int, width: int, blocks: int) -> None:
+    # Offsets inside one image are int32 (the per-image base is int64); the patch blocks of one image
+    # are grid axis 0.
     assert in_chans * height * width < 2**31, "one image must hold fewer than 2**31 elements"
-    assert programs < 2**31, "N * patches must be below 2**31"
+    assert blocks < 2**31, "too many patches per image"
 
 
-def _patchify_fwd(imgs: torch.Tensor, ids: torch.Tensor | None, patch_size: int) -> torch.Tensor:
-    """``imgs [N, C, H, W]`` -> rows ``[N, K, P]`` for ``ids [N, K]``, or all ``L`` patches."""
+def _patchify_fwd(imgs: torch.Tensor, ids: torch.Tensor | None, patch_size: int,
+                  out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``imgs [N, C, H, W]`` -> rows ``[N, K, P]`` in ``out_dtype`` (default imgs') for ``ids [N, K]``, or all ``L``."""
     n, c, hh, ww = imgs.shape
     p = patch_size
     num_patches = (hh // p) * (ww // p)
     rows = ids.shape[1] if ids is not None else num_patches
-    out = empty((n, rows, p * p * c), imgs.dtype, imgs.device)  # [N, K, P]
+    out = empty((n, rows, p * p * c), out_dtype or imgs.dtype, imgs.device)  # [N, K, P]
     if out.numel() == 0:
         return out
-    _check_sizes(c, hh, ww, n * rows)
-    _patchify_kernel[(n * rows,)](
-        imgs, ids, out, rows, num_patches, hh, ww, HAS_IDS=ids is not None, **_tile(c, p)
+    tile = _tile(c, p)
+    blocks = triton.cdiv(rows, tile["PATCHES"])
+    _check_sizes(c, hh, ww, blocks)
+    _patchify_kernel[(blocks, image_groups(n, blocks, tile["num_warps"], imgs.device))](
+        imgs, ids, out, n, rows, GH=hh // p, GW=ww // p, HAS_IDS=ids is not None, **tile
     )
     return out
 
 
 def _unpatchify_fwd(
-    x: torch.Tensor, inv: torch.Tensor | None, patch_size: int, h: int, w: int, in_chans: int
+    x: torch.Tensor, inv: torch.Tensor | None, patch_size: int, h: int, w: int, in_chans: int,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """rows ``x [N, R, P]`` -> image ``[N, C, h*p, w*p]``; with ``inv [N, L]``, patch l from row inv[n, l]."""
+    """rows ``x [N, R, P]`` -> image ``[N, C, h*p, w*p]`` in ``out_dtype`` (default x's); with
+    ``inv [N, L]``, patch l from row inv[n, l]."""
     n, rows, _ = x.shape
     p = patch_size
-    out = empty((n, in_chans, h * p, w * p), x.dtype, x.device)  # [N, C, H, W]
+    out = empty((n, in_chans, h * p, w * p), out_dtype or x.dtype, x.device)  # [N, C, H, W]
     if out.numel() == 0:
         return out
-    _check_sizes(in_chans, h * p, w * p, n * h * w)
-    _unpatchify_kernel[(n * h * w,)](
-        x, inv, out, rows, h * w, h * p, w * p, HAS_INV=inv is not None, **_tile(in_chans, p)
+    tile = _tile(in_chans, p)
+    blocks = triton.cdiv(h * w, tile["PATCHES"])
+    _check_sizes(in_chans, h * p, w * p, blocks)
+    _unpatchify_kernel[(blocks, image_groups(n, blocks, tile["num_warps"], x.device))](
+        x, inv, out, n, rows, GH=h, GW=w, HAS_INV=inv is not None, **tile
     )
     return out
 
@@ -231,29 +270,31 @@ def _(x, patch_size, h, w, in_chans):
 
 
 @torch.library.custom_op("fastmae::patchify_gather", mutates_args=())
-def _patchify_gather_op(imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size: int) -> torch.Tensor:
-    return _patchify_fwd(imgs, ids_keep, patch_size)
+def _patchify_gather_op(
+    imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size: int, out_dtype: torch.dtype
+) -> torch.Tensor:
+    return _patchify_fwd(imgs, ids_keep, patch_size, out_dtype)
 
 
 @_patchify_gather_op.register_fake
-def _(imgs, ids_keep, patch_size):
+def _(imgs, ids_keep, patch_size, out_dtype):
     n, c, _, _ = imgs.shape
-    return imgs.new_empty((n, ids_keep.shape[1], patch_size * patch_size * c))
+    return imgs.new_empty((n, ids_keep.shape[1], patch_size * patch_size * c), dtype=out_dtype)
 
 
 @torch.library.custom_op("fastmae::patchify_gather_bwd", mutates_args=())
 def _patchify_gather_bwd_op(
-    grad: torch.Tensor, ids_keep: torch.Tensor, patch_size: int, h: int, w: int
+    grad: torch.Tensor, ids_keep: torch.Tensor, patch_size: int, h: int, w: int, imgs_dtype: torch.dtype
 ) -> torch.Tensor:
-    # grad [N, K, P] -> [N, C, h*p, w*p]: row k to patch ids_keep[n, k], zeros elsewhere
+    # grad [N, K, P] -> [N, C, h*p, w*p] in the images' dtype: row k to patch ids_keep[n, k], zeros elsewhere
     in_chans = grad.shape[2] // (patch_size * patch_size)
-    return _unpatchify_fwd(grad, inverse_ids(ids_keep, h * w), patch_size, h, w, in_chans)
+    return _unpatchify_fwd(grad, inverse_ids(ids_keep, h * w), patch_size, h, w, in_chans, imgs_dtype)
 
 
 @_patchify_gather_bwd_op.register_fake
-def _(grad, ids_keep, patch_size, h, w):
+def _(grad, ids_keep, patch_size, h, w, imgs_dtype):
     in_chans = grad.shape[2] // (patch_size * patch_size)
-    return grad.new_empty((grad.shape[0], in_chans, h * patch_size, w * patch_size))
+    return grad.new_empty((grad.shape[0], in_chans, h * patch_size, w * patch_size), dtype=imgs_dtype)
 
 
 def _patchify_setup(ctx, inputs, output):
@@ -275,24 +316,27 @@ def _unpatchify_backward(ctx, grad):  # grad [N, C, H, W] -> [N, L, P]
 
 
 def _patchify_gather_setup(ctx, inputs, output):
-    imgs, ids_keep, ctx.patch_size = inputs
+    imgs, ids_keep, ctx.patch_size, _ = inputs
     ctx.grid = (imgs.shape[2] // ctx.patch_size, imgs.shape[3] // ctx.patch_size)
+    ctx.imgs_dtype = imgs.dtype
     ctx.save_for_backward(ids_keep)
 
 
 def _patchify_gather_backward(ctx, grad):  # grad [N, K, P] -> [N, C, H, W], zeros off ids_keep
     (ids_keep,) = ctx.saved_tensors
-    return _patchify_gather_bwd_op(grad.contiguous(), ids_keep, ctx.patch_size, *ctx.grid), None, None
+    grad_imgs = _patchify_gather_bwd_op(grad.contiguous(), ids_keep, ctx.patch_size, *ctx.grid, ctx.imgs_dtype)
+    return grad_imgs, None, None, None
 
 
 def _patchify_gather_bwd_setup(ctx, inputs, output):
-    _, ids_keep, ctx.patch_size, _, _ = inputs
+    grad, ids_keep, ctx.patch_size, _, _, _ = inputs
+    ctx.grad_dtype = grad.dtype
     ctx.save_for_backward(ids_keep)
 
 
 def _patchify_gather_bwd_backward(ctx, grad):  # grad [N, C, H, W] -> [N, K, P]: the gather again
     (ids_keep,) = ctx.saved_tensors
-    return _patchify_gather_op(grad.contiguous(), ids_keep, ctx.patch_size), None, None, None, None
+    return _patchify_gather_op(grad.contiguous(), ids_keep, ctx.patch_size, ctx.grad_dtype), None, None, None, None, None
 
 
 _patchify_op.register_autograd(_patchify_backward, setup_context=_patchify_setup)
@@ -316,10 +360,13 @@ def unpatchify(x: torch.Tensor, patch_size: int, h: int, w: int, in_chans: int) 
     return _unpatchify_op(x, patch_size, h, w, in_chans)
 
 
-def patchify_gather(imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """``imgs [N, C, H, W]``, ``ids_keep [N, K]`` (distinct per row) -> ``[N, K, p*p*C]``.
+def patchify_gather(imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size: int,
+                    out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``imgs [N, C, H, W]``, ``ids_keep [N, K]`` (distinct per row) -> ``[N, K, p*p*C]`` in ``out_dtype``.
 
-    Reads only the named patches. Backward: the rows go back to their patches, zeros elsewhere.
-    An id outside ``[0, L)`` gives a zero row (and no gradient); ``fastmae.ops`` rejects it earlier.
+    Reads only the named patches and writes them in ``out_dtype`` (default: the images'), e.g. the
+    autocast dtype of the patch-embed GEMM that follows, so no cast kernel runs in between.
+    Backward: the rows go back to their patches in the images' dtype, zeros elsewhere. An id outside
+    ``[0, L)`` gives a zero row (and no gradient); ``fastmae.ops`` rejects it earlier.
     """
-    return _patchify_gather_op(imgs, ids_keep, patch_size)
+    return _patchify_gather_op(imgs, ids_keep, patch_size, out_dtype or imgs.dtype)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fastmae import ops
-from fastmae.reference import patchify_ref, unpatchify_ref
+from fastmae.reference import patchify_gather_ref, patchify_ref, unpatchify_ref
 from helpers import DTYPES, poisoned, requires_kernels
 
 pytestmark = requires_kernels
@@ -140,3 +140,18 @@ def test_compile_fullgraph(backend):
 def test_bad_input(call, exc, words):
     with pytest.raises(exc, match=words):
         call()
+
+
+def test_persistent_loop_over_images(monkeypatch):
+    # On CUDA a launch has one wave of programs, each looping over a group of images; the interpreter
+    # runs one image per program unless told otherwise: two groups for five images here.
+    monkeypatch.setattr(pk, "image_groups", lambda images, blocks, num_warps, device: 2)
+    imgs = torch.randn(5, 3, 8, 12, requires_grad=True)
+    with poisoned():
+        out = ops.patchify(imgs, 4, backend="triton")
+        (grad,) = torch.autograd.grad(out, imgs, out.detach() * 2)
+    assert torch.equal(out, patchify_ref(imgs.detach(), 4)) and torch.equal(grad, imgs.detach() * 2)
+    ids = torch.stack([torch.randperm(6)[:3] for _ in range(5)])
+    with poisoned():
+        rows = ops.patchify_gather(imgs, ids, 4, backend="triton")
+    assert torch.equal(rows, patchify_gather_ref(imgs.detach(), ids, 4))

@@ -13,6 +13,7 @@ import importlib
 import pytest
 import torch
 
+import helpers
 from fastmae import ops
 from fastmae.reference import patchify_gather_ref
 from helpers import DTYPES, poisoned, requires_kernels
@@ -142,3 +143,32 @@ def test_bad_images():
         ops.patchify_gather(torch.randn(1, 3, 8, 10), ids, 4, backend="triton")
     with pytest.raises(TypeError, match="imgs"):
         ops.patchify_gather(torch.randn(1, 3, 8, 8, dtype=torch.float64), ids, 4, backend="triton")
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch", "reference"])
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16])
+def test_out_dtype_writes_the_gemm_dtype(backend, out_dtype):
+    # The model under autocast: float32 images in, rows in the GEMM's dtype out (one rounding of
+    # each pixel), the image gradient back in float32.
+    imgs = torch.randn(2, 3, 8, 12, requires_grad=True)
+    ids = torch.stack([torch.randperm(6)[:4] for _ in range(2)])
+    with poisoned():
+        rows = ops.patchify_gather(imgs, ids, 4, out_dtype=out_dtype, backend=backend)
+        (grad,) = torch.autograd.grad(rows, imgs, torch.ones_like(rows))
+    want = patchify_gather_ref(imgs.detach(), ids, 4).to(out_dtype)
+    assert rows.dtype == out_dtype
+    if backend == "triton" and out_dtype == torch.bfloat16 and helpers.interpreting():
+        # Triton's interpreter truncates float32 -> bfloat16 (compiled kernels round to nearest, as
+        # torch does): allow that one ulp here, and only here.
+        ulp = want.float().abs() * 2.0**-7
+        assert ((rows.float() - want.float()).abs() <= ulp).all()
+    else:
+        assert torch.equal(rows, want)
+    assert grad.dtype == torch.float32
+    assert torch.equal(grad, torch.autograd.grad(patchify_gather_ref(imgs, ids, 4), imgs,
+                                                 torch.ones(2, 4, 48))[0])
+
+
+def test_out_dtype_refuses_other_types():
+    with pytest.raises(TypeError, match="out_dtype"):
+        ops.patchify_gather(torch.randn(1, 3, 8, 8), torch.tensor([[0]]), 4, out_dtype=torch.int32)

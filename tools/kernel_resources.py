@@ -43,6 +43,8 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource, make_backend  # noqa: E402
 
+from .throughput import launch_figures, summary_line  # noqa: E402
+
 _BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 
 # global memory opcodes in SASS: loads, stores, async global->shared copies, atomics
@@ -95,15 +97,23 @@ def _ptxas_candidates(arch: int) -> list[str]:
     return list(dict.fromkeys(paths))
 
 
+# What Triton itself passes to ptxas beyond -v (3.9 adds --regAllocOptLevel=2, which changes the
+# register allocation: without it the report would describe another binary). Tried in order, the
+# first a ptxas accepts wins.
+_PTXAS_FLAGS = (["-lineinfo", "--regAllocOptLevel=2"], ["-lineinfo"])
+
+
 def _ptxas_log(arch: int, ptx: str, out: str) -> str:
-    """``ptxas -v`` on the kernel's PTX (the first ptxas that accepts its PTX version): its report."""
+    """``ptxas -v`` on the kernel's PTX, with the options Triton uses (the first ptxas that accepts
+    its PTX version): its report."""
     errors = []
     for ptxas in _ptxas_candidates(arch):
-        run = subprocess.run([ptxas, "-v", f"--gpu-name={_sm(arch)}", ptx, "-o", out],
-                             capture_output=True, text=True)
-        if run.returncode == 0:
-            return run.stdout + run.stderr
-        errors.append(f"{ptxas}: {run.stderr.strip()[:200]}")
+        for flags in _PTXAS_FLAGS:
+            run = subprocess.run([ptxas, "-v", *flags, f"--gpu-name={_sm(arch)}", ptx, "-o", out],
+                                 capture_output=True, text=True)
+            if run.returncode == 0:
+                return run.stdout + run.stderr
+            errors.append(f"{ptxas} {' '.join(flags)}: {run.stderr.strip()[:200]}")
     raise RuntimeError("no ptxas accepted the PTX: " + "; ".join(errors))
 
 
@@ -145,8 +155,8 @@ def compile_spec(spec: dict, arch: int):
     return triton.compile(src, target=target, options=options)
 
 
-def inspect_cubin(compiled, arch: int, workdir: str, stem: str) -> dict:
-    """Registers, stack, local and shared memory, spills and the SASS global-memory opcodes."""
+def inspect_cubin(compiled, arch: int, workdir: str, stem: str) -> tuple[dict, str]:
+    """Registers, stack, local and shared memory, spills and the SASS global-memory opcodes; and the SASS."""
     cubin = os.path.join(workdir, f"{stem}.cubin")
     ptx = os.path.join(workdir, f"{stem}.ptx")
     with open(cubin, "wb") as f:
@@ -178,7 +188,7 @@ def inspect_cubin(compiled, arch: int, workdir: str, stem: str) -> dict:
         "loads": dict(sorted(loads.items())),
         "stores": dict(sorted(stores.items())),
         "wide_accesses": wide,  # global loads/stores of >= 16 bytes per thread
-    }
+    }, sass
 
 
 def collect(archs) -> list[dict]:
@@ -207,17 +217,18 @@ def collect(archs) -> list[dict]:
                        "why_not_vector": spec.get("why_not_vector", "")}
                 records.append(rec)
                 try:
-                    jobs.append((rec, compile_spec(spec, arch)))
+                    jobs.append((rec, spec, compile_spec(spec, arch)))
                 except Exception as e:
                     rec.update(ok=False, error=f"{type(e).__name__}: {e}",
                                traceback=traceback.format_exc(limit=4))
 
     with tempfile.TemporaryDirectory(prefix="fastmae-sass-") as workdir:
         def inspect(job):
-            rec, compiled = job
+            rec, spec, compiled = job
             try:
-                rec.update(inspect_cubin(compiled, rec["arch"], workdir, f"{len(records)}_{id(rec)}"),
-                           ok=True)
+                resources, sass = inspect_cubin(compiled, rec["arch"], workdir, f"{len(records)}_{id(rec)}")
+                rec.update(resources, ok=True)
+                rec.update(launch_figures(rec, spec, sass))
             except Exception as e:
                 rec.update(ok=False, error=f"{type(e).__name__}: {e}",
                            traceback=traceback.format_exc(limit=4))
@@ -231,18 +242,25 @@ def _short(opcodes: dict) -> str:
     return " ".join(f"{k}x{v}" for k, v in opcodes.items()) or "-"
 
 
+def _fmt(x, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
 def format_table(records) -> str:
-    head = ("kernel", "sm", "warps", "regs", "spill st/ld", "stack", "local", "smem", "global loads",
-            "global stores")
+    head = ("kernel" + " (* headline)", "sm", "warps", "regs", "spill st/ld", "local", "smem", "MB", "waves", "B/warp-instr",
+            "global loads", "global stores")
     rows = []
     for r in records:
         if not r["ok"]:
-            rows.append((r["name"] or f"[{r['module']}]", str(r["arch"] or "-"), "", "", "", "", "", "",
+            rows.append((r["name"] or f"[{r['module']}]", str(r["arch"] or "-"), "", "", "", "", "", "", "", "",
                          "ERROR " + r["error"].splitlines()[0][:100], ""))
             continue
-        rows.append((r["name"], str(r["arch"]), str(r["num_warps"]), str(r["registers"]),
-                     f"{r['spill_stores']}/{r['spill_loads']}", str(r["stack"]), str(r["local"]),
-                     str(r["shared"]),
+        rows.append((r["name"] + (" *" if r.get("headline") else ""), str(r["arch"]), str(r["num_warps"]),
+                     str(r["registers"]),
+                     f"{r['spill_stores']}/{r['spill_loads']}", str(r["local"] + r["stack"]),
+                     str(r["shared"]), _fmt(r.get("bytes") and r["bytes"] / 1e6, ".1f"),
+                     _fmt(r.get("waves"), ".1f") + (" (persistent)" if r.get("persistent") else ""),
+                     _fmt(r.get("bytes_per_warp_instruction"), ".1f"),
                      _short(r["loads"]), _short(r["stores"])))
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
@@ -263,8 +281,11 @@ def main(argv=None) -> int:
         json.dump(records, sys.stdout, indent=1)
         print()
     else:
-        print(f"triton {triton.__version__}; bytes per thread: LDG.E.128 = 16, .64 = 8, plain = 4, .U16 = 2")
+        print(f"triton {triton.__version__}; bytes per thread: LDG.E.128 = 16, .64 = 8, plain = 4, .U16 = 2; "
+              "MB, waves (132 SMs) and DRAM bytes per executed warp-instruction at the headline shape "
+              "(tools/throughput.py)")
         print(format_table(records))
+        print(summary_line(records))
     return 0 if all(r["ok"] for r in records) else 1
 
 

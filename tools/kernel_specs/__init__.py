@@ -11,6 +11,14 @@ of plain dicts, one per kernel specialisation the op launches at ViT-B/16, 224 p
     num_warps         as the launcher
     expect_vector_io  whether a 16-byte global access must appear in the SASS
     why_not_vector    the reason when it need not
+    programs          the grid size the launcher gives at the headline shape
+    bytes             the DRAM bytes that launch must move there (every input read once, every
+                      output written once: the bytes model's minimal bytes for this launch)
+    loop_trips        (kernels with loops) the trip count of each loop, outer first
+    persistent        (optional) the grid is one full wave of programs that loop over the work
+    headline          (optional) the launch a bf16-autocast training step makes at the headline shape
+                      (float32 images and tables, bf16 GEMM outputs), or for an op the step does not
+                      run, its bf16 case: the launches the targets are read on
 
 ``tools/kernel_resources.py`` compiles them for sm_90 / sm_80; ``tests/test_gpu_readiness.py``
 asserts on what comes out.
@@ -19,8 +27,32 @@ asserts on what comes out.
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from fastmae.kernels import KERNEL_MODULES
+
+# The headline shape: ViT-B/16 at 224 px, batch 256, mask ratio 0.75.
+N, C, IMG, PATCH = 256, 3, 224, 16
+L = (IMG // PATCH) ** 2  # 196 patches
+K = int(L * (1 - 0.75))  # 49 kept
+M = L - K  # 147 masked
+P = PATCH * PATCH * C  # 768 values per patch
+D, DD = 768, 512  # encoder and decoder widths
+SMS = 132  # H100 SXM: what a persistent launch sizes its grid for
+ITEMSIZE = {"bf16": 2, "fp16": 2, "fp32": 4, "i64": 8, "i32": 4}
+TRAINING_DTYPES = ("bf16", "fp16", "fp32")
+
+
+def spec(name: str, kernel, types: dict, constexprs: dict, aligned, num_warps: int, programs: int, nbytes: int,
+         vector_io: bool = True, why_not_vector: str = "", **extra) -> dict:
+    """One spec dict; the signature lists every argument of ``kernel``: ``"constexpr"`` for those in
+    ``constexprs``, else its type from ``types``."""
+    names = list(inspect.signature(kernel.fn).parameters)
+    signature = {a: "constexpr" if a in constexprs else types[a] for a in names}
+    return {"name": name, "kernel": kernel, "signature": signature, "constexprs": dict(constexprs),
+            "aligned": [a for a in aligned if a in names and a not in constexprs], "num_warps": num_warps,
+            "expect_vector_io": vector_io, "why_not_vector": why_not_vector, "programs": programs,
+            "bytes": nbytes, **extra}
 
 
 def compile_specs(module: str) -> list[dict]:

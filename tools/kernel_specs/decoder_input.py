@@ -2,46 +2,54 @@
 
 The specialisations the JIT compiles for real tensors at the headline shape, for
 ``tools/kernel_resources.py`` and ``tests/test_gpu_readiness.py`` (see ``tools/kernel_specs/__init__.py``).
+In training under autocast ``x`` is decoder_embed's bf16/fp16 output and the mask token and table are
+float32 parameters: the output and its gradient are float32, ``grad_x`` is written in x's dtype.
 """
 
 from __future__ import annotations
 
+import triton
+
 from fastmae.kernels import decoder_input as k
 from fastmae.kernels._common import NUM_WARPS, row_blocks
 
+from . import DD, ITEMSIZE, K, L, N, spec
+
+
+HEADLINE = ('decoder_input_fwd_bf16_fp32_tables', 'decoder_input_bwd_fp32_to_bf16')
+
 
 def compile_specs() -> list[dict]:
-    """Each kernel at the MAE ViT-B/16 decoder's shapes (N=256, L=196, K=49, D=512), as the JIT would specialise it."""
-    d = 512
-    block_r, block_d = row_blocks(d)
-    ints = {"K": "i32", "L": "i32", "D": "i32", "n_rows": "i32"}
-    # D = 512 and n_rows = 256 * 197 = 50432 are multiples of 16; K = 49 and L = 196 are not.
+    """Forward and backward at N = 256, L = 196, K = 49, Dd = 512, for the training dtypes."""
+    block_r, block_d = row_blocks(DD)
+    n_rows = N * (L + 1)
+    ints = {"K": "i32", "L": "i32", "D": "i32"}
+    # D = 512 is a multiple of 16; K = 49 and L = 196 are not.
+    aligned = ["X", "IDS", "MASK", "POS", "OUT", "G", "GX", "PART", "D"]
+    col_blocks = triton.cdiv(DD, block_d)
     specs = []
-    for name, x_t, table_t, out_t in (
-        ("decoder_input_fwd_bf16", "*bf16", "*bf16", "*bf16"),
-        # the model's case under autocast: a bf16 decoder_embed output plus float32 mask token and table
-        ("decoder_input_fwd_bf16_fp32_tables", "*bf16", "*fp32", "*fp32"),
-    ):
-        specs.append({
-            "name": name,
-            "kernel": k._decoder_input_kernel,
-            "signature": {"X": x_t, "IDS": "*i64", "MASK": table_t, "POS": table_t, "OUT": out_t, **ints,
-                          "BLOCK_R": "constexpr", "BLOCK_D": "constexpr"},
-            "constexprs": {"BLOCK_R": block_r, "BLOCK_D": block_d},
-            "aligned": ["X", "IDS", "MASK", "POS", "OUT", "D", "n_rows"],
-            "num_warps": NUM_WARPS,
-            "expect_vector_io": True,
-            "why_not_vector": "",
-        })
-    specs.append({
-        "name": "decoder_input_bwd_bf16",
-        "kernel": k._decoder_input_bwd_kernel,
-        "signature": {"G": "*bf16", "IDS": "*i64", "GX": "*bf16", "PART": "*fp32", **ints,
-                      "TILES": "constexpr", "BLOCK_R": "constexpr", "BLOCK_D": "constexpr"},
-        "constexprs": {"TILES": k._BWD_TILES_PER_PROG, "BLOCK_R": block_r, "BLOCK_D": block_d},
-        "aligned": ["G", "IDS", "GX", "PART", "D", "n_rows"],
-        "num_warps": NUM_WARPS,
-        "expect_vector_io": True,
-        "why_not_vector": "",
-    })
+    for x, table in (("bf16", "fp32"), ("fp16", "fp32"), ("bf16", "bf16"), ("fp16", "fp16"), ("fp32", "fp32")):
+        out = "fp32" if "fp32" in (x, table) else x
+        # x (K+1 rows) and ids read, mask token and table read, output written
+        nbytes = (N * (K + 1) * DD * ITEMSIZE[x] + N * L * 8 + (L + 2) * DD * ITEMSIZE[table]
+                  + n_rows * DD * ITEMSIZE[out])
+        specs.append(spec(f"decoder_input_fwd_{x}" + (f"_{table}_tables" if table != x else ""),
+                          k._decoder_input_kernel,
+                          {"X": f"*{x}", "IDS": "*i64", "MASK": f"*{table}", "POS": f"*{table}", "OUT": f"*{out}",
+                           **ints},
+                          {"BLOCK_R": block_r, "BLOCK_D": block_d}, aligned, NUM_WARPS,
+                          N * triton.cdiv(L + 1, block_r) * col_blocks, nbytes))
+    tiles = k._BWD_TILES_PER_PROG
+    row_programs = N * triton.cdiv(L + 1, tiles * block_r)
+    for grad, x in (("fp32", "bf16"), ("fp32", "fp16"), ("bf16", "bf16"), ("fp16", "fp16"), ("fp32", "fp32")):
+        # the gradient and ids read, grad_x (K+1 rows) and the mask-token partials written
+        nbytes = (n_rows * DD * ITEMSIZE[grad] + N * L * 8 + N * (K + 1) * DD * ITEMSIZE[x]
+                  + row_programs * DD * 4)
+        specs.append(spec(f"decoder_input_bwd_{grad}" + (f"_to_{x}" if x != grad else ""),
+                          k._decoder_input_bwd_kernel,
+                          {"G": f"*{grad}", "IDS": "*i64", "GX": f"*{x}", "PART": "*fp32", **ints},
+                          {"TILES": tiles, "BLOCK_R": block_r, "BLOCK_D": block_d}, aligned, NUM_WARPS,
+                          row_programs * col_blocks, nbytes, loop_trips=(tiles,)))
+    for s in specs:
+        s["headline"] = s["name"] in HEADLINE
     return specs

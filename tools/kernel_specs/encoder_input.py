@@ -2,52 +2,55 @@
 
 The specialisations the JIT compiles for real tensors at the headline shape, for
 ``tools/kernel_resources.py`` and ``tests/test_gpu_readiness.py`` (see ``tools/kernel_specs/__init__.py``).
+In training under autocast ``x_vis`` is the patch-embed GEMM's bf16/fp16 output and the tables are
+float32 parameters, so the output (the promotion) and its gradient are float32.
 """
 
 from __future__ import annotations
 
+import triton
+
 from fastmae.kernels import encoder_input as k
 from fastmae.kernels._common import NUM_WARPS, row_blocks
 
+from . import D, ITEMSIZE, K, L, N, spec
+
+
+HEADLINE = ('encoder_input_fwd_bf16_fp32_tables', 'encoder_input_bwd_fp32_cls')
+
 
 def compile_specs() -> list[dict]:
-    """Each kernel at ViT-B/16 shapes: N=256, L=196, K=49, D=768, as the JIT would specialise it."""
-    d = 768  # N = 256, L = 196 and K = 49 appear below only through their divisibility by 16
-    block_r, block_d = row_blocks(d)
-    fwd_ints = {"K": "i32", "L": "i32", "D": "i32", "n_rows": "i32"}
-    fwd_const = {"BLOCK_R": block_r, "BLOCK_D": block_d}
-    # D = 768 and n_rows = 256 * 50 = 12800 are multiples of 16; K = 49 and L = 196 are not.
-    fwd_aligned = ["X", "POS", "CLS", "IDS", "OUT", "D", "n_rows"]
+    """Forward and backward at N = 256, L = 196, K = 49, D = 768, for the training dtypes."""
+    block_r, block_d = row_blocks(D, k._FWD_TILE)
+    n_rows = N * (K + 1)
+    ints = {"K": "i32", "L": "i32", "D": "i32", "n_rows": "i32", "N": "i32", "T": "i32"}
+    # D = 768, n_rows = 12800 and N = 256 are multiples of 16; K = 49, L = 196 and T = 197 are not.
+    aligned = ["X", "POS", "CLS", "IDS", "OUT", "G", "INV", "PART", "D", "n_rows", "N"]
+    fwd_programs = N * triton.cdiv(K + 1, block_r) * triton.cdiv(D, block_d)
     specs = []
-    for name, x_t, table_t, out_t in (
-        ("encoder_input_fwd_bf16", "*bf16", "*bf16", "*bf16"),
-        # the model's case under autocast: a bf16 GEMM output plus the float32 parameter tables
-        ("encoder_input_fwd_bf16_fp32_tables", "*bf16", "*fp32", "*fp32"),
-    ):
-        specs.append({
-            "name": name,
-            "kernel": k._encoder_input_kernel,
-            "signature": {"X": x_t, "POS": table_t, "CLS": table_t, "IDS": "*i64", "OUT": out_t, **fwd_ints,
-                          "BLOCK_R": "constexpr", "BLOCK_D": "constexpr"},
-            "constexprs": fwd_const,
-            "aligned": fwd_aligned,
-            "num_warps": NUM_WARPS,
-            "expect_vector_io": True,
-            "why_not_vector": "",
-        })
-    for name, has_pos in (("encoder_input_bwd_cls", False), ("encoder_input_bwd_cls_pos", True)):
-        specs.append({
-            "name": name,
-            "kernel": k._encoder_input_bwd_kernel,
-            "signature": {"G": "*bf16", "INV": "*i32", "PART": "*fp32", "N": "i32", "K": "i32", "L": "i32",
-                          "D": "i32", "T": "i32" if has_pos else "constexpr", "HAS_POS": "constexpr",
-                          "N_PER_PROG": "constexpr", "BLOCK_N": "constexpr", "BLOCK_D": "constexpr"},
-            "constexprs": {"HAS_POS": has_pos, "N_PER_PROG": k._BWD_N_PER_PROG, "BLOCK_N": k._BWD_BLOCK_N,
-                           "BLOCK_D": block_d, **({} if has_pos else {"T": 1})},
-            # N = 256 and D = 768 are multiples of 16; T = L + 1 = 197 is not (and T = 1 is a constant).
-            "aligned": ["G", "INV", "PART", "N", "D"],
-            "num_warps": NUM_WARPS,
-            "expect_vector_io": True,
-            "why_not_vector": "",
-        })
+    for x, table in (("bf16", "fp32"), ("fp16", "fp32"), ("bf16", "bf16"), ("fp16", "fp16"), ("fp32", "fp32")):
+        out = "fp32" if "fp32" in (x, table) else x
+        # x_vis and ids read, the table rows of the kept patches (at most all L+1) and cls read, output written
+        nbytes = (N * K * D * ITEMSIZE[x] + N * K * 8 + (L + 2) * D * ITEMSIZE[table]
+                  + n_rows * D * ITEMSIZE[out])
+        specs.append(spec(f"encoder_input_fwd_{x}" + (f"_{table}_tables" if table != x else ""),
+                          k._encoder_input_kernel,
+                          {"X": f"*{x}", "POS": f"*{table}", "CLS": f"*{table}", "IDS": "*i64", "OUT": f"*{out}",
+                           **ints},
+                          {"BLOCK_R": block_r, "BLOCK_D": block_d}, aligned, NUM_WARPS, fwd_programs, nbytes))
+    for grad in ("fp32", "bf16"):
+        for has_pos in (False, True):
+            t_rows = L + 1 if has_pos else 1
+            splits = triton.cdiv(N, k._BWD_N_PER_PROG)
+            # cls only: column 0 of the gradient; with positions every gradient row, plus the inverse map
+            read = (n_rows if has_pos else N) * D * ITEMSIZE[grad] + (N * L * 4 if has_pos else 0)
+            specs.append(spec(f"encoder_input_bwd_{grad}_{'cls_pos' if has_pos else 'cls'}",
+                              k._encoder_input_bwd_kernel,
+                              {"G": f"*{grad}", "INV": "*i32", "PART": "*fp32", **ints},
+                              {"HAS_POS": has_pos, "N_PER_PROG": k._BWD_N_PER_PROG, "BLOCK_N": k._BWD_BLOCK_N,
+                               "BLOCK_D": row_blocks(D)[1], **({} if has_pos else {"T": 1})},
+                              aligned, NUM_WARPS, t_rows * triton.cdiv(D, block_d) * splits,
+                              read + splits * t_rows * D * 4))
+    for s in specs:
+        s["headline"] = s["name"] in HEADLINE
     return specs

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from fastmae.kernels import masking_ids as k
 
+from . import L, N
+
 
 def compile_specs() -> list[dict]:
     """The kernel at ViT-B/16, 224 px (L = 196, K = 49 at mask ratio 0.75), fp32 noise (``torch.rand``)."""
@@ -25,6 +27,9 @@ def compile_specs() -> list[dict]:
             "aligned": ["NOISE", "IDS_KEEP", "IDS_RESTORE", "MASK", "IDS_MASKED"],
             "num_warps": k._NUM_WARPS,
             "expect_vector_io": False,
+            # noise read; ids_keep + ids_masked (N*L int64), ids_restore, mask written
+            "programs": N * -(-L // block_i), "bytes": N * L * (4 + 8 + 8 + 4),
+            "loop_trips": (-(-L // block_j),), "headline": True,
             "why_not_vector": (
                 "compare-bound (O(L^2) per row, 16 B of IO per patch); rows start at row*196 elements, "
                 "not provably 16-byte aligned, and ids_keep / ids_masked are scatters by rank"

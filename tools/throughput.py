@@ -1,0 +1,136 @@
+"""What the compiled code says about a kernel's speed: occupancy, waves, instructions per byte.
+
+Read off the cubin (registers, shared memory) and the SASS (``cuobjdump -sass``) of one kernel
+specialisation, with the launch it gets at the headline shape (``programs`` and ``bytes`` in its spec,
+``tools/kernel_specs``):
+
+resident programs per SM
+    the smallest of: registers (65,536 per SM; a warp holds ``ceil(regs / 8) * 8 * 32`` registers,
+    allocated in units of 256), warps (64 per SM), shared memory (228 KB per SM, 1 KB reserved per
+    block) and 32 blocks per SM — the H100 (sm_90) limits.
+waves
+    ``programs / (SMS * resident)``, ``SMS = 132`` (H100 SXM). Below ~4 waves the last, partial wave
+    leaves SMs idle for a large part of the kernel's time.
+executed warp-instructions
+    per warp, every SASS instruction but ``NOP`` counted once, and the instructions inside a loop
+    (a backward branch) times its trip count (``loop_trips`` in the spec, outer loops first; nested
+    loops multiply). Forward branches that skip code are counted as if taken: an upper bound, so the
+    bytes per instruction below is a lower bound.
+DRAM bytes per executed warp-instruction
+    ``bytes / (programs * warps * executed_per_warp)``. An H100 issues ~1.05e12 warp-instructions/s
+    (132 SMs x 4 schedulers x 1.98 GHz) against ~4 TB/s of DRAM bandwidth (3.35 TB/s H100 SXM,
+    4.8 TB/s H200): a kernel that moves fewer than ~9 bytes per warp-instruction is limited by issue,
+    not by memory.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+SMS = 132  # H100 SXM streaming multiprocessors
+REGS_PER_SM = 65536
+WARPS_PER_SM = 64
+BLOCKS_PER_SM = 32
+SMEM_PER_SM = 228 * 1024
+SMEM_RESERVED_PER_BLOCK = 1024
+ISSUE_BOUND_BYTES = 9.0  # DRAM bytes per warp-instruction below which an H100 kernel is issue-bound
+BANDWIDTH_KERNEL_BYTES = 50e6  # kernels that move at least this much at the headline shape
+
+# "/*0170*/   @P0 BRA 0x190 ;" -> address, opcode, and for a branch its target
+_INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)([^;]*);")
+_TARGET = re.compile(r"0x([0-9a-f]+)")
+
+
+def instructions(sass: str) -> list[tuple[int, str, int | None]]:
+    """``(address, opcode, branch target or None)`` of every SASS instruction of one kernel."""
+    out = []
+    for addr, opcode, operands in _INSTR.findall(sass):
+        target = None
+        if opcode == "BRA":
+            found = _TARGET.search(operands)
+            target = int(found.group(1), 16) if found else None
+        out.append((int(addr, 16), opcode, target))
+    return out
+
+
+def loops(instrs) -> list[tuple[int, int]]:
+    """``(start, end)`` addresses of each loop (a branch back to an earlier address), by start address.
+
+    The branch a kernel ends with, to its own address (``BRA`` to itself after ``EXIT``), is not a loop.
+    """
+    found = {(target, addr) for addr, opcode, target in instrs
+             if opcode == "BRA" and target is not None and target < addr}
+    return sorted(found)
+
+
+def executed_per_warp(instrs, loop_trips=()) -> int | None:
+    """Warp-instructions one warp executes (see the module docstring); None when a loop's trips are unknown."""
+    spans = loops(instrs)
+    if len(spans) > len(loop_trips):
+        return None
+    total = 0
+    for addr, opcode, _ in instrs:
+        if opcode == "NOP":
+            continue
+        weight = 1
+        for (start, end), trips in zip(spans, loop_trips):
+            if start <= addr <= end:
+                weight *= trips
+        total += weight
+    return total
+
+
+def resident_programs(registers: int, warps: int, shared: int) -> int:
+    """Programs (thread blocks) of ``warps`` warps one SM holds at once (sm_90 limits)."""
+    warp_regs = math.ceil(max(registers, 1) / 8) * 8 * 32
+    warp_regs = math.ceil(warp_regs / 256) * 256
+    by_regs = (REGS_PER_SM // warp_regs) // warps
+    by_warps = WARPS_PER_SM // warps
+    by_smem = SMEM_PER_SM // (shared + SMEM_RESERVED_PER_BLOCK) if shared else BLOCKS_PER_SM
+    return max(0, min(by_regs, by_warps, by_smem, BLOCKS_PER_SM))
+
+
+def launch_figures(record: dict, spec: dict, sass: str) -> dict:
+    """``resident``, ``waves``, ``executed_per_warp`` and ``bytes_per_warp_instruction`` for one record."""
+    instrs = instructions(sass)
+    executed = executed_per_warp(instrs, spec.get("loop_trips", ()))
+    figures = {"sass_instructions": sum(op != "NOP" for _, op, _ in instrs), "loops": len(loops(instrs)),
+               "executed_per_warp": executed, "programs": spec.get("programs"), "bytes": spec.get("bytes"),
+               "persistent": bool(spec.get("persistent")), "headline": bool(spec.get("headline")),
+               "resident": None, "waves": None, "bytes_per_warp_instruction": None}
+    warps = record["num_warps"]
+    resident = resident_programs(record["registers"], warps, record["shared"])
+    figures["resident"] = resident
+    if figures["programs"] and resident:
+        figures["waves"] = figures["programs"] / (SMS * resident)
+    if figures["programs"] and figures["bytes"] and executed:
+        figures["bytes_per_warp_instruction"] = figures["bytes"] / (figures["programs"] * warps * executed)
+    return figures
+
+
+def is_bandwidth_kernel(record: dict) -> bool:
+    """A kernel that moves at least ``BANDWIDTH_KERNEL_BYTES`` at the headline shape."""
+    return (record.get("bytes") or 0) >= BANDWIDTH_KERNEL_BYTES
+
+
+def meets_targets(record: dict) -> bool:
+    """At least ``ISSUE_BOUND_BYTES`` per warp-instruction, and 4 waves or a persistent grid."""
+    bpi, waves = record.get("bytes_per_warp_instruction"), record.get("waves")
+    return (bpi is not None and bpi >= ISSUE_BOUND_BYTES
+            and (record.get("persistent") or (waves is not None and waves >= 4)))
+
+
+def summary_line(records) -> str:
+    """The report's last line: the worst bytes per warp-instruction and the fewest waves over the
+    headline bandwidth kernels compiled for sm_90 (a persistent grid is one wave by design and is
+    left out of the waves minimum)."""
+    bw = [r for r in records if r.get("ok") and r["arch"] == 90 and r.get("headline") and is_bandwidth_kernel(r)]
+    with_bpi = [r for r in bw if r.get("bytes_per_warp_instruction") is not None]
+    with_waves = [r for r in bw if r.get("waves") is not None and not r.get("persistent")]
+    if not with_bpi or not with_waves:
+        return "min bytes per warp-instruction over bandwidth kernels: - (no sm_90 bandwidth kernel); min waves: -"
+    worst = min(with_bpi, key=lambda r: r["bytes_per_warp_instruction"])
+    fewest = min(with_waves, key=lambda r: r["waves"])
+    return (f"min bytes per warp-instruction over bandwidth kernels: {worst['bytes_per_warp_instruction']:.1f} "
+            f"(kernel {worst['name']}); min waves: {fewest['waves']:.1f} (kernel {fewest['name']})")
