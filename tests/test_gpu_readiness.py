@@ -123,3 +123,37 @@ def test_harness_reads_load_widths(resources):
     assert compiled
     assert any(r["wide_accesses"] > 0 for r in compiled)
     assert all(r["stores"] for r in compiled), [_describe(r) for r in compiled if not r["stores"]]
+
+
+@pytest.mark.slow
+def test_headline_bandwidth_kernels_meet_the_targets(resources):
+    # Read from the compiled code (tools/throughput.py): every launch of a bf16-autocast training step
+    # (or an op's bf16 case) that moves >= 50 MB at ViT-B/16, batch 256, issues >= 9 DRAM bytes per
+    # warp-instruction and runs >= 4 waves on 132 SMs, or a persistent grid.
+    from tools.throughput import ISSUE_BOUND_BYTES, is_bandwidth_kernel, meets_targets
+
+    checked = [r for r in resources if r.get("ok") and r["arch"] == 90 and r.get("headline") and is_bandwidth_kernel(r)]
+    assert len(checked) >= 8, [r["name"] for r in checked]
+    missed = [f"{r['name']}: {r['bytes_per_warp_instruction']} B/warp-instr (floor {ISSUE_BOUND_BYTES}), "
+              f"{r['waves']} waves{' (persistent)' if r['persistent'] else ''}" for r in checked if not meets_targets(r)]
+    assert not missed, missed
+
+
+def test_sass_loops_and_counts():
+    # the instruction counter on a hand-written listing: a loop (a backward branch) weighs its trips,
+    # the final self-branch is not a loop, NOPs do not count
+    from tools.throughput import executed_per_warp, instructions, loops
+
+    sass = """
+        /*0000*/                   S2R R0, SR_TID.X ;
+        /*0010*/                   IADD3 R1, R1, 0x1, RZ ;
+        /*0020*/               @P0 BRA 0x10 ;
+        /*0030*/                   EXIT ;
+        /*0040*/                   BRA 0x40;
+        /*0050*/                   NOP;
+    """
+    instrs = instructions(sass)
+    assert [op for _, op, _ in instrs] == ["S2R", "IADD3", "BRA", "EXIT", "BRA", "NOP"]
+    assert loops(instrs) == [(0x10, 0x20)]
+    assert executed_per_warp(instrs, (5,)) == 1 + 5 * 2 + 2
+    assert executed_per_warp(instrs) is None  # trips unknown
