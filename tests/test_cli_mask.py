@@ -67,9 +67,9 @@ def test_mask_ratio_edges(tmp_path, capsys, images):
 @pytest.mark.parametrize("extra, message", [
     (["--mask-patch-size", "24"], "--input-size 64 is not a multiple of --mask-patch-size 24"),
     (["--mask-ratio", "1.2"], "argument --mask-ratio: must be in [0, 1], got 1.2"),
-    (["--input-size", "0"], "argument --input-size: must be in (0, inf), got 0"),
+    (["--input-size", "0"], "argument --input-size: must be a positive integer, got 0"),
     (["--mask-ratio", "-0.1"], "argument --mask-ratio: must be in [0, 1], got -0.1"),
-    (["--seed", "-1"], "argument --seed: must be in [0, 4294967296), got -1"),
+    (["--seed", "-1"], "argument --seed: must be an integer in [0, 2**32), got -1"),
 ])
 def test_bad_arguments(tmp_path, capsys, images, extra, message):
     code, _, err = mask(capsys, images, tmp_path / "out", *extra)

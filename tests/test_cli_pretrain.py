@@ -207,7 +207,7 @@ def _truncated_checkpoint(path):
     (["--model", "mae_vit_nope"], "unknown model 'mae_vit_nope'; available: mae_vit_base_patch16"),
     (["--input-size", "18"], "cannot build mae_vit_micro_patch4 at --input-size 18"),
     (["--mask-ratio", "0.99"], "--mask-ratio 0.99 keeps none of the 16 patches"),
-    (["--mask-ratio", "1"], "argument --mask-ratio: must be in (0.0, 1.0), got 1"),
+    (["--mask-ratio", "1"], "argument --mask-ratio: must be in (0, 1), got 1"),
     (["--resume", "{tmp}/nope.pth"], "checkpoint not found: {tmp}/nope.pth"),
     (["--resume", "{tmp}/tiny.pth"], "holds a mae_vit_tiny_patch4 model, not mae_vit_micro_patch4"),
     (["--resume", "{tmp}/truncated.pth"], "cannot read checkpoint {tmp}/truncated.pth: the file is "

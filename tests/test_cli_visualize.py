@@ -110,9 +110,9 @@ def test_reconstruct_panels_in_normalised_space():
     (["--model", "mae_vit_tiny_patch4"], "holds a mae_vit_micro_patch4 model, not mae_vit_tiny_patch4"),
     (["--model", "nope"], "unknown model 'nope'"),
     (["--input-size", "30"], "cannot build mae_vit_micro_patch4"),
-    (["--mask-ratio", "1.5"], "argument --mask-ratio: must be in (0.0, 1.0)"),
+    (["--mask-ratio", "1.5"], "argument --mask-ratio: must be in (0, 1), got 1.5"),
     (["--mask-ratio", "0.99"], "--mask-ratio 0.99 keeps none of the 64 patches"),  # as pretrain
-    (["--seed", "-1"], "argument --seed: must be in [0, 4294967296), got -1"),
+    (["--seed", "-1"], "argument --seed: must be an integer in [0, 2**32), got -1"),
     (["--device", "foo"], "invalid --device 'foo' (use cpu, cuda or cuda:N)"),  # as pretrain
     (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device "),
     (["--backend", "triton"], "--backend triton: backend 'triton' needs CUDA tensors"),
