@@ -52,6 +52,7 @@ def test_argument_errors_are_one_line_exit_2(capsys, argv, message):
     assert len(err.splitlines()) == 1 and err.startswith("fastmae: error: ") and message in err
 
 
+@pytest.mark.slow  # a new interpreter imports torch
 def test_python_dash_m(tmp_path):
     result = subprocess.run([sys.executable, "-m", "fastmae", "mask", "--images", str(tmp_path / "x.png")],
                             capture_output=True, text=True, cwd=tmp_path)
