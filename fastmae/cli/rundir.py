@@ -20,6 +20,34 @@ def holds_run(directory):
     return any(os.path.exists(os.path.join(directory, name)) for name in RUN_MARKERS)
 
 
+def enclosing_run(path):
+    """The run directory ``path`` is or lies inside, or None.
+
+    ``path`` itself counts as a run when it :func:`holds_run`; an ancestor only when it holds a
+    ``checkpoint-last.pth`` or a ``log.txt`` whose first line is an epoch's JSON line, so that an
+    unrelated ``log.txt`` higher up (a home directory's) does not count.
+    """
+    directory = os.path.realpath(path)
+    if holds_run(directory):
+        return directory
+    while (parent := os.path.dirname(directory)) != directory:
+        directory = parent
+        if os.path.exists(os.path.join(directory, "checkpoint-last.pth")) or _is_run_log(
+                os.path.join(directory, "log.txt")):
+            return directory
+    return None
+
+
+def _is_run_log(path):
+    """Whether ``path`` is a readable file whose first line is a ``log.txt`` epoch line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            line = json.loads(f.readline())
+    except (OSError, ValueError):
+        return False
+    return isinstance(line, dict) and "epoch" in line
+
+
 def check_output_dir(run):
     """A directory that holds a run is only continued: with ``--resume`` of a checkpoint inside it.
     Anything else would mix two runs' checkpoints and logs."""
