@@ -107,6 +107,7 @@ print("saved", flush=True)
 """
 
 
+@pytest.mark.slow  # a second process writes 128 MiB
 def test_save_killed_midway_keeps_the_old_file(tmp_path):
     path = tmp_path / "c.pth"
     save_checkpoint(_ckpt(1), path)
@@ -192,3 +193,28 @@ def test_remove_stale_temporaries_only_of_dead_processes(tmp_path):
     removed = checkpoint.remove_stale_temporaries(tmp_path)
     assert sorted(removed) == sorted(names[:2])
     assert sorted(os.listdir(tmp_path)) == sorted(names[2:])
+
+
+def test_link_keeps_its_bytes_when_the_source_is_saved_again(tmp_path):
+    last, periodic = tmp_path / "checkpoint-last.pth", tmp_path / "checkpoint-0.pth"
+    save_checkpoint(_ckpt(0), last)
+    checkpoint.link_atomically(last, periodic)
+    assert os.stat(periodic).st_ino == os.stat(last).st_ino  # one file on disk
+    checkpoint.link_atomically(last, periodic)  # linking again is harmless
+    save_checkpoint(_ckpt(1), last)  # a new inode, renamed over checkpoint-last
+    assert load_checkpoint(periodic)["epoch"] == 0 and load_checkpoint(last)["epoch"] == 1
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-0.pth", "checkpoint-last.pth"]
+
+
+def test_link_falls_back_to_a_copy_where_links_are_refused(tmp_path, monkeypatch):
+    last, periodic = tmp_path / "checkpoint-last.pth", tmp_path / "checkpoint-0.pth"
+    save_checkpoint(_ckpt(0), last)
+
+    def no_links(src, dst):
+        raise OSError(1, "Operation not permitted")  # as FAT or some network file systems
+
+    monkeypatch.setattr(checkpoint.os, "link", no_links)
+    checkpoint.link_atomically(last, periodic)
+    assert periodic.read_bytes() == last.read_bytes()
+    assert os.stat(periodic).st_ino != os.stat(last).st_ino
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint-0.pth", "checkpoint-last.pth"]

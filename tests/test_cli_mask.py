@@ -67,9 +67,9 @@ def test_mask_ratio_edges(tmp_path, capsys, images):
 @pytest.mark.parametrize("extra, message", [
     (["--mask-patch-size", "24"], "--input-size 64 is not a multiple of --mask-patch-size 24"),
     (["--mask-ratio", "1.2"], "argument --mask-ratio: must be in [0, 1], got 1.2"),
-    (["--input-size", "0"], "argument --input-size: must be in (0, inf), got 0"),
+    (["--input-size", "0"], "argument --input-size: must be a positive integer, got 0"),
     (["--mask-ratio", "-0.1"], "argument --mask-ratio: must be in [0, 1], got -0.1"),
-    (["--seed", "-1"], "argument --seed: must be in [0, 4294967296), got -1"),
+    (["--seed", "-1"], "argument --seed: must be an integer in [0, 2**32), got -1"),
 ])
 def test_bad_arguments(tmp_path, capsys, images, extra, message):
     code, _, err = mask(capsys, images, tmp_path / "out", *extra)
@@ -86,3 +86,44 @@ def test_unreadable_image_is_named(tmp_path, capsys, images):
     code, _, err = mask(capsys, [images[0], bad], tmp_path / "out")
     assert code == 2 and len(err.splitlines()) == 1 and f"cannot read image {bad}" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_default_out_is_its_own_directory(tmp_path, capsys, images, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = main(["mask", "--images", str(images[0]), "--input-size", "64", "--seed", "0"])
+    assert code == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "output" / "mask" / "dog").iterdir()) == [
+        "image.png", "mask.png", "masked_image.png"]
+    assert sorted(p.name for p in (tmp_path / "output").iterdir()) == ["mask"]
+
+
+@pytest.mark.parametrize("marker", ["checkpoint-last.pth", "log.txt"])
+@pytest.mark.parametrize("inside", ["", "sub/dir"])
+def test_out_inside_a_pretraining_run_is_refused(tmp_path, capsys, images, marker, inside):
+    run_dir = tmp_path / "output" / "pretrain"
+    run_dir.mkdir(parents=True)
+    (run_dir / marker).write_text('{"train_lr": 0.001, "train_loss": 1.0, "epoch": 0}\n')
+    out = run_dir / inside
+    code, _, err = mask(capsys, images, out, "--force")
+    assert code == 2
+    assert err == (f"fastmae: error: --out {out} is inside the pretraining run {run_dir}; choose "
+                   "another --out\n")
+    assert sorted(p.name for p in run_dir.iterdir()) == [marker]
+
+
+def test_an_unrelated_log_higher_up_is_not_a_run(tmp_path, capsys, images):
+    (tmp_path / "log.txt").write_text("notes, not a training log\n")
+    assert mask(capsys, images[:1], tmp_path / "out")[0] == 0
+
+
+def test_existing_files_are_refused_unless_forced(tmp_path, capsys, images):
+    out = tmp_path / "out"
+    assert mask(capsys, images, out, "--seed", "1")[0] == 0
+    before = (out / "dog" / "mask.png").read_bytes()
+    code, _, err = mask(capsys, images, out, "--seed", "2")
+    assert code == 2
+    assert err == (f"fastmae: error: {out / 'dog' / 'image.png'} already exists (9 files would be "
+                   "overwritten); pass --force to overwrite or choose another --out\n")
+    assert (out / "dog" / "mask.png").read_bytes() == before
+    assert mask(capsys, images, out, "--seed", "2", "--force")[0] == 0
+    assert (out / "dog" / "mask.png").read_bytes() != before

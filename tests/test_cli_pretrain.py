@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -63,10 +64,65 @@ def test_trains_and_writes_every_output(tmp_path, capsys):
     groups = ckpt["optimizer"]["param_groups"]
     assert [g["betas"] for g in groups] == [(0.9, 0.95)] * 2
     assert [g["weight_decay"] for g in groups] == [0.0, 0.05]
-    # The periodic checkpoint is a byte copy of checkpoint-last, not a second serialisation.
+    # The periodic checkpoint is checkpoint-last's bytes, not a second serialisation.
     assert (out / "checkpoint-1.pth").read_bytes() == (out / "checkpoint-last.pth").read_bytes()
     with Image.open(out / "reconstructions.png") as im:
         assert im.width > 4 * 16
+
+
+def test_periodic_checkpoints_are_hard_links_that_keep_their_epoch(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(capsys, base_args(out, "--epochs", "3", "--save-every", "1"))[0] == 0
+    last = os.stat(out / "checkpoint-last.pth")
+    # The last epoch's periodic file is checkpoint-last itself (one inode, no second copy on disk).
+    assert os.stat(out / "checkpoint-2.pth").st_ino == last.st_ino and last.st_nlink == 2
+    # checkpoint-last was replaced (a new inode) after each link: the older links kept their bytes.
+    for epoch in (0, 1):
+        assert os.stat(out / f"checkpoint-{epoch}.pth").st_nlink == 1
+        assert torch.load(out / f"checkpoint-{epoch}.pth", weights_only=True)["epoch"] == epoch
+
+
+def test_messages_count_in_words(tmp_path, capsys):
+    code, stdout, _ = run(capsys, base_args(tmp_path / "run", "--epochs", "1", "--num-images", "8"))
+    assert code == 0
+    assert "(1 process, amp off)" in stdout
+    assert "1 epoch to train (epoch 0), 1 iteration per epoch" in stdout
+    assert "done: 1 epoch in " in stdout
+
+
+def test_first_line_comes_before_the_slow_set_up(tmp_path, capsys, monkeypatch):
+    # Building the optimizer imports torch's compiler stack (seconds): a line says what is going on.
+    make_optimizer = pretrain.make_optimizer
+    printed = []
+
+    def spy(*args):
+        printed.append(capsys.readouterr().out)
+        return make_optimizer(*args)
+
+    monkeypatch.setattr(pretrain, "make_optimizer", spy)
+    assert run(capsys, base_args(tmp_path / "run", "--epochs", "1"))[0] == 0
+    assert printed == ["pretraining mae_vit_micro_patch4 at 16 px on cpu (1 process, amp off): "
+                       "building the model and the optimizer...\n"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    # The warmup is the whole run: the lr of the last step (epoch 0.75) is 3/4 of the peak.
+    (["--epochs", "1", "--warmup-epochs", "1"], "--warmup-epochs 1 lasts past the last optimizer "
+     "step (at epoch 0.75 of --epochs 1, 4 iterations per epoch), whose lr is 2.344e-04"),
+    # An epoch of one optimizer step (4 iterations, --accum-iter 4): the only step is at epoch 1.
+    (["--warmup-epochs", "1.5", "--accum-iter", "4"], "--warmup-epochs 1.5 lasts past the last "
+     "optimizer step (at epoch 1.00 of --epochs 2, 4 iterations per epoch, --accum-iter 4)"),
+])
+def test_schedule_that_never_reaches_its_peak_is_warned_about(tmp_path, capsys, extra, message):
+    code, _, err = run(capsys, base_args(tmp_path / "run", *extra))
+    assert code == 0
+    assert err.startswith("fastmae: warning: the lr never reaches its peak") and message in err
+    assert "lower --warmup-epochs or raise --epochs" in err and len(err.splitlines()) == 1
+
+
+def test_schedule_that_reaches_its_peak_is_not_warned_about(tmp_path, capsys):
+    code, _, err = run(capsys, base_args(tmp_path / "run"))  # 2 epochs, warmup 1: peak at epoch 1
+    assert code == 0 and err == ""
 
 
 def test_accum_iter_steps_every_k_iterations(tmp_path, capsys):
@@ -78,29 +134,111 @@ def test_accum_iter_steps_every_k_iterations(tmp_path, capsys):
     assert ckpt["args"]["lr"] == pytest.approx(2e-3 * 16 / 256)
 
 
-def test_resume_continues_the_loss_curve_bitwise(tmp_path, capsys, monkeypatch):
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert run(capsys, base_args(straight, "--epochs", "4"))[0] == 0
-
+def _interrupt_at(monkeypatch, stop_epoch):
+    """Make the next run stop as Ctrl-C would, at the start of epoch ``stop_epoch``."""
     train_one_epoch = pretrain.train_one_epoch
 
     def interrupted(*args, **kwargs):
-        if args[5] == 2:  # the epoch argument: stop as a killed job would, after epoch 1's checkpoint
+        if args[5] == stop_epoch:  # the epoch argument
             raise KeyboardInterrupt
         return train_one_epoch(*args, **kwargs)
 
     monkeypatch.setattr(pretrain, "train_one_epoch", interrupted)
-    assert run(capsys, base_args(resumed, "--epochs", "4"))[0] == 130
+
+
+def test_interrupt_names_the_resume_command_which_continues_bitwise(tmp_path, capsys, monkeypatch):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run(capsys, base_args(straight, "--epochs", "4"))[0] == 0
+    _interrupt_at(monkeypatch, 2)  # as a killed job: after epoch 1's checkpoint
+    code, _, err = run(capsys, base_args(resumed, "--epochs", "4"))
     monkeypatch.undo()
-    assert len(log_lines(resumed)) == 2
-    code, stdout, err = run(capsys, base_args(resumed, "--epochs", "4", "--resume",
-                                               str(resumed / "checkpoint-last.pth")))
+    assert code == 130 and len(log_lines(resumed)) == 2
+    last = resumed / "checkpoint-last.pth"
+    # One line: what is saved, and the command; the trajectory options come from the checkpoint,
+    # the device, backend and printing ones are repeated, --output-dir is the checkpoint's own.
+    command = f"fastmae pretrain --resume {last} --backend torch --print-freq 2 --device cpu"
+    assert err == (f"fastmae: interrupted: the last checkpoint is {last} (2 of 4 epochs done); "
+                   f"resume with: {command}\n")
+    code, stdout, err = run(capsys, shlex.split(command)[1:])
     assert code == 0, err
-    assert "resumed from" in stdout and "warning" not in err
+    assert "resumed from" in stdout and err == ""  # a bare resume warns about nothing
     assert log_lines(resumed) == log_lines(straight)  # every epoch's loss and lr, to the last bit
     a = torch.load(straight / "checkpoint-last.pth", weights_only=True)
     b = torch.load(resumed / "checkpoint-last.pth", weights_only=True)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_interrupt_before_the_first_checkpoint(tmp_path, capsys, monkeypatch):
+    _interrupt_at(monkeypatch, 0)
+    code, _, err = run(capsys, base_args(tmp_path / "run"))
+    assert code == 130
+    assert err == ("fastmae: interrupted: no checkpoint was saved (the first epoch had not "
+                   "finished); run the same command again to start over\n")
+    monkeypatch.undo()
+    assert run(capsys, base_args(tmp_path / "run"))[0] == 0  # the same command starts over
+
+
+def test_interrupted_resume_repeats_the_options_that_differ_from_its_checkpoint(tmp_path, capsys,
+                                                                                  monkeypatch):
+    out = tmp_path / "run"
+    assert run(capsys, base_args(out, "--epochs", "1"))[0] == 0
+    last = out / "checkpoint-last.pth"
+    _interrupt_at(monkeypatch, 1)  # before this run saves anything: the checkpoint is the old one
+    code, _, err = run(capsys, base_args(out, "--epochs", "3", "--resume", str(last)))
+    assert code == 130
+    assert err.splitlines()[-1] == (
+        f"fastmae: interrupted: the last checkpoint is {last} (1 of 3 epochs done); resume with: "
+        f"fastmae pretrain --resume {last} --backend torch --epochs 3 --print-freq 2 --device cpu")
+
+
+def test_bare_resume_takes_the_checkpoints_options(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(capsys, base_args(out, "--epochs", "1", "--seed", "7", "--blr", "3e-3",
+                                 "--save-every", "1"))[0] == 0
+    # Only --epochs is passed: the model, size, data, batch, lr and seed come from the checkpoint,
+    # and the warning names --epochs (a longer cosine) alone, not the options not passed.
+    last = out / "checkpoint-last.pth"
+    code, stdout, err = run(capsys, ["pretrain", "--resume", str(last), "--epochs", "2",
+                                     "--backend", "torch", "--device", "cpu"])
+    assert code == 0, err
+    assert err == (f"fastmae: warning: resuming with different --epochs than {last}: the run will "
+                   "not continue its loss curve exactly\n")
+    assert "mae_vit_micro_patch4 at 16 px" in stdout and "(32 images, 32 px)" in stdout
+    args = torch.load(out / "checkpoint-last.pth", weights_only=True)["args"]
+    assert args["seed"] == 7 and args["epochs"] == 2 and args["lr"] == pytest.approx(3e-3 * 8 / 256)
+    assert len(log_lines(out)) == 2
+    # checkpoint-0 stores --epochs 1 too: resumed with --seed 8, the warning names both.
+    code, _, err = run(capsys, ["pretrain", "--resume", str(out / "checkpoint-0.pth"), "--epochs",
+                                "2", "--seed", "8", "--backend", "torch", "--device", "cpu"])
+    assert code == 0
+    assert "resuming with different --epochs, --seed than" in err
+
+
+def test_resume_beside_a_checkpoint_whose_directory_holds_no_run(tmp_path, capsys, monkeypatch):
+    assert run(capsys, base_args(tmp_path / "run", "--epochs", "1"))[0] == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.replace(tmp_path / "run" / "checkpoint-last.pth", elsewhere / "mine.pth")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, ["pretrain", "--resume", "elsewhere/mine.pth", "--epochs", "2",
+                                "--backend", "torch", "--device", "cpu"])
+    assert code == 0, err
+    assert sorted(os.listdir(elsewhere)) == ["checkpoint-1.pth", "checkpoint-last.pth", "log.txt",
+                                             "mine.pth", "reconstructions.png"]
+    assert not (tmp_path / "output").exists()
+
+
+def test_resuming_a_finished_run_says_so_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(capsys, base_args(out, "--epochs", "1"))[0] == 0
+    before = {name: os.stat(out / name).st_mtime_ns for name in os.listdir(out)}
+    last = out / "checkpoint-last.pth"
+    code, stdout, err = run(capsys, ["pretrain", "--resume", str(last), "--device", "cpu"])
+    assert code == 0 and err == ""
+    assert stdout.splitlines()[-1] == (
+        f"the run is complete: {last} has 1 epoch of --epochs 1; nothing was trained or written. "
+        f"Its files are in {out}; to train longer, resume with a larger --epochs")
+    assert {name: os.stat(out / name).st_mtime_ns for name in os.listdir(out)} == before
 
 
 def test_resume_from_official_weights_only_checkpoint(tmp_path, capsys):
@@ -155,8 +293,8 @@ def test_image_that_fails_to_decode_midway_is_replaced_with_a_warning(tmp_path, 
     # Warned once for the whole run (2 epochs), counted in each epoch line and the summary.
     assert err == (f"fastmae: warning: cannot decode image {jpeg}: replaced by the next image "
                    "that decodes (warned once per file)\n")
-    assert stdout.count(", 1 undecodable image(s) replaced") == 2
-    assert ", 2 undecodable image(s) replaced;" in stdout
+    assert stdout.count(", 1 undecodable image replaced") == 2
+    assert ", 2 undecodable images replaced;" in stdout
 
 
 def test_no_decodable_image_is_a_one_line_error(tmp_path, capsys):
@@ -207,7 +345,7 @@ def _truncated_checkpoint(path):
     (["--model", "mae_vit_nope"], "unknown model 'mae_vit_nope'; available: mae_vit_base_patch16"),
     (["--input-size", "18"], "cannot build mae_vit_micro_patch4 at --input-size 18"),
     (["--mask-ratio", "0.99"], "--mask-ratio 0.99 keeps none of the 16 patches"),
-    (["--mask-ratio", "1"], "argument --mask-ratio: must be in (0.0, 1.0), got 1"),
+    (["--mask-ratio", "1"], "argument --mask-ratio: must be in (0, 1), got 1"),
     (["--resume", "{tmp}/nope.pth"], "checkpoint not found: {tmp}/nope.pth"),
     (["--resume", "{tmp}/tiny.pth"], "holds a mae_vit_tiny_patch4 model, not mae_vit_micro_patch4"),
     (["--resume", "{tmp}/truncated.pth"], "cannot read checkpoint {tmp}/truncated.pth: the file is "

@@ -10,7 +10,8 @@ from PIL import Image
 
 import fastmae
 from fastmae.cli import main
-from fastmae.cli.visualize import PANELS, denormalize_norm_pix, reconstruct
+from fastmae.cli.panels import PANELS, denormalize_norm_pix, reconstruct
+from fastmae.reference import NORM_PIX_EPS
 
 pytestmark = pytest.mark.usefixtures("cpu_default_device")  # see tests/conftest.py
 
@@ -82,15 +83,15 @@ def test_denormalize_norm_pix_restores_visible_and_uses_their_stats_for_masked()
     target = torch.randn(2, 6, 12) * 3 + 1  # [N, L, P]
     mask = torch.tensor([[0, 1, 0, 1, 1, 0], [1, 0, 0, 0, 1, 1]], dtype=torch.float32)
     mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
-    pred = (target - mean) / (var + 1e-6) ** 0.5  # a perfect norm-pix prediction
+    pred = (target - mean) / (var + NORM_PIX_EPS) ** 0.5  # a perfect norm-pix prediction
     out = denormalize_norm_pix(pred, target, mask)
     visible = mask == 0
     torch.testing.assert_close(out[visible], target[visible])
     for n in range(2):
         vis_mean, vis_var = mean[n][visible[n]].mean(), var[n][visible[n]].mean()
-        expected = pred[n][~visible[n]] * (vis_var + 1e-6) ** 0.5 + vis_mean
+        expected = pred[n][~visible[n]] * (vis_var + NORM_PIX_EPS) ** 0.5 + vis_mean
         torch.testing.assert_close(out[n][~visible[n]], expected)
-    assert torch.equal(pred, (target - mean) / (var + 1e-6) ** 0.5)  # the input is untouched
+    assert torch.equal(pred, (target - mean) / (var + NORM_PIX_EPS) ** 0.5)  # the input is untouched
 
 
 def test_reconstruct_panels_in_normalised_space():
@@ -110,9 +111,9 @@ def test_reconstruct_panels_in_normalised_space():
     (["--model", "mae_vit_tiny_patch4"], "holds a mae_vit_micro_patch4 model, not mae_vit_tiny_patch4"),
     (["--model", "nope"], "unknown model 'nope'"),
     (["--input-size", "30"], "cannot build mae_vit_micro_patch4"),
-    (["--mask-ratio", "1.5"], "argument --mask-ratio: must be in (0.0, 1.0)"),
+    (["--mask-ratio", "1.5"], "argument --mask-ratio: must be in (0, 1), got 1.5"),
     (["--mask-ratio", "0.99"], "--mask-ratio 0.99 keeps none of the 64 patches"),  # as pretrain
-    (["--seed", "-1"], "argument --seed: must be in [0, 4294967296), got -1"),
+    (["--seed", "-1"], "argument --seed: must be an integer in [0, 2**32), got -1"),
     (["--device", "foo"], "invalid --device 'foo' (use cpu, cuda or cuda:N)"),  # as pretrain
     (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device "),
     (["--backend", "triton"], "--backend triton: backend 'triton' needs CUDA tensors"),

@@ -5,6 +5,7 @@ import json
 import os
 import socket
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 from PIL import Image
@@ -36,6 +37,7 @@ def _worker(rank, world_size, port, out, extra=()):
     torch.save(model.state_dict(), os.path.join(out, f"rank{rank}.pth"))
 
 
+@pytest.mark.slow  # two processes, two epochs each
 def test_two_gloo_processes_stay_identical(tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     rank0 = torch.load(tmp_path / "rank0.pth", weights_only=True)
@@ -57,6 +59,7 @@ def test_two_gloo_processes_stay_identical(tmp_path):
     assert all(s["step"].item() == 8 for s in ckpt["optimizer"]["state"].values())
 
 
+@pytest.mark.slow  # two processes
 def test_image_folder_is_scanned_on_rank_0_and_shared(tmp_path):
     data = tmp_path / "data"
     data.mkdir()

@@ -1,7 +1,10 @@
 """The ``fastmae`` command line: ``pretrain``, ``visualize`` and ``mask``.
 
 Errors the user can act on print as one line, ``fastmae: error: ...``, and exit with 2 (bad
-arguments or inputs) or 1 (a failure while running); no traceback.
+arguments or inputs) or 1 (a failure while running); Ctrl-C exits with 130; no traceback.
+
+A command is a module ``fastmae.cli.<name>`` with ``add_arguments(parser)`` and ``run(args)``,
+listed in ``COMMANDS``.
 """
 
 import argparse
@@ -61,12 +64,32 @@ def build_parser():
 
 
 def parse_args(argv=None):
-    """Parse ``argv``; an unknown option is reported against its subcommand's ``--help``."""
+    """Parse ``argv`` (default ``sys.argv[1:]``); an unknown option is reported against its
+    subcommand's ``--help``.
+
+    Returns:
+        The namespace, with ``passed``: the ``dest`` names of the options given in ``argv``, as
+        opposed to argparse defaults (``pretrain --resume`` restores the others from the
+        checkpoint).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser, subparsers = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
         subparsers[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    args.passed = _passed_options(argv)
     return args
+
+
+def _passed_options(argv):
+    """The ``dest`` of every option in ``argv`` (already parsed once, so valid): parsed again by
+    parsers that have no defaults, the namespace holds only what ``argv`` gave."""
+    parser, subparsers = build_parser()
+    for sub in subparsers.values():
+        for action in sub._actions:
+            action.default = argparse.SUPPRESS
+    given, _ = parser.parse_known_args(argv)
+    return frozenset(vars(given)) - {"command"}
 
 
 def main(argv=None):
@@ -75,7 +98,8 @@ def main(argv=None):
         args = parse_args(argv)
         return _module(args.command).run(args)
     except CLIError as e:
-        print(f"fastmae: error: {e}", file=sys.stderr)
+        if str(e):
+            print(f"fastmae: {e.label}: {e}", file=sys.stderr)
         return e.exit_code
     except torch.OutOfMemoryError:
         print("fastmae: error: out of memory: lower --batch-size", file=sys.stderr)

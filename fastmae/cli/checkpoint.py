@@ -1,12 +1,12 @@
-"""Checkpoints: atomic saves, safe loads, model matching and RNG state.
+"""Checkpoints: atomic saves, periodic copies as hard links, safe loads, model matching and RNG
+state.
 
 A checkpoint written here is ``{'model', 'optimizer', 'scaler', 'epoch', 'args', 'rng'}`` with
-``args`` a plain dict, so it loads with ``torch.load(weights_only=True)`` and nothing else. Official
-MAE checkpoints (``{'model': sd, 'args': argparse.Namespace, 'optimizer', 'epoch', ...}``) load too:
-``argparse.Namespace`` is the one class allow-listed.
+``args`` a plain dict, so it loads with ``torch.load(weights_only=True)`` and nothing else. Reading
+goes through ``fastmae.official.read_checkpoint`` (official checkpoints, whose ``args`` is an
+``argparse.Namespace``, load too); its errors become one-line ``CheckpointError``s here.
 """
 
-import argparse
 import os
 import random
 import re
@@ -17,6 +17,7 @@ import torch
 
 import fastmae
 from fastmae.cli.errors import UsageError
+from fastmae.official import checkpoint_args, model_state, read_checkpoint
 
 
 FIXED_TABLES = ("pos_embed", "decoder_pos_embed")
@@ -32,11 +33,35 @@ def save_checkpoint(obj, path):
 
 
 def copy_atomically(src, dst):
-    """Copy the file ``src`` to ``dst`` atomically (a periodic checkpoint from checkpoint-last)."""
+    """Copy the file ``src`` to ``dst`` atomically."""
     def copy(f):
         with open(src, "rb") as s:
             shutil.copyfileobj(s, f, 1 << 20)
     _write_atomically(dst, copy)
+
+
+def link_atomically(src, dst):
+    """Make ``dst`` hold the bytes of ``src`` (a periodic checkpoint from checkpoint-last) without
+    a second copy on disk: a hard link, made under a temporary name and renamed over ``dst``.
+
+    Where the file system has no hard links (or refuses this one), an atomic copy instead.
+    :func:`save_checkpoint` replaces a file by renaming a new one over it, so a later save of
+    ``src`` gives ``src`` a new inode and leaves ``dst``'s bytes as they are.
+    """
+    if os.path.exists(dst) and os.path.samefile(src, dst):
+        return  # already linked: renaming a link over its twin would do nothing, leaving tmp behind
+    tmp = _temporary_name(dst)
+    try:
+        os.link(src, tmp)
+    except OSError:  # EXDEV, EPERM, ENOTSUP... (FAT, some network file systems)
+        copy_atomically(src, dst)
+        return
+    try:
+        os.replace(tmp, dst)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    _fsync_dir(os.path.dirname(os.path.abspath(dst)))
 
 
 def write_text_atomically(text, path):
@@ -54,10 +79,8 @@ def _write_atomically(path, write):
     POSIX and Windows), and the directory is fsync'ed so the rename itself survives a power loss.
     """
     directory = os.path.dirname(os.path.abspath(path))
-    # Hidden name in the same directory (os.replace cannot cross file systems); opened normally so
-    # the final file gets the usual umask permissions. A SIGKILL midway leaves this file behind:
-    # remove_stale_temporaries cleans it up at the next start.
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    # Opened normally so the final file gets the usual umask permissions.
+    tmp = _temporary_name(path)
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -69,6 +92,14 @@ def _write_atomically(path, write):
             os.unlink(tmp)
         raise
     _fsync_dir(directory)
+
+
+def _temporary_name(path):
+    """``.<name>.tmp-<pid>`` beside ``path``: hidden, in the same directory (``os.replace`` cannot
+    cross file systems). A SIGKILL midway leaves it behind: :func:`remove_stale_temporaries` cleans
+    it up at the next start."""
+    directory = os.path.dirname(os.path.abspath(path))
+    return os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
 
 
 def remove_stale_temporaries(directory):
@@ -113,40 +144,29 @@ def _fsync_dir(directory):
 
 
 def load_checkpoint(path):
-    """Load a checkpoint dict on the CPU with ``weights_only=True``.
+    """Read a checkpoint on the CPU with ``fastmae.official.read_checkpoint`` (weights only).
+
+    Returns:
+        The checkpoint dict, with a bare state dict wrapped as ``{'model': state_dict}``.
 
     Raises:
-        CheckpointError: the file is missing, truncated or corrupt, needs a class that weights-only
-            loading refuses, or has no ``'model'`` entry. The message is one line naming ``path``.
+        CheckpointError: the file is missing, unreadable, truncated or corrupt, needs a class that
+            weights-only loading refuses, or holds no model state dict. One line naming ``path``.
     """
     path = os.fspath(path)
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = read_checkpoint(path)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {path}") from None
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
-    except Exception as e:  # torch.load raises many types for a damaged file; report them alike.
-        blocked = re.search(r"GLOBAL (\S+)", str(e))
-        if blocked:
-            raise CheckpointError(
-                f"refusing to load {path}: it needs {blocked.group(1)}, which weights_only "
-                "loading does not allow") from None
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: the file is truncated or corrupt "
-            f"({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
-        raise CheckpointError(f"{path} is not an MAE checkpoint: it has no 'model' state dict")
-    return ckpt
-
-
-def checkpoint_args(ckpt):
-    """The run arguments stored in ``ckpt`` as a dict (ours: a dict; official: a Namespace)."""
-    args = ckpt.get("args")
-    if isinstance(args, argparse.Namespace):
-        return vars(args)
-    return args if isinstance(args, dict) else {}
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+    try:
+        state = model_state(ckpt)
+    except ValueError:
+        raise CheckpointError(f"{path} is not an MAE checkpoint: it has no 'model' state dict") from None
+    return ckpt if state is ckpt.get("model") else {"model": state}
 
 
 def load_model_state(model, ckpt, path, model_name):

@@ -19,7 +19,8 @@ class NonFiniteLoss(CLIError):
 
 
 class Progress:
-    """Prints ``epoch [e] [i/I] loss (running mean) lr img/s`` every ``every`` iterations.
+    """One epoch's progress: prints ``epoch [e] [i/I] loss (running mean) lr img/s`` every
+    ``every`` iterations, timed from its creation.
 
     Epochs count from 0, as in ``log.txt`` and the checkpoint names.
     """
@@ -28,8 +29,6 @@ class Progress:
         self.iters, self.every, self.out = iters, every, out
         self.images_per_iter = images_per_iter
         self._width = len(str(iters))
-
-    def start(self):
         self._t0 = self._t = time.perf_counter()
         self._last = 0
 
@@ -47,10 +46,12 @@ class Progress:
         return time.perf_counter() - self._t0
 
 
-def train_one_epoch(model, loader, optimizer, scaler, amp_dtype, epoch, args, info, device,
-                    progress, warn=print):
-    """Train ``model`` for one epoch over ``loader``; returns ``{'lr': mean, 'loss': mean,
-    'skipped': images that failed to decode and were replaced, over all ranks}``.
+def train_one_epoch(model, loader, optimizer, scaler, run, epoch, console):
+    """Train ``model`` for ``epoch`` over ``loader`` as the ``RunConfig`` ``run`` says.
+
+    Returns:
+        ``{'lr': mean, 'loss': mean, 'skipped': images that failed to decode and were replaced,
+        over all ranks, 'seconds': wall time}``.
 
     The loss is averaged over all ranks at every iteration (one scalar all-reduce), so every rank
     sees the same value and a non-finite loss stops all of them together.
@@ -60,27 +61,26 @@ def train_one_epoch(model, loader, optimizer, scaler, amp_dtype, epoch, args, in
     """
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    iters = len(loader)
-    accum = args.accum_iter
+    iters, accum, dist = len(loader), run.accum_iter, run.dist
+    progress = Progress(iters, run.batch_size * dist.world_size, run.print_freq, console.say)
     loss_sum = lr_sum = 0.0
     skipped = 0
-    progress.start()
     for step, (imgs, bad) in enumerate(iterate(loader)):  # imgs: [B, C, H, W], bad: [B] (CPU)
         bad = bad[bad >= 0].tolist()  # a CPU tensor from the loader: no device sync
         for index in bad:
-            warn_decode_failure(loader.dataset, index, warn)
+            warn_decode_failure(loader.dataset, index, console.warn)
         if step % accum == 0:
-            lr = lr_at(step / iters + epoch, args.lr, args.min_lr, args.warmup_epochs, args.epochs)
+            lr = lr_at(step / iters + epoch, run.lr, run.min_lr, run.warmup_epochs, run.epochs)
             set_lr(optimizer, lr)
         update = (step + 1) % accum == 0
-        imgs = imgs.to(device, non_blocking=True)
+        imgs = imgs.to(run.device, non_blocking=True)
         # Skip DDP's gradient all-reduce on micro-steps that only accumulate.
-        sync = contextlib.nullcontext() if update or not info.enabled else model.no_sync()
+        sync = contextlib.nullcontext() if update or not dist.enabled else model.no_sync()
         with sync:
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss, _, _ = model(imgs, mask_ratio=args.mask_ratio, full_pred=False)
-            loss_value, bad_count = sum_across([loss.item(), len(bad)], device, info)
-            loss_value /= info.world_size
+            with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+                loss, _, _ = model(imgs, mask_ratio=run.mask_ratio, full_pred=False)
+            loss_value, bad_count = sum_across([loss.item(), len(bad)], run.device, dist)
+            loss_value /= dist.world_size
             if not math.isfinite(loss_value):
                 raise NonFiniteLoss(f"loss is {loss_value} at epoch {epoch}, iteration {step}")
             loss = loss / accum
@@ -96,7 +96,8 @@ def train_one_epoch(model, loader, optimizer, scaler, amp_dtype, epoch, args, in
         lr_sum += lr
         skipped += int(bad_count)
         progress.update(epoch, step, loss_value, loss_sum / (step + 1), lr)
-    return {"lr": lr_sum / iters, "loss": loss_sum / iters, "skipped": skipped}
+    return {"lr": lr_sum / iters, "loss": loss_sum / iters, "skipped": skipped,
+            "seconds": progress.elapsed()}
 
 
 def warn_decode_failure(dataset, index, warn):

@@ -34,3 +34,12 @@ def set_lr(optimizer, lr):
     """Set ``lr`` on every param group, scaled by the group's ``lr_scale`` when it has one."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def last_step_epoch(epochs, iters, accum_iter):
+    """The fractional epoch whose lr the last optimizer step of a run uses.
+
+    The lr is set at every ``accum_iter``-th iteration and applied by the step that closes that
+    window; an epoch's last incomplete window takes no step. ``iters >= accum_iter``.
+    """
+    return epochs - 1 + (iters // accum_iter - 1) * accum_iter / iters

@@ -1,15 +1,21 @@
 """``fastmae pretrain``: MAE pretraining as the official ``main_pretrain.py``.
 
 With no arguments it trains a tiny MAE on the embedded procedural image set: 12 epochs of 2048
-images, about a minute on 2 CPU cores, the loss falling from about 1.1 to 0.34. Under ``torchrun`` it runs data-parallel (DDP).
-Rank 0 writes ``OUT/checkpoint-last.pth`` every epoch, ``OUT/checkpoint-<epoch>.pth`` every
-``--save-every`` epochs and at the end, one JSON line per epoch to ``OUT/log.txt`` and, at the end,
-``OUT/reconstructions.png``.
+images, about a minute on 2 CPU cores, the loss falling from about 1.1 to 0.34. Under
+``torchrun`` it runs data-parallel (DDP). Rank 0 writes ``OUT/checkpoint-last.pth`` every epoch,
+``OUT/checkpoint-<epoch>.pth`` every ``--save-every`` epochs and at the end (hard links to that
+epoch's checkpoint-last where the file system allows: no second copy on disk), one JSON line per
+epoch to ``OUT/log.txt`` and, at the end, ``OUT/reconstructions.png``.
 
 Without ``--output-dir`` a run writes to the first of ``output/pretrain``, ``output/pretrain-2``, ...
-that holds no run (or, with ``--resume``, to the resumed run's directory), so the default command
-can be run again. An ``--output-dir`` that holds a run (``checkpoint-last.pth`` or ``log.txt``) is only continued,
-with ``--resume`` of a checkpoint inside it; a resume rewrites ``log.txt`` to the epochs before the
+that holds no run, or, with ``--resume``, beside the checkpoint, so the default command can be run
+again. An ``--output-dir`` that holds a run (``checkpoint-last.pth`` or ``log.txt``) is only
+continued, with ``--resume`` of a checkpoint inside it.
+
+``--resume`` of a checkpoint with optimizer state continues that run: the options that shape
+training (model, data, optimisation, seed) come from the checkpoint unless passed again, and a
+warning names those passed with another value. Ctrl-C prints the command that resumes. Resuming a
+finished run says so and writes nothing. A resume rewrites ``log.txt`` to the epochs before the
 one it starts from. A checkpoint from another ``--input-size`` resumes: the fixed sin-cos position
 tables are rebuilt for the new grid. With ``--data``, files that fail Pillow's check at the scan
 are skipped with one warning; an image that passes it but fails to decode during training is
@@ -21,11 +27,8 @@ e.g. torchrun on 8 nodes x 8 GPUs): --model mae_vit_large_patch16 --input-size 2
 --norm-pix-loss --batch-size 64 --epochs 800 --warmup-epochs 40 --blr 1.5e-4 --weight-decay 0.05
 """
 
-import argparse
-import json
 import os
 import random
-import sys
 import time
 
 import numpy as np
@@ -36,65 +39,75 @@ import fastmae
 from fastmae.cli import distributed
 from fastmae.cli.argtypes import (nonnegative_float, nonnegative_int, positive_float, positive_int,
                                   ratio, seed)
-from fastmae.cli.checkpoint import (checkpoint_args, copy_atomically, load_checkpoint,
-                                    load_model_state, remove_stale_temporaries, rng_state,
-                                    save_checkpoint, set_rng_state, write_text_atomically)
+from fastmae.cli.checkpoint import (load_checkpoint, load_model_state, remove_stale_temporaries,
+                                    rng_state, set_rng_state)
+from fastmae.cli.config import DEFAULT_OUTPUT_DIR, changed_options, resolve, resume_command
+from fastmae.cli.console import Console, count
 from fastmae.cli.data import (Augmented, DataError, ImageFolder, ProceduralImages, build_loader,
                               resize_normalized)
-from fastmae.cli.engine import NonFiniteLoss, Progress, train_one_epoch
-from fastmae.cli.errors import UsageError
+from fastmae.cli.engine import NonFiniteLoss, train_one_epoch
+from fastmae.cli.errors import Interrupted, UsageError
 from fastmae.cli.images import grid
+from fastmae.cli.lr_sched import last_step_epoch, lr_at
+from fastmae.cli.panels import TITLES, panel_rows
+from fastmae.cli.rundir import check_output_dir, save_epoch, truncate_log
 from fastmae.cli.runtime import check_backend, check_keeps_patch, parse_device
-from fastmae.cli.visualize import TITLES, panel_rows
-
-DEFAULT_OUTPUT_DIR = os.path.join("output", "pretrain")
-
-# Arguments that shape the training trajectory: a resume that changes them cannot continue it exactly.
-TRAJECTORY_ARGS = ("model", "input_size", "mask_ratio", "norm_pix_loss", "batch_size", "accum_iter",
-                   "epochs", "warmup_epochs", "lr", "min_lr", "weight_decay", "seed", "data",
-                   "num_images", "amp")
+from fastmae.official import checkpoint_args
 
 
 def add_arguments(p):
-    p.add_argument("--model", default="mae_vit_tiny_patch4", help="a name in fastmae.MODELS")
-    p.add_argument("--input-size", type=positive_int, default=32, help="image side in pixels")
-    p.add_argument("--mask-ratio", type=ratio, default=0.75, help="fraction of patches removed")
-    p.add_argument("--norm-pix-loss", action="store_true",
-                   help="per-patch normalised pixels as targets")
-    p.add_argument("--backend", default="auto", choices=("auto", "triton", "torch", "reference"),
-                   help="op implementation passed to the model")
-    p.add_argument("--data", help="directory of .jpg/.jpeg/.png images, searched recursively "
-                   "(ImageFolder layout or flat); default: the embedded procedural set")
-    p.add_argument("--num-images", type=positive_int, default=2048,
-                   help="size of the procedural set (ignored with --data)")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="images per process per iteration")
-    p.add_argument("--accum-iter", type=positive_int, default=1, help="iterations per optimizer step")
-    p.add_argument("--epochs", type=positive_int, default=12, help="epochs to train in all")
-    p.add_argument("--warmup-epochs", type=nonnegative_float, default=1,
-                   help="epochs of linear lr warmup before the cosine decay")
-    p.add_argument("--blr", type=positive_float, default=1e-2,
-                   help="base lr: lr = blr * batch-size * accum-iter * processes / 256")
-    p.add_argument("--lr", type=positive_float, help="absolute lr (overrides --blr)")
-    p.add_argument("--min-lr", type=nonnegative_float, default=0.0, help="lr at the end of the cosine")
-    p.add_argument("--weight-decay", type=nonnegative_float, default=0.05,
-                   help="AdamW weight decay (not on biases and 1-D parameters)")
-    p.add_argument("--amp", choices=("bf16", "fp16", "off"),
-                   help="autocast dtype; default bf16 on CUDA, off on CPU (fp16 adds a GradScaler)")
-    p.add_argument("--resume", help="checkpoint to continue from (fastmae or official)")
-    p.add_argument("--seed", type=seed, default=0,
-                   help="seed of the data order, augmentation and masking (process r adds r)")
-    p.add_argument("--num-workers", type=nonnegative_int,
-                   help="data loader processes; default 0 on CPU, min(8, cores) on CUDA")
-    p.add_argument("--output-dir",
-                   help="where checkpoints, log.txt and reconstructions.png go; a directory that "
-                   "holds a run is only continued, with --resume of a checkpoint inside it. Default: "
-                   "the --resume file's directory when it holds that run, else the first of "
-                   f"{DEFAULT_OUTPUT_DIR}, {DEFAULT_OUTPUT_DIR}-2, ... that holds no run")
-    p.add_argument("--save-every", type=positive_int, default=20,
-                   help="also keep checkpoint-<epoch>.pth every N epochs")
-    p.add_argument("--print-freq", type=positive_int, default=20, help="progress line every N iterations")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--device", help="cuda, cuda:N or cpu; default cuda when available")
+    model = p.add_argument_group("model")
+    model.add_argument("--model", default="mae_vit_tiny_patch4", help="a name in fastmae.MODELS")
+    model.add_argument("--input-size", type=positive_int, default=32, help="image side in pixels")
+    model.add_argument("--mask-ratio", type=ratio, default=0.75, help="fraction of patches removed")
+    model.add_argument("--norm-pix-loss", action="store_true",
+                       help="per-patch normalised pixels as targets")
+    model.add_argument("--backend", default="auto", choices=fastmae.ops.BACKENDS,
+                       help="op implementation passed to the model")
+    model.add_argument("--compile", action="store_true", help="torch.compile the model")
+
+    data = p.add_argument_group("data")
+    data.add_argument("--data", help="directory of .jpg/.jpeg/.png images, searched recursively "
+                      "(ImageFolder layout or flat); default: the embedded procedural set")
+    data.add_argument("--num-images", type=positive_int, default=2048,
+                      help="size of the procedural set (ignored with --data)")
+    data.add_argument("--num-workers", type=nonnegative_int,
+                      help="data loader processes; default 0 on CPU, min(8, cores) on CUDA")
+
+    optim = p.add_argument_group("optimisation")
+    optim.add_argument("--batch-size", type=positive_int, default=64,
+                       help="images per process per iteration")
+    optim.add_argument("--accum-iter", type=positive_int, default=1,
+                       help="iterations per optimizer step")
+    optim.add_argument("--epochs", type=positive_int, default=12, help="epochs to train in all")
+    optim.add_argument("--warmup-epochs", type=nonnegative_float, default=1,
+                       help="epochs of linear lr warmup before the cosine decay")
+    optim.add_argument("--blr", type=positive_float, default=1e-2,
+                       help="base lr: lr = blr * batch-size * accum-iter * processes / 256")
+    optim.add_argument("--lr", type=positive_float, help="absolute lr (overrides --blr)")
+    optim.add_argument("--min-lr", type=nonnegative_float, default=0.0,
+                       help="lr at the end of the cosine")
+    optim.add_argument("--weight-decay", type=nonnegative_float, default=0.05,
+                       help="AdamW weight decay (not on biases and 1-D parameters)")
+    optim.add_argument("--amp", choices=("bf16", "fp16", "off"),
+                       help="autocast dtype; default bf16 on CUDA, off on CPU (fp16 adds a GradScaler)")
+
+    run = p.add_argument_group("run")
+    run.add_argument("--seed", type=seed, default=0,
+                     help="seed of the data order, augmentation and masking (process r adds r)")
+    run.add_argument("--resume", help="checkpoint to continue from (fastmae or official); the "
+                     "model, data and optimisation options not passed come from it")
+    run.add_argument("--output-dir",
+                     help="where checkpoints, log.txt and reconstructions.png go; a directory that "
+                     "holds a run is only continued, with --resume of a checkpoint inside it. "
+                     "Default: the --resume file's directory, else the first of "
+                     f"{DEFAULT_OUTPUT_DIR}, {DEFAULT_OUTPUT_DIR}-2, ... that holds no run")
+    run.add_argument("--save-every", type=positive_int, default=20,
+                     help="also keep checkpoint-<epoch>.pth every N epochs (a hard link to that "
+                     "epoch's checkpoint-last where the file system allows)")
+    run.add_argument("--print-freq", type=positive_int, default=20,
+                     help="progress line every N iterations")
+    run.add_argument("--device", help="cuda, cuda:N or cpu; default cuda when available")
 
 
 def run(args):
@@ -104,161 +117,135 @@ def run(args):
 
 
 def train(args):
-    """Pretrain as ``args`` say, in this process's place in the (torchrun) group.
+    """Pretrain as the parsed ``args`` say (see ``fastmae.cli.parse_args``), in this process's
+    place in the (torchrun) group.
 
     Returns:
         The trained model (unwrapped from DDP and ``torch.compile``).
     """
-    args = argparse.Namespace(**vars(args))  # the lr and defaults filled in below stay local
-    info = distributed.from_env()
-    device = parse_device(args.device, info.local_rank, info.enabled)
+    dist = distributed.from_env()
+    device = parse_device(args.device, dist.local_rank, dist.enabled)
     check_backend(args.backend, device)
-    distributed.init(info, device)
+    distributed.init(dist, device)
     try:
-        return _train(args, info, device)
+        return _train(args, dist, device, Console(dist.is_main))
     finally:
-        distributed.cleanup(info)
+        distributed.cleanup(dist)
 
 
-def _train(args, info, device):
-    say = print if info.is_main else _quiet
-    warn = (lambda msg: print(f"fastmae: warning: {msg}", file=sys.stderr)) if info.is_main else _quiet
-    if args.output_dir is None:
-        args.output_dir = _default_output_dir(args.resume, info)
-    last_path = os.path.join(args.output_dir, "checkpoint-last.pth")
-    log_path = os.path.join(args.output_dir, "log.txt")
-    _check_output_dir(args, last_path)
-    _seed_everything(args.seed + info.rank)
-
-    images, dataset, loader = _build_data(args, info, device, warn)
-    model = _build_model(args).to(device)
-    eff_batch = args.batch_size * args.accum_iter * info.world_size
-    if args.lr is None:
-        args.lr = args.blr * eff_batch / 256
-    args.amp = args.amp or _default_amp(device)
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[args.amp]
-    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr,
-                                  betas=(0.9, 0.95))
-    scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
-    start_epoch = 0
+def _train(args, dist, device, console):
+    ckpt = None
     if args.resume:
-        start_epoch = _resume(args, model, optimizer, scaler, info, say, warn)
+        console.say(f"reading {args.resume}...")
+        ckpt = load_checkpoint(args.resume)
+    stored = checkpoint_args(ckpt) if _continues(ckpt) else {}
+    run = resolve(args, dist, device, stored)
+    check_output_dir(run)
+    if _continues(ckpt) and ckpt["epoch"] + 1 >= run.epochs:
+        console.say(f"the run is complete: {run.resume} has {count(ckpt['epoch'] + 1, 'epoch')} of "
+                    f"--epochs {run.epochs}; nothing was trained or written. Its files are in "
+                    f"{os.path.dirname(run.resume) or '.'}; to train longer, resume with a larger "
+                    "--epochs")
+        model = _build_model(run)
+        load_model_state(model, ckpt, run.resume, run.model)
+        return model.to(device)
 
+    compiling = "; torch.compile works at the first iteration (minutes)" if run.compile else ""
+    scanning = f", scanning {run.data}" if run.data else ""
+    console.say(f"pretraining {run.model} at {run.input_size} px on {device} "
+                f"({count(dist.world_size, 'process', 'processes')}, amp {run.amp}): building the "
+                f"model and the optimizer{scanning}{compiling}...")
+    _seed_everything(run.seed + dist.rank)
+    images, dataset, loader = _build_data(run, console)
+    model = _build_model(run).to(device)
+    optimizer = make_optimizer(model, run)
+    scaler = torch.amp.GradScaler(device.type) if run.amp == "fp16" else None
+    start_epoch = _restore(run, args, ckpt, model, optimizer, scaler, console) if ckpt else 0
     raw_model = model
-    if info.enabled:
+    if dist.enabled:
         model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    if args.compile:
+    if run.compile:
         model = torch.compile(model)
 
-    if info.is_main:
-        os.makedirs(args.output_dir, exist_ok=True)
-        remove_stale_temporaries(args.output_dir)
-        if args.resume:
-            _truncate_log(log_path, start_epoch)
-    say(f"pretraining {args.model} ({sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M "
-        f"parameters) at {args.input_size} px on {images.name}; device {device}, "
-        f"{info.world_size} process(es), amp {args.amp}")
-    say(f"effective batch {eff_batch}, lr {args.lr:.3e} (blr {args.blr:g}), epochs "
-        f"{start_epoch}..{args.epochs - 1}, {len(loader)} iterations per epoch")
-    progress = Progress(len(loader), args.batch_size * info.world_size, args.print_freq, say)
+    if dist.is_main:
+        os.makedirs(run.output_dir, exist_ok=True)
+        remove_stale_temporaries(run.output_dir)
+        if run.resume:
+            truncate_log(run, start_epoch)
+    remaining = run.epochs - start_epoch
+    span = f"epoch {start_epoch}" if remaining == 1 else f"epochs {start_epoch}..{run.epochs - 1}"
+    console.say(f"{sum(p.numel() for p in raw_model.parameters()) / 1e6:.2f}M parameters; data "
+                f"{images.name}; effective batch {run.eff_batch}, lr {run.lr:.3e} (blr "
+                f"{run.blr:g}); {count(remaining, 'epoch')} to train ({span}), "
+                f"{count(len(loader), 'iteration')} per epoch")
+    _warn_unreached_peak(run, len(loader), console)
+
+    # What Ctrl-C names: the last checkpoint of this run on disk, with its stored arguments.
+    saved = (run.resume, ckpt["epoch"], stored) if start_epoch else None
     losses, skipped, t0 = [], 0, time.perf_counter()
-    for epoch in range(start_epoch, args.epochs):
-        loader.sampler.set_epoch(epoch)
-        dataset.set_epoch(epoch)
-        try:
-            stats = train_one_epoch(model, loader, optimizer, scaler, amp_dtype, epoch, args, info,
-                                    device, progress, warn)
-        except NonFiniteLoss as e:
-            kept = (f"the last good checkpoint is {last_path}" if os.path.exists(last_path)
-                    else "no checkpoint had been written")
-            raise NonFiniteLoss(f"{e}; stopped without saving, {kept}") from None
-        rngs = distributed.gather(rng_state(), info)  # every rank's, so a resume continues each
-        if info.is_main:
-            _save(args, raw_model, optimizer, scaler, epoch, rngs, stats)
-        # No rank runs ahead (or exits) while rank 0 writes: torchrun stops every process as soon
-        # as one has exited, which could kill rank 0 midway through its last save.
-        distributed.barrier(info)
-        losses.append(stats["loss"])
-        skipped += stats["skipped"]
-        note = f", {stats['skipped']} undecodable image(s) replaced" if stats["skipped"] else ""
-        say(f"epoch [{epoch}] done in {progress.elapsed():.1f}s: train_loss {stats['loss']:.4f} "
-            f"train_lr {stats['lr']:.3e}{note}")
+    try:
+        for epoch in range(start_epoch, run.epochs):
+            loader.sampler.set_epoch(epoch)
+            dataset.set_epoch(epoch)
+            try:
+                stats = train_one_epoch(model, loader, optimizer, scaler, run, epoch, console)
+            except NonFiniteLoss as e:
+                kept = (f"the last good checkpoint is {saved[0]}" if saved
+                        else "no checkpoint had been written")
+                raise NonFiniteLoss(f"{e}; stopped without saving, {kept}") from None
+            rngs = distributed.gather(rng_state(), dist)  # every rank's, so a resume continues each
+            if dist.is_main:
+                save_epoch(run, raw_model, optimizer, scaler, epoch, rngs, stats)
+            # No rank runs ahead (or exits) while rank 0 writes: torchrun stops every process as
+            # soon as one has exited, which could kill rank 0 midway through its last save.
+            distributed.barrier(dist)
+            saved = (run.last_path, epoch, run.stored_args())
+            losses.append(stats["loss"])
+            skipped += stats["skipped"]
+            note = f", {count(stats['skipped'], 'undecodable image')} replaced" if stats["skipped"] else ""
+            console.say(f"epoch [{epoch}] done in {stats['seconds']:.1f}s: train_loss "
+                        f"{stats['loss']:.4f} train_lr {stats['lr']:.3e}{note}")
+    except KeyboardInterrupt:
+        raise Interrupted(_interrupted(run, args, saved) if dist.is_main else "") from None
 
     elapsed = time.perf_counter() - t0
-    if info.is_main:
-        recon = _save_reconstructions(raw_model, images, args)
-        if losses:
-            seen = len(losses) * len(loader) * args.batch_size * info.world_size
-            note = f", {skipped} undecodable image(s) replaced" if skipped else ""
-            say(f"done: {len(losses)} epochs in {elapsed:.1f}s ({seen / elapsed:,.0f} img/s), "
-                f"train_loss {losses[0]:.4f} -> {losses[-1]:.4f}{note}; wrote {last_path}, "
-                f"{log_path}, {recon}")
-        else:
-            say(f"nothing to train: the checkpoint is already at --epochs {args.epochs}; "
-                f"wrote {recon}")
-    distributed.barrier(info)  # every rank leaves together, after rank 0's last file
+    if dist.is_main:
+        recon = _save_reconstructions(raw_model, images, run)
+        seen = len(losses) * len(loader) * run.batch_size * dist.world_size
+        note = f", {count(skipped, 'undecodable image')} replaced" if skipped else ""
+        console.say(f"done: {count(len(losses), 'epoch')} in {elapsed:.1f}s ({seen / elapsed:,.0f} "
+                    f"img/s), train_loss {losses[0]:.4f} -> {losses[-1]:.4f}{note}; wrote "
+                    f"{run.last_path}, {run.log_path}, {recon}")
+    distributed.barrier(dist)  # every rank leaves together, after rank 0's last file
     return raw_model
 
 
-def _holds_run(directory):
-    return any(os.path.exists(os.path.join(directory, name)) for name in ("checkpoint-last.pth", "log.txt"))
+def _continues(ckpt):
+    """Whether ``ckpt`` holds a run to continue (optimizer state and an epoch), not only weights."""
+    return ckpt is not None and "optimizer" in ckpt and "epoch" in ckpt
 
 
-def _default_output_dir(resume, info):
-    """Where a run without ``--output-dir`` writes: the resumed run's own directory, else a directory
-    that holds no run yet, so running the default command twice never refuses nor overwrites.
-    Rank 0 decides, for every rank (the others would race its first write)."""
-    choice = [None]
-    if info.is_main:
-        if resume and _holds_run(os.path.dirname(os.path.abspath(resume))):
-            choice = [os.path.dirname(resume) or "."]
-        else:
-            path, i = DEFAULT_OUTPUT_DIR, 1
-            while _holds_run(path):
-                i += 1
-                path = f"{DEFAULT_OUTPUT_DIR}-{i}"
-            choice = [path]
-    if info.enabled:
-        torch.distributed.broadcast_object_list(choice, src=0)
-    return choice[0]
+def _interrupted(run, args, saved):
+    """The one line Ctrl-C prints: what is on disk, and the command that goes on from it."""
+    if saved is None:
+        return ("no checkpoint was saved (the first epoch had not finished); run the same command "
+                "again to start over")
+    path, epoch, stored = saved
+    return (f"the last checkpoint is {path} ({epoch + 1} of {run.epochs} epochs done); resume "
+            f"with: {resume_command(run, args, path, stored)}")
 
 
-def _check_output_dir(args, last_path):
-    """A directory that holds a run (a checkpoint-last.pth or a log.txt) is only continued: with
-    ``--resume`` of a checkpoint inside it. Anything else would mix two runs' checkpoints and logs.
-    """
-    if not _holds_run(args.output_dir):
+def _warn_unreached_peak(run, iters, console):
+    """Warn when the warmup outlasts the run's last optimizer step: the lr never reaches its peak."""
+    last = last_step_epoch(run.epochs, iters, run.accum_iter)
+    if run.warmup_epochs <= last:
         return
-    if not args.resume:
-        raise UsageError(f"{args.output_dir} already holds a run; continue it with --resume "
-                         f"{last_path} or choose another --output-dir")
-    resume_dir = os.path.dirname(os.path.realpath(args.resume))
-    if resume_dir != os.path.realpath(args.output_dir):
-        raise UsageError(f"{args.output_dir} already holds another run than {args.resume}; resume "
-                         "a checkpoint inside it or choose another --output-dir")
-
-
-def _truncate_log(log_path, start_epoch):
-    """Rank 0, on resume: keep only the log lines of epochs before ``start_epoch`` (a resume from
-    an older checkpoint retrains the later ones), rewritten atomically."""
-    if not os.path.exists(log_path):
-        return
-    with open(log_path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    kept = []
-    for line in lines:
-        try:
-            epoch = json.loads(line)["epoch"]
-        except (ValueError, KeyError, TypeError):
-            continue  # a line cut by a kill, or not ours
-        if epoch < start_epoch:
-            kept.append(line + "\n")
-    if len(kept) != len(lines):
-        write_text_atomically("".join(kept), log_path)
-
-
-def _quiet(*args, **kwargs):
-    """Output of ranks other than 0."""
+    highest = lr_at(last, run.lr, run.min_lr, run.warmup_epochs, run.epochs)
+    accum = f", --accum-iter {run.accum_iter}" if run.accum_iter > 1 else ""
+    console.warn(f"the lr never reaches its peak {run.lr:.3e}: --warmup-epochs {run.warmup_epochs:g} "
+                 f"lasts past the last optimizer step (at epoch {last:.2f} of --epochs "
+                 f"{run.epochs}, {count(iters, 'iteration')} per epoch{accum}), whose lr is "
+                 f"{highest:.3e}; lower --warmup-epochs or raise --epochs")
 
 
 def _seed_everything(seed):
@@ -267,39 +254,38 @@ def _seed_everything(seed):
     random.seed(seed)
 
 
-def _default_amp(device):
-    if device.type != "cuda":
-        return "off"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
-def _build_data(args, info, device, warn):
+def _build_data(run, console):
     """The images (procedural or ``--data``), their augmented dataset and this rank's loader."""
+    dist = run.dist
     # --data is scanned once, by rank 0 (warnings included), and the file list sent to the others.
-    images = (distributed.from_main(lambda: ImageFolder(args.data, warn), info) if args.data
-              else ProceduralImages(args.num_images, size=2 * args.input_size))
-    dataset = Augmented(images, (args.input_size, args.input_size), args.seed)
-    if args.num_workers is None:
-        args.num_workers = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
-    loader = build_loader(dataset, args.batch_size, args.seed, args.num_workers,
-                          info.world_size, info.rank, pin_memory=device.type == "cuda")
-    if args.accum_iter > len(loader):
-        raise UsageError(f"--accum-iter {args.accum_iter} is more than the {len(loader)} "
+    images = (distributed.from_main(lambda: ImageFolder(run.data, console.warn), dist) if run.data
+              else ProceduralImages(run.num_images, size=2 * run.input_size))
+    dataset = Augmented(images, (run.input_size, run.input_size), run.seed)
+    loader = build_loader(dataset, run.batch_size, run.seed, run.num_workers, dist.world_size,
+                          dist.rank, pin_memory=run.device.type == "cuda")
+    if run.accum_iter > len(loader):
+        raise UsageError(f"--accum-iter {run.accum_iter} is more than the {len(loader)} "
                          "iterations of an epoch: no optimizer step would run")
     return images, dataset, loader
 
 
-def _build_model(args):
+def _build_model(run):
     """The model named by ``--model``, or a one-line ``UsageError``."""
-    if args.model not in fastmae.MODELS:
-        raise UsageError(f"unknown model '{args.model}'; available: {', '.join(fastmae.MODELS)}")
+    if run.model not in fastmae.MODELS:
+        raise UsageError(f"unknown model '{run.model}'; available: {', '.join(fastmae.MODELS)}")
     try:
-        model = fastmae.create_model(args.model, img_size=args.input_size,
-                                     norm_pix_loss=args.norm_pix_loss, backend=args.backend)
+        model = fastmae.create_model(run.model, img_size=run.input_size,
+                                     norm_pix_loss=run.norm_pix_loss, backend=run.backend)
     except ValueError as e:
-        raise UsageError(f"cannot build {args.model} at --input-size {args.input_size}: {e}") from None
-    check_keeps_patch(model, args.mask_ratio)
+        raise UsageError(f"cannot build {run.model} at --input-size {run.input_size}: {e}") from None
+    check_keeps_patch(model, run.mask_ratio)
     return model
+
+
+def make_optimizer(model, run):
+    """AdamW as the official recipe: betas (0.9, 0.95), the groups of :func:`param_groups`.
+    (Its first construction imports torch's compiler stack: a second or more.)"""
+    return torch.optim.AdamW(param_groups(model, run.weight_decay), lr=run.lr, betas=(0.9, 0.95))
 
 
 def param_groups(model, weight_decay):
@@ -313,12 +299,11 @@ def param_groups(model, weight_decay):
             {"params": decay, "weight_decay": weight_decay}]
 
 
-def _resume(args, model, optimizer, scaler, info, say, warn):
+def _restore(run, args, ckpt, model, optimizer, scaler, console):
     """Restore what ``--resume`` holds; returns the first epoch to train."""
-    ckpt = load_checkpoint(args.resume)
-    load_model_state(model, ckpt, args.resume, args.model)
-    if "optimizer" not in ckpt or "epoch" not in ckpt:
-        say(f"initialised {args.model} from the weights in {args.resume}; training from epoch 0")
+    load_model_state(model, ckpt, run.resume, run.model)
+    if not _continues(ckpt):
+        console.say(f"initialised {run.model} from the weights in {run.resume}; training from epoch 0")
         return 0
     try:
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -328,56 +313,37 @@ def _resume(args, model, optimizer, scaler, info, say, warn):
     except (ValueError, KeyError):
         fits = False
     if not fits:
-        raise UsageError(f"the optimizer state in {args.resume} does not fit {args.model}")
+        raise UsageError(f"the optimizer state in {run.resume} does not fit {run.model}")
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
-    saved = checkpoint_args(ckpt)
-    changed = [k for k in TRAJECTORY_ARGS if k in saved and saved[k] != getattr(args, k)]
+    changed = changed_options(run, args, checkpoint_args(ckpt))
     rngs = ckpt.get("rng")
-    if rngs is not None and len(rngs) == info.world_size:
-        set_rng_state(rngs[info.rank])
+    if rngs is not None and len(rngs) == run.dist.world_size:
+        set_rng_state(rngs[run.dist.rank])
         if changed:
-            warn(f"resuming with different {', '.join('--' + k.replace('_', '-') for k in changed)}"
-                 f" than {args.resume}: the run will not continue its loss curve exactly")
+            console.warn(f"resuming with different {', '.join(changed)} than {run.resume}: the run "
+                         "will not continue its loss curve exactly")
     else:
-        warn(f"{args.resume} has no random state for {info.world_size} process(es): the resumed "
-             "run continues the schedule but not the exact random draws")
-    say(f"resumed from {args.resume} (epoch {ckpt['epoch']})")
+        console.warn(f"{run.resume} has no random state for "
+                     f"{count(run.dist.world_size, 'process', 'processes')}: the resumed run "
+                     "continues the schedule but not the exact random draws")
+    console.say(f"resumed from {run.resume} (epoch {ckpt['epoch']})")
     return int(ckpt["epoch"]) + 1
 
 
-def _save(args, model, optimizer, scaler, epoch, rngs, stats):
-    """Rank 0: write checkpoint-last (and the periodic one) atomically, then the log line."""
-    ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch,
-            "args": plain_args(args), "rng": rngs}
-    last = os.path.join(args.output_dir, "checkpoint-last.pth")
-    save_checkpoint(ckpt, last)
-    if epoch % args.save_every == 0 or epoch + 1 == args.epochs:  # the same bytes, not re-serialised
-        copy_atomically(last, os.path.join(args.output_dir, f"checkpoint-{epoch}.pth"))
-    line = {"train_lr": stats["lr"], "train_loss": stats["loss"], "epoch": epoch}
-    with open(os.path.join(args.output_dir, "log.txt"), "a", encoding="utf-8") as f:
-        f.write(json.dumps(line) + "\n")
-
-
-def plain_args(args):
-    """``args`` as a dict of plain values, which ``weights_only`` loading accepts."""
-    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
-
-
-def _save_reconstructions(model, images, args, count=8):
-    """Rank 0: the demo panels for the first ``count`` images, as ``OUT/reconstructions.png``."""
-    size = (args.input_size, args.input_size)
+def _save_reconstructions(model, images, run, num=8):
+    """Rank 0: the demo panels for the first ``num`` images, as ``OUT/reconstructions.png``."""
+    size = (run.input_size, run.input_size)
     device = next(model.parameters()).device
     decoded = []
     for i in range(len(images)):
-        if len(decoded) == count:
+        if len(decoded) == num:
             break
         try:
             decoded.append(resize_normalized(images.image(i), size))
         except DataError:
             continue  # already warned about during training
     imgs = torch.stack(decoded).to(device)
-    path = os.path.join(args.output_dir, "reconstructions.png")
-    grid(panel_rows(model, imgs, args.mask_ratio, args.seed), TITLES).save(path)
+    path = os.path.join(run.output_dir, "reconstructions.png")
+    grid(panel_rows(model, imgs, run.mask_ratio, run.seed), TITLES).save(path)
     return path

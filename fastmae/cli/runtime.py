@@ -4,6 +4,7 @@ backend on that device, and a mask ratio that keeps at least one patch."""
 import torch
 
 import fastmae
+from fastmae import _validate
 from fastmae.cli.errors import UsageError
 
 
@@ -42,7 +43,10 @@ def check_backend(backend, device):
 
 def check_keeps_patch(model, mask_ratio):
     """A one-line ``UsageError`` when ``mask_ratio`` keeps none of ``model``'s patches (the
-    official ``len_keep = int(L * (1 - mask_ratio))``)."""
+    library's check of the official ``len_keep = int(L * (1 - mask_ratio))``)."""
     num_patches = model.patch_embed.num_patches
-    if int(num_patches * (1 - mask_ratio)) < 1:
-        raise UsageError(f"--mask-ratio {mask_ratio} keeps none of the {num_patches} patches")
+    try:
+        _validate.len_keep(num_patches, mask_ratio)
+    except ValueError:
+        raise UsageError(f"--mask-ratio {mask_ratio} keeps none of the {num_patches} patches "
+                         "(int(patches * (1 - ratio)) is 0); use a smaller --mask-ratio") from None

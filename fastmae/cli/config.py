@@ -1,0 +1,174 @@
+"""The ``pretrain`` command's run configuration: its options resolved once, then frozen.
+
+:func:`resolve` fills in what the options leave open (the lr from ``--blr``, the autocast dtype and
+the loader workers for the device, the output directory) and, on a ``--resume`` that continues a
+run, takes each trajectory option the command line does not pass from the checkpoint's stored
+arguments: ``fastmae pretrain --resume DIR/checkpoint-last.pth`` continues the run as it was
+started, and only options passed on this command line can change it.
+"""
+
+import dataclasses
+import os
+import shlex
+
+import torch
+
+from fastmae.cli import distributed
+from fastmae.cli.distributed import DistInfo
+from fastmae.cli.rundir import holds_run
+
+DEFAULT_OUTPUT_DIR = os.path.join("output", "pretrain")
+
+# Options that shape the training trajectory: a resume that changes them cannot continue it exactly.
+# On resume, those the command line does not pass come from the checkpoint.
+TRAJECTORY_OPTIONS = ("model", "input_size", "mask_ratio", "norm_pix_loss", "data", "num_images",
+                      "batch_size", "accum_iter", "epochs", "warmup_epochs", "blr", "lr", "min_lr",
+                      "weight_decay", "amp", "seed")
+# The options the lr is computed from: the checkpoint's lr is kept only when none of them is passed.
+LR_OPTIONS = ("lr", "blr", "batch_size", "accum_iter")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything a pretraining run needs to know, in the order of ``pretrain --help``."""
+
+    # model
+    model: str
+    input_size: int
+    mask_ratio: float
+    norm_pix_loss: bool
+    backend: str
+    compile: bool
+    # data
+    data: str | None  # None: the procedural set
+    num_images: int
+    num_workers: int
+    # optimisation
+    batch_size: int  # per process
+    accum_iter: int
+    epochs: int
+    warmup_epochs: float
+    blr: float
+    lr: float  # the absolute peak lr, from --lr or --blr
+    min_lr: float
+    weight_decay: float
+    amp: str  # "bf16", "fp16" or "off"
+    # run
+    seed: int
+    resume: str | None
+    output_dir: str
+    save_every: int
+    print_freq: int
+    device: torch.device
+    dist: DistInfo
+
+    @property
+    def eff_batch(self):
+        """Images per optimizer step over all processes."""
+        return self.batch_size * self.accum_iter * self.dist.world_size
+
+    @property
+    def amp_dtype(self):
+        """The autocast dtype, or None for float32."""
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[self.amp]
+
+    @property
+    def last_path(self):
+        return os.path.join(self.output_dir, "checkpoint-last.pth")
+
+    @property
+    def log_path(self):
+        return os.path.join(self.output_dir, "log.txt")
+
+    def stored_args(self):
+        """The ``args`` a checkpoint stores: every option as a plain value, so the file loads with
+        ``weights_only=True`` and a resume can restore them."""
+        args = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("device", "dist")}
+        args["device"] = str(self.device)
+        return args
+
+
+def resolve(args, dist, device, stored=None):
+    """The run configuration of the parsed ``args`` for this process.
+
+    Args:
+        args: the parsed namespace; ``args.passed`` names the options given on the command line
+            (``fastmae.cli.parse_args`` sets it). Without it, every option counts as passed.
+        dist: this process's place in the (torchrun) group.
+        device: the resolved ``--device``.
+        stored: the stored arguments of the checkpoint the run continues (``{}`` or None for a new
+            run): each trajectory option not passed is taken from them; the lr only when none of
+            ``--lr``, ``--blr``, ``--batch-size`` and ``--accum-iter`` is passed.
+    """
+    passed = getattr(args, "passed", None)
+    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
+               if f.name not in ("device", "dist")}
+    if stored and passed is not None:
+        lr_passed = any(k in passed for k in LR_OPTIONS)
+        for k in TRAJECTORY_OPTIONS:
+            if k in stored and k not in passed and not (k == "lr" and lr_passed):
+                options[k] = stored[k]
+    if options["lr"] is None:
+        eff_batch = options["batch_size"] * options["accum_iter"] * dist.world_size
+        options["lr"] = options["blr"] * eff_batch / 256
+    if options["amp"] is None:
+        options["amp"] = _default_amp(device)
+    if options["num_workers"] is None:
+        options["num_workers"] = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
+    if options["output_dir"] is None:
+        options["output_dir"] = _default_output_dir(options["resume"], dist)
+    return RunConfig(**options, device=device, dist=dist)
+
+
+def changed_options(run, args, stored):
+    """The trajectory options passed on the command line (all of them without ``args.passed``)
+    whose value differs from the checkpoint's ``stored`` arguments, as ``--option`` names."""
+    passed = getattr(args, "passed", None)
+    return [f"--{k.replace('_', '-')}" for k in TRAJECTORY_OPTIONS
+            if k in stored and (passed is None or k in passed) and stored[k] != getattr(run, k)]
+
+
+def resume_command(run, args, checkpoint, stored):
+    """The command line that continues ``run`` from ``checkpoint``, whose stored arguments are
+    ``stored``: ``--resume`` and the options passed to this run that a bare resume would not
+    restore (the device's, the loader's..., and trajectory options that differ from ``stored``);
+    ``--output-dir`` only when the run's directory is not the checkpoint's."""
+    passed = getattr(args, "passed", None)
+    words = ["--resume", checkpoint]
+    if os.path.realpath(os.path.dirname(checkpoint) or ".") != os.path.realpath(run.output_dir):
+        words += ["--output-dir", run.output_dir]
+    for name, value in vars(args).items():
+        restored = name in TRAJECTORY_OPTIONS and stored.get(name) == getattr(run, name)
+        if (name in ("command", "passed", "resume", "output_dir") or value is None or value is False
+                or (passed is not None and name not in passed) or restored):
+            continue
+        flag = "--" + name.replace("_", "-")
+        words += [flag] if value is True else [flag, str(value)]
+    command = shlex.join(["fastmae", "pretrain", *words])
+    if run.dist.enabled:
+        command = command.replace("fastmae", "torchrun <the same torchrun options> -m fastmae", 1)
+    return command
+
+
+def _default_amp(device):
+    if device.type != "cuda":
+        return "off"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def _default_output_dir(resume, dist):
+    """Where a run without ``--output-dir`` writes: beside the ``--resume`` checkpoint, else the
+    first of output/pretrain, output/pretrain-2, ... that holds no run, so running the default
+    command twice never refuses nor overwrites. Rank 0 decides, for every rank (the others would
+    race its first write)."""
+    if resume:
+        return os.path.dirname(resume) or "."
+
+    def first_free():
+        path, i = DEFAULT_OUTPUT_DIR, 1
+        while holds_run(path):
+            i += 1
+            path = f"{DEFAULT_OUTPUT_DIR}-{i}"
+        return path
+    return distributed.from_main(first_free, dist)
