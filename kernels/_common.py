@@ -1,13 +1,51 @@
-"""Small pieces the kernel modules share: output allocation (poisonable for tests), block sizes for
-the row-tiled kernels, and the inverse-ids kernel (a patch -> row map built from an ids tensor)."""
+"""Small pieces the kernel modules share: op registration, output allocation (poisonable for tests),
+block sizes for the row-tiled kernels, the persistent-grid size, and the inverse-ids kernel (a patch
+-> row map built from an ids tensor)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 
 import torch
 import triton
 import triton.language as tl
+
+# --------------------------------------------------------------------------------------------------
+# registration: torch.library.triton_op where it can be used, custom_op otherwise
+# --------------------------------------------------------------------------------------------------
+
+# ``triton_op`` (torch >= 2.6) lets torch.compile see the Triton kernels inside an op: inductor
+# traces the op's body, finds the ``wrap_triton`` launches and schedules them with the code around
+# them, where a ``custom_op`` is an opaque call. Its fake implementation is the body itself, run on
+# fake tensors (the launches are recorded, not run). Triton's interpreter runs InterpretedFunctions,
+# which that tracing cannot record, so under TRITON_INTERPRET=1 — read when the kernels are
+# decorated, as Triton does — the ops are custom_ops with the fake implementations written out.
+USE_TRITON_OP = hasattr(torch.library, "triton_op") and os.environ.get("TRITON_INTERPRET") != "1"
+
+
+def op(name: str):
+    """Decorator: register ``fn`` as the torch op ``name`` (``triton_op`` or ``custom_op``, see above)."""
+    def register(fn):
+        if USE_TRITON_OP:
+            return torch.library.triton_op(name, fn, mutates_args=())
+        return torch.library.custom_op(name, fn, mutates_args=())
+    return register
+
+
+def fake(registered):
+    """Decorator: the fake (meta) implementation of ``registered``; a ``triton_op`` derives its own."""
+    def register(fn):
+        if not USE_TRITON_OP:
+            registered.register_fake(fn)
+        return fn
+    return register
+
+
+def launch(kernel):
+    """``kernel`` as launched inside an op: wrapped for triton_op's tracing (``kernel[grid](...)`` as usual)."""
+    return torch.library.wrap_triton(kernel) if USE_TRITON_OP else kernel
+
 
 _poison = False
 
@@ -112,5 +150,5 @@ def inverse_ids(ids: torch.Tensor, num_patches: int) -> torch.Tensor:
     n, k = ids.shape
     inv = torch.full((n, num_patches), -1, dtype=torch.int32, device=ids.device)  # [N, L]
     if k and n:
-        _inverse_ids_kernel[(n,)](ids, inv, k, num_patches, BLOCK_K=min(1024, next_power_of_2(k)), num_warps=4)
+        launch(_inverse_ids_kernel)[(n,)](ids, inv, k, num_patches, BLOCK_K=min(1024, next_power_of_2(k)), num_warps=4)
     return inv

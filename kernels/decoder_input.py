@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import NUM_WARPS, empty, promoted_dtype, row_blocks
+from ._common import NUM_WARPS, empty, fake, launch, op, promoted_dtype, row_blocks
 
 __all__ = ["decoder_input"]
 
@@ -136,7 +136,7 @@ def _forward(x: torch.Tensor, ids_restore: torch.Tensor, mask_token: torch.Tenso
     out = empty((n, num_patches + 1, d), promoted_dtype(x, mask_token, pos_embed), x.device)  # [N, L+1, D]
     block_r, block_d = row_blocks(d)
     grid = (n, triton.cdiv(num_patches + 1, block_r), triton.cdiv(d, block_d))
-    _decoder_input_kernel[grid](
+    launch(_decoder_input_kernel)[grid](
         x, ids_restore, mask_token, pos_embed, out, k1 - 1, num_patches, d,
         BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS,
     )
@@ -152,7 +152,7 @@ def _backward_x_mask(
     row_programs = triton.cdiv(l1, _BWD_TILES_PER_PROG * block_r)  # per sample
     grad_x = empty((n, k1, d), x_dtype, grad.device)  # [N, K+1, D]
     part = empty((n * row_programs, d), torch.float32, grad.device)  # [N * B, D]
-    _decoder_input_bwd_kernel[(n, row_programs, triton.cdiv(d, block_d))](
+    launch(_decoder_input_bwd_kernel)[(n, row_programs, triton.cdiv(d, block_d))](
         grad, ids_restore, grad_x, part, k1 - 1, l1 - 1, d,
         TILES=_BWD_TILES_PER_PROG, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS,
     )
@@ -164,27 +164,27 @@ def _backward_x_mask(
 # --------------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("fastmae::decoder_input", mutates_args=())
+@op("fastmae::decoder_input")
 def _decoder_input_op(
     x: torch.Tensor, ids_restore: torch.Tensor, mask_token: torch.Tensor, pos_embed: torch.Tensor
 ) -> torch.Tensor:
     return _forward(x, ids_restore, mask_token, pos_embed)
 
 
-@_decoder_input_op.register_fake
+@fake(_decoder_input_op)
 def _(x, ids_restore, mask_token, pos_embed):
     n, _, d = x.shape
     return x.new_empty((n, ids_restore.shape[1] + 1, d), dtype=promoted_dtype(x, mask_token, pos_embed))
 
 
-@torch.library.custom_op("fastmae::decoder_input_bwd", mutates_args=())
+@op("fastmae::decoder_input_bwd")
 def _decoder_input_bwd_op(
     grad: torch.Tensor, ids_restore: torch.Tensor, k1: int, x_dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return _backward_x_mask(grad, ids_restore, k1, x_dtype)
 
 
-@_decoder_input_bwd_op.register_fake
+@fake(_decoder_input_bwd_op)
 def _(grad, ids_restore, k1, x_dtype):
     n, _, d = grad.shape
     return grad.new_empty((n, k1, d), dtype=x_dtype), grad.new_empty((d,), dtype=torch.float32)

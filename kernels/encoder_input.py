@@ -28,7 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import NUM_WARPS, empty, inverse_ids, next_power_of_2, promoted_dtype, row_blocks
+from ._common import (NUM_WARPS, empty, fake, inverse_ids, launch, next_power_of_2, op, promoted_dtype,
+                      row_blocks)
 
 __all__ = ["encoder_input"]
 
@@ -141,7 +142,7 @@ def _forward(x_vis: torch.Tensor, pos_embed: torch.Tensor, cls_token: torch.Tens
     out = empty((n, k + 1, d), promoted_dtype(x_vis, pos_embed, cls_token), x_vis.device)  # [N, K+1, D]
     block_r, block_d = row_blocks(d, _FWD_TILE)
     grid = (n, triton.cdiv(k + 1, block_r), triton.cdiv(d, block_d))
-    _encoder_input_kernel[grid](
+    launch(_encoder_input_kernel)[grid](
         x_vis, pos_embed, cls_token, ids_keep, out, k, num_patches, d,
         BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS,
     )
@@ -159,11 +160,11 @@ def _column_sums(grad: torch.Tensor, ids_keep: torch.Tensor, num_patches: int, w
     splits = triton.cdiv(n, n_per_prog)
     part = empty((splits, t_rows, d), torch.float32, grad.device)  # [S, T, D]
     grid = (t_rows, triton.cdiv(d, block_d), splits)
-    _encoder_input_bwd_kernel[grid](
+    launch(_encoder_input_bwd_kernel)[grid](
         grad, inv, part, n, k1 - 1, num_patches, d, t_rows,
         HAS_POS=with_pos, N_PER_PROG=n_per_prog, BLOCK_N=_BWD_BLOCK_N, BLOCK_D=block_d, num_warps=NUM_WARPS,
     )
-    return part[0] if splits == 1 else part.sum(0)  # fixed-order sum over the splits
+    return part.sum(0)  # fixed-order sum over the splits (a copy of a few KB when there is one)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -171,25 +172,25 @@ def _column_sums(grad: torch.Tensor, ids_keep: torch.Tensor, num_patches: int, w
 # --------------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("fastmae::encoder_input", mutates_args=())
+@op("fastmae::encoder_input")
 def _encoder_input_op(
     x_vis: torch.Tensor, pos_embed: torch.Tensor, cls_token: torch.Tensor, ids_keep: torch.Tensor
 ) -> torch.Tensor:
     return _forward(x_vis, pos_embed, cls_token, ids_keep)
 
 
-@_encoder_input_op.register_fake
+@fake(_encoder_input_op)
 def _(x_vis, pos_embed, cls_token, ids_keep):
     n, k, d = x_vis.shape
     return x_vis.new_empty((n, k + 1, d), dtype=promoted_dtype(x_vis, pos_embed, cls_token))
 
 
-@torch.library.custom_op("fastmae::encoder_input_bwd", mutates_args=())
+@op("fastmae::encoder_input_bwd")
 def _encoder_input_bwd_op(grad: torch.Tensor, ids_keep: torch.Tensor, num_patches: int, with_pos: bool) -> torch.Tensor:
     return _column_sums(grad, ids_keep, num_patches, with_pos)
 
 
-@_encoder_input_bwd_op.register_fake
+@fake(_encoder_input_bwd_op)
 def _(grad, ids_keep, num_patches, with_pos):
     return grad.new_empty((num_patches + 1 if with_pos else 1, grad.shape[2]), dtype=torch.float32)
 

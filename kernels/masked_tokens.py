@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import NUM_WARPS, empty, row_blocks
+from ._common import NUM_WARPS, empty, fake, launch, op, row_blocks
 
 __all__ = ["masked_tokens"]
 
@@ -97,7 +97,7 @@ def _forward(x: torch.Tensor, ids_masked: torch.Tensor) -> torch.Tensor:
     if out.numel():
         block_r, block_d = row_blocks(d)
         grid = (n, triton.cdiv(m, block_r), triton.cdiv(d, block_d))
-        _masked_tokens_kernel[grid](x, ids_masked, out, m, l1 - 1, d,
+        launch(_masked_tokens_kernel)[grid](x, ids_masked, out, m, l1 - 1, d,
                                     BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS)
     return out
 
@@ -108,7 +108,7 @@ def _backward(grad: torch.Tensor, ids_restore: torch.Tensor, x_dtype: torch.dtyp
     grad_x = empty((n, num_patches + 1, d), x_dtype, grad.device)  # [N, L+1, D]
     block_r, block_d = row_blocks(d)
     grid = (n, triton.cdiv(num_patches + 1, block_r), triton.cdiv(d, block_d))
-    _masked_tokens_bwd_kernel[grid](grad, ids_restore, grad_x, m, num_patches, d,
+    launch(_masked_tokens_bwd_kernel)[grid](grad, ids_restore, grad_x, m, num_patches, d,
                                     BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS)
     return grad_x
 
@@ -118,22 +118,22 @@ def _backward(grad: torch.Tensor, ids_restore: torch.Tensor, x_dtype: torch.dtyp
 # --------------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("fastmae::masked_tokens", mutates_args=())
+@op("fastmae::masked_tokens")
 def _masked_tokens_op(x: torch.Tensor, ids_masked: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
     return _forward(x, ids_masked)
 
 
-@_masked_tokens_op.register_fake
+@fake(_masked_tokens_op)
 def _(x, ids_masked, ids_restore):
     return x.new_empty((x.shape[0], ids_masked.shape[1], x.shape[2]))
 
 
-@torch.library.custom_op("fastmae::masked_tokens_bwd", mutates_args=())
+@op("fastmae::masked_tokens_bwd")
 def _masked_tokens_bwd_op(grad: torch.Tensor, ids_restore: torch.Tensor, x_dtype: torch.dtype) -> torch.Tensor:
     return _backward(grad, ids_restore, x_dtype)
 
 
-@_masked_tokens_bwd_op.register_fake
+@fake(_masked_tokens_bwd_op)
 def _(grad, ids_restore, x_dtype):
     return grad.new_empty((grad.shape[0], ids_restore.shape[1] + 1, grad.shape[2]), dtype=x_dtype)
 

@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import empty, next_power_of_2
+from ._common import empty, fake, launch, next_power_of_2, op
 
 __all__ = ["masking_ids"]
 
@@ -108,21 +108,21 @@ def _launch(noise: torch.Tensor, len_keep: int) -> tuple[torch.Tensor, torch.Ten
     ids_masked = empty((n, num_patches - len_keep), torch.int64, noise.device)  # [N, M]
     block_i, block_j = _blocks(num_patches)
     grid = (n, triton.cdiv(num_patches, block_i))
-    _masking_ids_kernel[grid](
+    launch(_masking_ids_kernel)[grid](
         noise, ids_keep, ids_restore, mask, ids_masked, num_patches, len_keep,
         WIDE=noise.dtype == torch.float64, BLOCK_I=block_i, BLOCK_J=block_j, num_warps=_NUM_WARPS,
     )
     return ids_keep, ids_restore, mask, ids_masked
 
 
-@torch.library.custom_op("fastmae::masking_ids", mutates_args=())
+@op("fastmae::masking_ids")
 def _masking_ids_op(
     noise: torch.Tensor, len_keep: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return _launch(noise, len_keep)
 
 
-@_masking_ids_op.register_fake
+@fake(_masking_ids_op)
 def _(noise: torch.Tensor, len_keep: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     n, num_patches = noise.shape
     return (

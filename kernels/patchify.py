@@ -50,7 +50,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import empty, image_groups, inverse_ids, next_power_of_2
+from ._common import empty, fake, image_groups, inverse_ids, launch, next_power_of_2, op
 
 __all__ = ["patchify", "unpatchify", "patchify_gather"]
 
@@ -217,7 +217,7 @@ def _patchify_fwd(imgs: torch.Tensor, ids: torch.Tensor | None, patch_size: int,
     tile = _tile(c, p)
     blocks = triton.cdiv(rows, tile["PATCHES"])
     _check_sizes(c, hh, ww, blocks)
-    _patchify_kernel[(blocks, image_groups(n, blocks, tile["num_warps"], imgs.device))](
+    launch(_patchify_kernel)[(blocks, image_groups(n, blocks, tile["num_warps"], imgs.device))](
         imgs, ids, out, n, rows, GH=hh // p, GW=ww // p, HAS_IDS=ids is not None, **tile
     )
     return out
@@ -237,7 +237,7 @@ def _unpatchify_fwd(
     tile = _tile(in_chans, p)
     blocks = triton.cdiv(h * w, tile["PATCHES"])
     _check_sizes(in_chans, h * p, w * p, blocks)
-    _unpatchify_kernel[(blocks, image_groups(n, blocks, tile["num_warps"], x.device))](
+    launch(_unpatchify_kernel)[(blocks, image_groups(n, blocks, tile["num_warps"], x.device))](
         x, inv, out, n, rows, GH=h, GW=w, HAS_INV=inv is not None, **tile
     )
     return out
@@ -248,41 +248,41 @@ def _unpatchify_fwd(
 # --------------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("fastmae::patchify", mutates_args=())
+@op("fastmae::patchify")
 def _patchify_op(imgs: torch.Tensor, patch_size: int) -> torch.Tensor:
     return _patchify_fwd(imgs, None, patch_size)
 
 
-@_patchify_op.register_fake
+@fake(_patchify_op)
 def _(imgs, patch_size):
     n, c, hh, ww = imgs.shape
     return imgs.new_empty((n, (hh // patch_size) * (ww // patch_size), patch_size * patch_size * c))
 
 
-@torch.library.custom_op("fastmae::unpatchify", mutates_args=())
+@op("fastmae::unpatchify")
 def _unpatchify_op(x: torch.Tensor, patch_size: int, h: int, w: int, in_chans: int) -> torch.Tensor:
     return _unpatchify_fwd(x, None, patch_size, h, w, in_chans)
 
 
-@_unpatchify_op.register_fake
+@fake(_unpatchify_op)
 def _(x, patch_size, h, w, in_chans):
     return x.new_empty((x.shape[0], in_chans, h * patch_size, w * patch_size))
 
 
-@torch.library.custom_op("fastmae::patchify_gather", mutates_args=())
+@op("fastmae::patchify_gather")
 def _patchify_gather_op(
     imgs: torch.Tensor, ids_keep: torch.Tensor, patch_size: int, out_dtype: torch.dtype
 ) -> torch.Tensor:
     return _patchify_fwd(imgs, ids_keep, patch_size, out_dtype)
 
 
-@_patchify_gather_op.register_fake
+@fake(_patchify_gather_op)
 def _(imgs, ids_keep, patch_size, out_dtype):
     n, c, _, _ = imgs.shape
     return imgs.new_empty((n, ids_keep.shape[1], patch_size * patch_size * c), dtype=out_dtype)
 
 
-@torch.library.custom_op("fastmae::patchify_gather_bwd", mutates_args=())
+@op("fastmae::patchify_gather_bwd")
 def _patchify_gather_bwd_op(
     grad: torch.Tensor, ids_keep: torch.Tensor, patch_size: int, h: int, w: int, imgs_dtype: torch.dtype
 ) -> torch.Tensor:
@@ -291,7 +291,7 @@ def _patchify_gather_bwd_op(
     return _unpatchify_fwd(grad, inverse_ids(ids_keep, h * w), patch_size, h, w, in_chans, imgs_dtype)
 
 
-@_patchify_gather_bwd_op.register_fake
+@fake(_patchify_gather_bwd_op)
 def _(grad, ids_keep, patch_size, h, w, imgs_dtype):
     in_chans = grad.shape[2] // (patch_size * patch_size)
     return grad.new_empty((grad.shape[0], in_chans, h * patch_size, w * patch_size), dtype=imgs_dtype)

@@ -1,0 +1,87 @@
+"""Trace the model's fast path with the kernels registered as ``torch.library.triton_op``, on a CPU.
+
+    python -m tools.trace_triton_ops          # prints JSON: the kernels the traced graph launches
+
+Without the Triton interpreter the kernels are ``triton_op``s (``kernels/_common.py``). This traces
+the fused ops of a training step's fast path (``backend="triton"``, forward and backward) on fake
+CUDA tensors — no GPU needed: nothing runs — through AOTAutograd's functionalisation, the step where
+torch.compile hands the graph to inductor, and reports which Triton kernels appear in the joint graph
+as ``triton_kernel_wrapper_functional`` nodes (inductor can schedule those) and which fastmae ops
+stay opaque calls. ``tests/test_gpu_readiness.py`` runs it in a subprocess (the test session interprets).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.pop("TRITON_INTERPRET", None)  # before the kernels are imported: triton_op, not custom_op
+
+import json  # noqa: E402
+import sys  # noqa: E402
+import warnings  # noqa: E402
+
+import torch  # noqa: E402
+from torch._functorch.aot_autograd import aot_export_module  # noqa: E402
+from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table  # noqa: E402
+from torch._subclasses.fake_tensor import FakeTensorMode  # noqa: E402
+
+import fastmae  # noqa: E402
+from fastmae.kernels import _common  # noqa: E402
+
+
+class _FastPath(torch.nn.Module):
+    """The fused ops of one training step, as the model calls them, and their backward ops called as
+    autograd calls them. (The GEMMs and blocks are left out, and the backward is called directly: a
+    CPU build of torch cannot functionalise CUDA parameters or tensors that require grad.)"""
+
+    def forward(self, imgs, noise, x_vis, pos, cls, x_dec, mask_token, dec_pos, dec_out, pred):
+        p = 4
+        m = fastmae.ops.masking_ids(noise, noise.shape[1] // 4, backend="triton")
+        rows = fastmae.ops.patchify_gather(imgs, m.ids_keep, p, out_dtype=torch.bfloat16, backend="triton")
+        tokens = fastmae.ops.encoder_input(x_vis, pos, cls, m.ids_keep, backend="triton")
+        dec = fastmae.ops.decoder_input(x_dec, m.ids_restore, mask_token, dec_pos, backend="triton")
+        masked = fastmae.ops.masked_tokens(dec_out, m.ids_masked, m.ids_restore, backend="triton")
+        loss = fastmae.ops.masked_mse_loss(pred, imgs, None, p, True, ids_masked=m.ids_masked, backend="triton")
+        fastmae_ops = torch.ops.fastmae
+        grads = [
+            fastmae_ops.patchify_gather_bwd(rows, m.ids_keep, p, 8, 8, imgs.dtype),
+            fastmae_ops.encoder_input_bwd(tokens, m.ids_keep, noise.shape[1], False),
+            *fastmae_ops.decoder_input_bwd(dec, m.ids_restore, x_dec.shape[1], x_dec.dtype),
+            fastmae_ops.masked_tokens_bwd(masked, m.ids_restore, dec_out.dtype),
+        ]
+        return (loss + sum(g.float().sum() for g in grads),)
+
+
+def trace() -> dict:
+    """``{"use_triton_op", "kernels": sorted kernel names in the joint (forward + backward) graph,
+    "opaque_ops": fastmae ops left as opaque calls}``."""
+    device = torch.device("cuda", 0)
+    _common._SM_COUNT[device] = 132  # no GPU to ask; only the persistent grid's size depends on it
+    n, num, d, dd, pdim = 2, 64, 64, 32, 48  # mae_vit_micro_patch4 at 32 px, mask 0.75: K = 16, M = 48
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        def t(*shape, grad=None, dtype=torch.float32):
+            return torch.randn(*shape, device=device, dtype=dtype)
+
+        inputs = [t(n, 3, 32, 32, grad=False), torch.rand(n, num, device=device), t(n, 16, d, dtype=torch.bfloat16),
+                  t(1, num + 1, d, grad=False), t(1, 1, d), t(n, 17, dd, dtype=torch.bfloat16), t(1, 1, dd),
+                  t(1, num + 1, dd, grad=False), t(n, num + 1, dd), t(n, 48, pdim, dtype=torch.bfloat16)]
+    with warnings.catch_warnings():
+        # Without a CUDA driver the mutation analysis assumes every kernel argument is written (a
+        # warning): the graph still records each launch.
+        warnings.simplefilter("ignore")
+        gm, _ = aot_export_module(_FastPath(), inputs, trace_joint=False)
+    kernels, opaque = set(), set()
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        if "triton_kernel_wrapper" in str(node.target):
+            kernel = kernel_side_table.get_kernel(node.kwargs["kernel_idx"])
+            kernels.add(getattr(kernel, "__name__", None) or kernel.fn.__name__)
+        elif str(node.target).startswith("fastmae."):
+            opaque.add(str(node.target))
+    return {"use_triton_op": _common.USE_TRITON_OP, "kernels": sorted(kernels), "opaque_ops": sorted(opaque)}
+
+
+if __name__ == "__main__":
+    json.dump(trace(), sys.stdout)
+    print()
