@@ -47,11 +47,12 @@ __all__ = [
 ]
 
 # Interop: converters (fastmae.convert), checkpoint kinds (fastmae.checkpoints), the fine-tuning ViT
-# and layer-wise lr decay (fastmae.vit). transformers stays
+# and layer-wise lr decay (fastmae.vit), the linear probe (fastmae.linprobe). transformers stays
 # optional: fastmae.integrations.hf imports it when used.
 from . import checkpoints, convert  # noqa: E402
 from .checkpoints import inspect_state_dict  # noqa: E402
+from .linprobe import linear_probe  # noqa: E402
 from .vit import VIT_MODELS, VisionTransformer, create_vit, param_groups_lrd  # noqa: E402
 
 __all__ += ["VIT_MODELS", "VisionTransformer", "checkpoints", "convert", "create_vit", "inspect_state_dict",
-            "param_groups_lrd"]
+            "linear_probe", "param_groups_lrd"]

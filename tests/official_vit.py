@@ -1,10 +1,11 @@
 """A transcription of the official MAE fine-tuning code, to test ``fastmae.vit`` against.
 
 From facebookresearch/mae: ``models_vit.VisionTransformer.forward_features`` on timm 0.3.2 (its
-``Block`` and ``drop_path`` written out), ``util/lr_decay.param_groups_lrd`` and
-``util/pos_embed.interpolate_pos_embed``. It runs on a fastmae model's parameters (timm's names), so
-a test compares fastmae against the official algorithm for the same weights; the attention is the
-explicit ``softmax(q k^T * scale) v``. Nothing from fastmae's own code is used here.
+``Block`` and ``drop_path`` written out), ``util/lr_decay.param_groups_lrd``,
+``util/pos_embed.interpolate_pos_embed`` and ``util/lars.LARS`` (the linear probe's optimiser). It
+runs on a fastmae model's parameters (timm's names), so a test compares fastmae against the official
+algorithm for the same weights; the attention is the explicit ``softmax(q k^T * scale) v``. Nothing
+from fastmae's own code is used here.
 """
 
 import torch
@@ -107,3 +108,33 @@ def interpolate_pos_embed(model, checkpoint_model):
                 pos_tokens, size=(new_size, new_size), mode="bicubic", align_corners=False)
             pos_tokens = pos_tokens.permute(0, 2, 3, 1).flatten(1, 2)
             checkpoint_model["pos_embed"] = torch.cat((extra_tokens, pos_tokens), dim=1)
+
+
+class LARS(torch.optim.Optimizer):
+    # util/lars.py
+    def __init__(self, params, lr=0, weight_decay=0, momentum=0.9, trust_coefficient=0.001):
+        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, trust_coefficient=trust_coefficient)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self):
+        for g in self.param_groups:
+            for p in g["params"]:
+                dp = p.grad
+                if dp is None:
+                    continue
+                if p.ndim > 1:
+                    dp = dp.add(p, alpha=g["weight_decay"])
+                    param_norm = torch.norm(p)
+                    update_norm = torch.norm(dp)
+                    one = torch.ones_like(param_norm)
+                    q = torch.where(param_norm > 0.,
+                                    torch.where(update_norm > 0, (g["trust_coefficient"] * param_norm / update_norm), one),
+                                    one)
+                    dp = dp.mul(q)
+                param_state = self.state[p]
+                if "mu" not in param_state:
+                    param_state["mu"] = torch.zeros_like(p)
+                mu = param_state["mu"]
+                mu.mul_(g["momentum"]).add_(dp)
+                p.add_(mu, alpha=-g["lr"])
