@@ -4,7 +4,7 @@ The official release has three kinds of files, all with official key names:
 
 * ``"mae"`` — a full pretraining model: encoder, ``mask_token`` and decoder (what ``main_pretrain``
   saves as ``checkpoint-N.pth``, what ``fastmae pretrain`` writes, and the official visualisation
-  files ``mae_visualize_vit_large.pth``, the only official download that reconstructs images);
+  files ``mae_visualize_vit_{base,large}.pth``, the official downloads that reconstruct images);
 * ``"mae_encoder"`` — the encoder alone: ``cls_token, pos_embed, patch_embed.proj.*, blocks.N.*`` and
   the final ``norm.*``; no ``mask_token``, no decoder, no ``fc_norm``, no head (the official
   ``mae_pretrain_vit_{base,large,huge}.pth`` downloads: for ViT-B, the 104 decoder keys are absent);
@@ -43,8 +43,9 @@ HEAD = ("head.weight", "head.bias")
 VIT_OF_MAE = {"mae_vit_base_patch16": "vit_base_patch16", "mae_vit_large_patch16": "vit_large_patch16",
               "mae_vit_huge_patch14": "vit_huge_patch14", "mae_vit_tiny_patch4": "vit_tiny_patch4",
               "mae_vit_micro_patch4": "vit_micro_patch4"}
-# The official release's file with a decoder, for messages about encoder-only files.
-OFFICIAL_WITH_DECODER = "mae_visualize_vit_large.pth (dl.fbaipublicfiles.com/mae/visualize/)"
+# The official files with a decoder (pixel targets), for messages about encoder-only files.
+OFFICIAL_WITH_DECODER = ("mae_visualize_vit_base.pth or mae_visualize_vit_large.pth "
+                         "(dl.fbaipublicfiles.com/mae/visualize/)")
 
 
 def unplaced_error(what: str, keys, hint: str = "") -> ValueError:

@@ -129,7 +129,8 @@ class LARS(torch.optim.Optimizer):
                     update_norm = torch.norm(dp)
                     one = torch.ones_like(param_norm)
                     q = torch.where(param_norm > 0.,
-                                    torch.where(update_norm > 0, (g["trust_coefficient"] * param_norm / update_norm), one),
+                                    torch.where(update_norm > 0,
+                                                (g["trust_coefficient"] * param_norm / update_norm), one),
                                     one)
                     dp = dp.mul(q)
                 param_state = self.state[p]
