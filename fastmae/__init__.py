@@ -45,3 +45,14 @@ __all__ = [
     "mae_vit_micro_patch4", "mae_vit_tiny_patch4", "masked_mse_loss", "masked_tokens", "masking_ids", "ops", "patchify", "patchify_gather",
     "random_masking", "reference", "unpatchify", "use_backend",
 ]
+
+# Interop: converters (fastmae.convert), checkpoint kinds (fastmae.checkpoints), the fine-tuning ViT
+# and layer-wise lr decay (fastmae.vit), the linear probe (fastmae.linprobe). transformers stays
+# optional: fastmae.integrations.hf imports it when used.
+from . import checkpoints, convert  # noqa: E402
+from .checkpoints import inspect_state_dict  # noqa: E402
+from .linprobe import linear_probe  # noqa: E402
+from .vit import VIT_MODELS, VisionTransformer, create_vit, param_groups_lrd  # noqa: E402
+
+__all__ += ["VIT_MODELS", "VisionTransformer", "checkpoints", "convert", "create_vit", "inspect_state_dict",
+            "linear_probe", "param_groups_lrd"]
