@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from helpers import DEVICE  # noqa: E402
+from helpers import DEVICE, interpreting  # noqa: E402
 
 if DEVICE == "cuda":
     # The GPU report runs this suite with the interpreter off: tensors the tests create without a
@@ -33,7 +33,35 @@ if DEVICE == "cuda":
     torch.backends.cuda.matmul.allow_tf32 = False
 
 
+def _interpreter_numpy_problem() -> str | None:
+    """Why this Triton's interpreter cannot run the kernels with this numpy, or None.
+
+    Triton 3.6's interpreter (and older) passes every scalar kernel argument as a 1-element array and
+    turns it back into an int with ``int(array)`` (3.6.0: ``triton/runtime/interpreter.py:888``, the
+    ``__index__`` it patches onto ``tl.tensor``); numpy 2.4 made that a TypeError, so every loop with a
+    runtime bound (``range(0, K, BLOCK)``, ``tl.range`` alike) fails. Triton 3.7 fixed it
+    (``int(array.squeeze())``). Compiled kernels never take that path.
+    """
+    if not interpreting():
+        return None
+    try:
+        import numpy
+        import triton
+        from packaging.version import Version
+    except ImportError:
+        return None
+    if Version(triton.__version__).release[:2] < (3, 7) and Version(numpy.__version__).release[:2] >= (2, 4):
+        return (f"Triton {triton.__version__}'s interpreter needs numpy < 2.4 (numpy {numpy.__version__} is "
+                "installed: its int() of a 1-element array fails every kernel loop with a runtime bound; "
+                "fixed in Triton 3.7). Run: pip install 'numpy<2.4'")
+    return None
+
+
 def pytest_configure(config):
+    # One clear stop before collection instead of a TypeError in every kernel test.
+    problem = _interpreter_numpy_problem()
+    if problem:
+        pytest.exit(problem, returncode=pytest.ExitCode.USAGE_ERROR)
     config.addinivalue_line(
         "markers",
         "slow: a test of 2 s or more (real GPU compiles, inductor, several processes); "
