@@ -45,3 +45,9 @@ __all__ = [
     "mae_vit_micro_patch4", "mae_vit_tiny_patch4", "masked_mse_loss", "masked_tokens", "masking_ids", "ops", "patchify", "patchify_gather",
     "random_masking", "reference", "unpatchify", "use_backend",
 ]
+
+# the input pipeline's op (the loader around it: ``fastmae.data``, imported on its own)
+from .ops import resized_crop  # noqa: E402
+from .reference import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+
+__all__ += ["IMAGENET_MEAN", "IMAGENET_STD", "resized_crop"]

@@ -380,3 +380,57 @@ def masking_ids(noise: torch.Tensor, len_keep: int, *, backend: str | None = Non
     if impl == "triton":
         return MaskingIds(*_kernels().masking_ids.masking_ids(noise, len_keep))
     return MaskingIds(*reference.masking_ids_ref(noise, len_keep))
+
+
+# --------------------------------------------------------------------------------------------------
+# input pipeline
+# --------------------------------------------------------------------------------------------------
+
+__all__.append("resized_crop")
+
+
+def resized_crop(
+    data: torch.Tensor,
+    meta: torch.Tensor,
+    boxes: torch.Tensor,
+    flip: torch.Tensor,
+    size,
+    mean=reference.IMAGENET_MEAN,
+    std=reference.IMAGENET_STD,
+    out_dtype: torch.dtype = torch.float32,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Crop, resize, flip and normalise a ragged batch of uint8 images: the model's input in one launch.
+
+    Args:
+        data: uint8 ``[B]``, the HWC RGB pixels of ``N`` images of any sizes, one after another.
+        meta: int64 ``[N, 3]``, per image ``(byte offset into data, height H, width W)``.
+        boxes: int64 ``[N, 4]``, per image the crop ``(top, left, height, width)`` in its pixels.
+        flip: bool ``[N]``, mirror left to right.
+        size: ``(S_h, S_w)`` or an int for a square output.
+        mean, std: per RGB channel; the output is ``(pixel / 255 - mean) / std`` (ImageNet's by default).
+        out_dtype: float32, bfloat16 or float16 (the model's input dtype under autocast).
+    Returns:
+        ``[N, 3, S_h, S_w]`` in ``out_dtype``: ``normalize(flip(resize(crop)))`` where the resize is
+        antialiased bicubic with Pillow's kernel (a = -0.5, support widened by the downscale factor),
+        i.e. ``F.interpolate(crop, size, mode="bicubic", antialias=True, align_corners=False)``
+        (``reference.resized_crop_ref``). Not differentiable (images need no gradient).
+
+    Raises ``TypeError``/``ValueError`` before anything runs for wrong dtypes, ranks or shapes, a
+    ``size`` below 1, and (for CPU tensors, or with ``FASTMAE_CHECK_INDICES=1``) an image that does not
+    fit in ``data`` or a box that leaves its image. On CUDA without the check the kernel clamps each
+    box into its image and masks every load: it never reads out of bounds.
+    """
+    size = check.out_size(size)
+    mean = check.channel_values("mean", mean)
+    std = check.channel_values("std", std, positive=True)
+    check.float_dtype("out_dtype", out_dtype)
+    check.ragged_batch(data, meta, boxes, flip)
+    data, meta, boxes, flip = _contiguous(data, meta, boxes, flip)
+    impl = resolve_backend(backend, data.device)
+    if impl == "triton":
+        return _kernels().resized_crop.resized_crop(data, meta, boxes, flip, size, mean, std, out_dtype)
+    if impl == "torch":
+        return torch_ops.resized_crop(data, meta, boxes, flip, size, mean, std, out_dtype)
+    return reference.resized_crop_ref(data, meta, boxes, flip, size, mean, std, out_dtype)
