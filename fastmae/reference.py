@@ -233,7 +233,7 @@ def resized_crop_ref(
         meta: int64 ``[N, 3]``, per image ``(byte offset into data, height H, width W)``.
         boxes: int64 ``[N, 4]``, per image the crop ``(top, left, height h, width w)`` in its pixels.
         flip: bool ``[N]``, mirror the result left to right.
-        size: ``(S_h, S_w)``, the output size.
+        size: ``(S_h, S_w)``, the output size (an int: square).
         mean, std: 3 floats each; the output is ``(pixel / 255 - mean) / std`` per channel.
         out_dtype: float32, bfloat16 or float16.
     Returns:
@@ -246,13 +246,14 @@ def resized_crop_ref(
     """
     import torch.nn.functional as F
 
+    size = (size, size) if isinstance(size, int) else tuple(size)
     mean_t = torch.tensor(mean, dtype=torch.float32, device=data.device).view(3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32, device=data.device).view(3, 1, 1)
     out = []
     for (off, hh, ww), (top, left, h, w), mirror in zip(meta.tolist(), boxes.tolist(), flip.tolist()):
         img = data[off:off + hh * ww * 3].view(hh, ww, 3)  # [H, W, 3]
         crop = img[top:top + h, left:left + w].permute(2, 0, 1).float()  # [3, h, w]
-        x = F.interpolate(crop[None], size=tuple(size), mode="bicubic", antialias=True, align_corners=False)[0]
+        x = F.interpolate(crop[None], size=size, mode="bicubic", antialias=True, align_corners=False)[0]
         if mirror:
             x = x.flip(-1)
         out.append(((x / 255 - mean_t) / std_t).to(out_dtype))  # [3, S_h, S_w]

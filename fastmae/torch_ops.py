@@ -74,14 +74,15 @@ def masked_mse_loss(
 # input pipeline: resized_crop
 # --------------------------------------------------------------------------------------------------
 
-import math  # noqa: E402  (this section's own import, kept with it)
+import functools  # noqa: E402  (this section's own imports, kept with it)
+import math  # noqa: E402
 
 # Crops whose sides are all at most this take batched matmuls with dense weight matrices (BLAS beats
 # torch's per-image antialias loops there: the CPU demo's 64 px images); larger crops take torch's own
 # separable antialias kernel per image, since a dense [S, w] matrix multiplies mostly zeros (a 300 px
 # side resampled to 224 has ~7 non-zero taps per row): measured ~4x slower than the kernel at 224 px.
 _DENSE_MAX_SIDE = 128
-_DENSE_GROUP = 256  # images per batched matmul: bounds the padded float crops to 256 * 3 * 128² * 4 B = 50 MB
+_DENSE_GROUP = 256  # images per batched matmul: bounds the padded crops to 256 * 3 * 128² * 4 B = 50 MB as float
 
 
 def _cubic(x: torch.Tensor) -> torch.Tensor:
@@ -116,6 +117,17 @@ def aa_bicubic_weights(in_sizes: torch.Tensor, out_size: int, width: int) -> tor
     return dense.scatter_add_(2, x.long().clamp(max=width - 1), w)  # clamped taps carry weight 0
 
 
+@functools.lru_cache(maxsize=8)
+def _weight_table(out_size: int, device: torch.device) -> torch.Tensor:
+    """``aa_bicubic_weights`` for every input size 1 .. ``_DENSE_MAX_SIDE`` -> ``[M, out_size, M]`` (cached).
+
+    Row ``k`` is the matrix of an input of ``k + 1`` samples, zero past it, so ``table[s - 1, :, :m]``
+    is exact for any width ``m >= s``: a batch's matrices are one indexing op, not a computation.
+    """
+    sides = torch.arange(1, _DENSE_MAX_SIDE + 1, device=device)
+    return aa_bicubic_weights(sides, out_size, _DENSE_MAX_SIDE)
+
+
 def resized_crop(
     data: torch.Tensor,
     meta: torch.Tensor,
@@ -128,38 +140,48 @@ def resized_crop(
 ) -> torch.Tensor:
     """``resized_crop_ref`` without its per-image ``F.interpolate`` where crops are small: ``[N, 3, S_h, S_w]``.
 
-    Small crops (sides <= ``_DENSE_MAX_SIDE``) in groups: the crops padded into ``[G, 3, h_max, w_max]``
-    float32, then ``out = Wy @ (crop @ Wx^T)`` as two batched matmuls with the separable weight matrices
-    (``aa_bicubic_weights``; the flip folded into ``Wx`` by reversing its rows; zero weights on the
-    padding). Larger crops: torch's antialias kernel per image. Then one normalisation pass.
-    Reads ``meta`` and ``boxes`` on the host (one sync on CUDA, where the Triton kernel is the path).
+    Small crops (sides <= ``_DENSE_MAX_SIDE``), in groups: the uint8 crops padded into
+    ``[G, h_max, w_max, 3]`` (HWC, as stored), then two batched matmuls with the separable weight
+    matrices (``_weight_table``; zero on the padding; the flip folded into ``Wx`` by reversing its
+    rows): the vertical pass ``Wy [G, S_h, h_max] @ crop [G, h_max, w_max * 3]``, then the horizontal
+    ``[G, 3 S_h, w_max] @ Wx^T [G, w_max, S_w]``, which is the output's layout. Larger crops: torch's antialias kernel per image.
+    Then one normalisation pass. Reads ``meta`` and ``boxes`` on the host (one sync on CUDA, where the
+    Triton kernel is the path).
     """
     import torch.nn.functional as F
 
     n = meta.shape[0]
     sh, sw = size
-    out = torch.empty((n, 3, sh, sw), dtype=torch.float32, device=data.device)  # [N, 3, S_h, S_w]
-    rows = torch.cat([meta, boxes], 1).tolist()
-    crops = [data[o:o + 3 * hh * ww].view(hh, ww, 3)[t:t + h, l:l + w] for o, hh, ww, t, l, h, w in rows]
+    dev = data.device
+    out = torch.empty((n, 3, sh, sw), dtype=torch.float32, device=dev)  # [N, 3, S_h, S_w]
+    rows = torch.cat([meta, boxes], 1).tolist()  # (offset, H, W, top, left, h, w) per image
     mirror = flip.tolist()
-    small = [i for i, c in enumerate(crops) if max(c.shape[0], c.shape[1]) <= _DENSE_MAX_SIDE]
+    small = [i for i, r in enumerate(rows) if max(r[5], r[6]) <= _DENSE_MAX_SIDE]
     for g0 in range(0, len(small), _DENSE_GROUP):
         group = small[g0:g0 + _DENSE_GROUP]
-        idx = torch.tensor(group, device=data.device)
-        hs, ws = boxes[idx, 2], boxes[idx, 3]  # [G]
-        h_max, w_max = max(crops[i].shape[0] for i in group), max(crops[i].shape[1] for i in group)
-        padded = torch.zeros((len(group), 3, h_max, w_max), device=data.device)  # [G, 3, h_max, w_max]
+        g = len(group)
+        idx = torch.tensor(group, device=dev)
+        h_max, w_max = max(rows[i][5] for i in group), max(rows[i][6] for i in group)
+        padded = torch.zeros((g, h_max, w_max, 3), dtype=torch.uint8, device=dev)  # [G, h_max, w_max, 3]
+        src, dst = (data.numpy(), padded.numpy()) if dev.type == "cpu" else (data, padded)
         for k, i in enumerate(group):
-            padded[k, :, :crops[i].shape[0], :crops[i].shape[1]] = crops[i].permute(2, 0, 1)
-        wy = aa_bicubic_weights(hs, sh, h_max)  # [G, S_h, h_max]
-        wx = aa_bicubic_weights(ws, sw, w_max)  # [G, S_w, w_max]
+            o, hh, ww, t, l, h, w = rows[i]
+            dst[k, :h, :w] = src[o:o + 3 * hh * ww].reshape(hh, ww, 3)[t:t + h, l:l + w]
+        wy = _weight_table(sh, dev)[boxes[idx, 2] - 1, :, :h_max]  # [G, S_h, h_max]
+        wx = _weight_table(sw, dev)[boxes[idx, 3] - 1, :, :w_max]  # [G, S_w, w_max]
         wx = torch.where(flip[idx, None, None], wx.flip(1), wx)  # a flipped output reads columns backwards
-        horiz = padded.view(len(group), 3 * h_max, w_max) @ wx.transpose(1, 2)  # [G, 3*h_max, S_w]
-        out[idx] = wy[:, None] @ horiz.view(len(group), 3, h_max, sw)  # [G, 3, S_h, S_w]
+        vert = wy @ padded.view(g, h_max, w_max * 3).float()  # [G, S_h, w_max * 3] (HWC)
+        vert = vert.view(g, sh, w_max, 3).permute(0, 3, 1, 2).reshape(g, 3 * sh, w_max)  # [G, 3 S_h, w_max]
+        res = torch.bmm(vert, wx.transpose(1, 2))  # [G, 3 S_h, S_w] = [G, 3, S_h, S_w], contiguous
+        if group == list(range(group[0], group[0] + g)):
+            out[group[0]:group[0] + g] = res.view(g, 3, sh, sw)  # a plain copy
+        else:
+            out[idx] = res.view(g, 3, sh, sw)
     for i in sorted(set(range(n)) - set(small)):
-        x = F.interpolate(crops[i].permute(2, 0, 1).float()[None], size=(sh, sw), mode="bicubic",
-                          antialias=True, align_corners=False)[0]  # [3, S_h, S_w]
+        o, hh, ww, t, l, h, w = rows[i]
+        crop = data[o:o + 3 * hh * ww].view(hh, ww, 3)[t:t + h, l:l + w].permute(2, 0, 1).float()  # [3, h, w]
+        x = F.interpolate(crop[None], size=(sh, sw), mode="bicubic", antialias=True, align_corners=False)[0]
         out[i] = x.flip(-1) if mirror[i] else x
-    scale = torch.tensor([1 / (255 * s) for s in std], device=data.device).view(3, 1, 1)
-    bias = torch.tensor([-m / s for m, s in zip(mean, std)], device=data.device).view(3, 1, 1)
+    scale = torch.tensor([1 / (255 * s) for s in std], device=dev).view(3, 1, 1)
+    bias = torch.tensor([-m / s for m, s in zip(mean, std)], device=dev).view(3, 1, 1)
     return out.mul_(scale).add_(bias).to(out_dtype)  # (x / 255 - mean) / std
