@@ -14,7 +14,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["fastmae", "fastmae.cli", "fastmae.kernels"],
+    packages=["fastmae", "fastmae.cli", "fastmae.data", "fastmae.kernels"],
     package_dir={"fastmae": "fastmae", "fastmae.kernels": "kernels"},
     install_requires=[
         "torch>=2.6",
@@ -24,6 +24,7 @@ setup(
         # 2.13 -> 3.9); any of them works here, so the range spans them rather than pinning.
         'triton>=3.2,<4; platform_system == "Linux" and platform_machine == "x86_64"',
     ],
-    extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis"]},
+    # shards: WebDataset-style tar shards for fastmae.data (`pip install -e ".[shards]"`)
+    extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis"], "shards": ["webdataset"]},
     entry_points={"console_scripts": ["fastmae=fastmae.cli:main"]},
 )
