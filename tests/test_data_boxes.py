@@ -101,3 +101,16 @@ def test_load_crop_with_and_without_draft(draft):
     else:
         assert pixels.shape[:2] == (980, 980)
     assert isinstance(flip, bool)
+
+
+@pytest.mark.parametrize("box", [(0, 0, 375, 500), (40, 50, 250, 300), (374, 499, 1, 1), (10, 0, 7, 500)])
+def test_crop_pixels_is_the_crop(box):
+    # the one-pass extraction (Pillow's raw encoder on the box) is exactly np.asarray(im.crop(box)):
+    # the whole image, an interior box, the bottom-right pixel, a full-width strip
+    from fastmae.data.crops import crop_pixels
+
+    im = Image.open(io.BytesIO(photo_like_jpeg(1))).convert("RGB")
+    top, left, h, w = box
+    want = np.asarray(im.crop((left, top, left + w, top + h)))
+    got = crop_pixels(im, box)
+    assert got.shape == (h, w, 3) and np.array_equal(got, want)

@@ -46,8 +46,8 @@ def test_collate_ragged_layout():
     batch = fd.collate_crops(samples, (6, 6))
     n = len(batch)
     assert n == 3 and batch.buffer.dtype == torch.uint8 and batch.size == (6, 6)
-    assert batch.buffer.numel() == 64 * n + sum(s.pixels.nbytes for s in samples)
-    offsets = [64 * n, 64 * n + 105, 64 * n + 108]
+    assert batch.buffer.numel() == 64 + 64 * n + sum(s.pixels.nbytes for s in samples)  # header, table, pixels
+    offsets = [64 + 64 * n, 64 + 64 * n + 105, 64 + 64 * n + 108]
     assert batch.meta.tolist() == [[o, s.pixels.shape[0], s.pixels.shape[1]] for o, s in zip(offsets, samples)]
     assert batch.boxes.tolist() == [[0, 0, s.pixels.shape[0], s.pixels.shape[1]] for s in samples]
     assert batch.flip.tolist() == [False, True, True]
@@ -55,6 +55,25 @@ def test_collate_ragged_layout():
         assert np.array_equal(batch.buffer[o:o + 3 * h * w].numpy().reshape(h, w, 3), s.pixels)
     assert batch.index.tolist() == [0, 1, 2] and batch.labels.tolist() == [0, 1, 2]
     assert batch.skipped.tolist() == [-1, -1, -1]
+
+
+def test_pooled_buffers_are_reused_only_once_released():
+    # pinned batches reuse their worker's buffers: never one still unreleased (it would be overwritten
+    # before the pinning thread copied it), always a released one that is large enough
+    samples = _crops(((5, 7), False), ((3, 4), True))
+    first = fd.collate_crops(samples, (4, 4), pool_slots=2)
+    second = fd.collate_crops(samples, (4, 4), pool_slots=2)
+    assert first.pooled and second.pooled
+    assert first.buffer.data_ptr() != second.buffer.data_ptr()  # first is still in use
+    kept = first.buffer.clone()
+    third = fd.collate_crops(_crops(((2, 2), False)), (4, 4), pool_slots=2)  # both slots busy: fresh memory
+    assert not third.pooled and torch.equal(first.buffer, kept)
+    first.release()
+    fourth = fd.collate_crops(_crops(((6, 6), True)), (4, 4), pool_slots=2)
+    assert fourth.pooled and fourth.buffer.data_ptr() == first.buffer.data_ptr()  # reused
+    assert fourth.meta.tolist() == [[64 + 64, 6, 6]] and fourth.flip.tolist() == [True]
+    unpooled = fd.collate_crops(samples, (4, 4))
+    assert not unpooled.pooled
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])

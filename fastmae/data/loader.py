@@ -14,6 +14,7 @@ import os
 import time
 
 import torch
+from PIL import Image
 
 from .batch import collate_crops
 from .boxes import RATIO, SCALE
@@ -22,7 +23,8 @@ from .sampler import EpochSampler
 from .shards import Shards, ShardCrops, is_shard_spec
 from .sources import DataError, ImageFolder
 
-__all__ = ["CropLoader", "DataWait", "build_loader", "default_num_workers", "default_prefetch_factor", "open_source"]
+__all__ = ["CropLoader", "DataWait", "build_loader", "default_num_workers", "default_prefetch_factor", "open_source",
+           "use_pillow_block_cache", "keep_freed_memory", "worker_memory_settings"]
 
 
 def open_source(data: str, warn=print, num_samples: int | None = None):
@@ -61,6 +63,50 @@ def default_prefetch_factor(num_workers: int) -> int:
     the step, and costs shared memory (a 256-image batch of ImageNet crops is ~60 MB of uint8).
     """
     return max(2, math.ceil(4 / max(1, num_workers)))
+
+
+PILLOW_BLOCKS = 16  # memory blocks a worker's Pillow keeps for reuse (~1 MB each for ImageNet-sized images)
+
+
+def use_pillow_block_cache(blocks: int = PILLOW_BLOCKS) -> None:
+    """Let Pillow keep freed image memory for the next image (``PILLOW_BLOCKS_MAX``; off by default).
+
+    Without it every decoded image and every crop is fresh memory, and first-touch page faults cost
+    about as much as the copies themselves (measured: a 300x250 crop 0.23 ms fresh, 0.05 ms reused;
+    a 500x375 decode 1.4 ms fresh, 1.1 ms reused, on the 2-core machine). The loader's workers turn it
+    on; a setting the user made (the environment variable) is left alone.
+    """
+    if "PILLOW_BLOCKS_MAX" not in os.environ and Image.core.get_blocks_max() < blocks:
+        Image.core.set_blocks_max(blocks)
+
+
+def keep_freed_memory(threshold: int = 64 << 20) -> bool:
+    """Let glibc's allocator serve large blocks from the heap and keep freed memory for reuse.
+
+    By default glibc maps every allocation above ~128 KB afresh (a decoded crop's bytes, a batch
+    buffer) and returns it on free, so each one page-faults in again: measured on the 2-core machine,
+    a 300x250 crop's extraction costs 0.24 ms that way and 0.09 ms with this set. ``mallopt`` of
+    ``M_MMAP_THRESHOLD`` (allocations up to ``threshold`` from the heap) and ``M_TRIM_THRESHOLD`` (keep
+    up to 4x that free). For worker processes, whose memory is the loader's; a no-op (``False``) where
+    the C library is not glibc.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, threshold) and libc.mallopt(-1, 4 * threshold))  # M_MMAP_, M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
+def worker_memory_settings() -> None:
+    """What each loader worker sets at its start: Pillow's block cache and glibc's thresholds."""
+    use_pillow_block_cache()
+    keep_freed_memory()
+
+
+def _worker_init(worker_id: int) -> None:
+    worker_memory_settings()
 
 
 class DataWait:
@@ -164,7 +210,12 @@ def build_loader(
     num_workers = default_num_workers(local_world_size) if num_workers is None else num_workers
     pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
     spec = CropSpec(size, tuple(scale), tuple(ratio), flip_p, draft)
-    collate = functools.partial(collate_crops, size=size)
+    workers = num_workers > 0
+    prefetch_factor = (prefetch_factor or default_prefetch_factor(num_workers)) if workers else None
+    # pinned batches are copied out of the worker's buffer before anyone reads them: the buffers can be
+    # reused, one per batch a worker can have queued or in the pinning thread, plus the one it fills
+    slots = (prefetch_factor or 0) + 2 if pin_memory else 0
+    collate = functools.partial(collate_crops, size=size, pool_slots=slots)
     if isinstance(source, Shards):
         dataset = ShardCrops(source, spec, seed, batch_size, world_size, rank, shuffle)
         dataset.check_streams(num_workers)
@@ -178,14 +229,14 @@ def build_loader(
         share = f", {per_rank} per process over {world_size}" if world_size > 1 else ""
         raise ValueError(f"batch_size {batch_size} is larger than the data ({len(source)} images{share}); "
                          f"use {per_rank} or less")
-    workers = num_workers > 0
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, drop_last=True, collate_fn=collate,
         num_workers=num_workers, pin_memory=pin_memory, persistent_workers=persistent_workers and workers,
-        prefetch_factor=(prefetch_factor or default_prefetch_factor(num_workers)) if workers else None,
+        prefetch_factor=prefetch_factor,
         # a private generator: the loader's per-iterator seed draw leaves the global RNG (the model's
         # masking noise) alone; nothing in the workers uses torch's RNG
         generator=torch.Generator(device="cpu").manual_seed(seed),
+        worker_init_fn=_worker_init if workers else None,
     )
     return CropLoader(loader, epoch_target, source, size, num_batches)
 
