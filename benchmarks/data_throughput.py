@@ -18,8 +18,8 @@ counts less) per image for:
 
 The pinning copy itself runs in the main process (torch's pin-memory thread), not in a worker.
 
-The methods take turns over the images in each pass (the file cache is warm for all), and each
-figure is the median over passes. On CUDA it also times ``fastmae.ops.resized_crop`` (the Triton
+Each method runs over all the images at a time (the file cache is warm for all); the methods take
+turns pass by pass, the order reversed every other pass, and each figure is the median over passes. On CUDA it also times ``fastmae.ops.resized_crop`` (the Triton
 kernel) on batches of 256 of the crops from (c), images/s and GB/s (bytes: every crop pixel read
 once, the output written once, the table read once). The last line is exactly:
 
@@ -68,7 +68,7 @@ def _decode(path, size, i):
 
 def _previous(path, size, i):
     with Image.open(path) as im:
-        pillow_pretrain_transform(im, size, np.random.default_rng([0, 0, i]))
+        pillow_pretrain_transform(im, size, fd.sample_rng(0, 0, i))
 
 
 def _fastmae(draft, pooled=True):
@@ -85,29 +85,40 @@ def _fastmae(draft, pooled=True):
     return work
 
 
-def measure(files, size, passes=3, batch=16) -> dict:
-    """CPU ms per image for each method: ``{name: median ms}``, and the last (c) batches."""
+def measure(files, size, passes=3, batch=16) -> tuple[dict, list]:
+    """CPU ms per image for each method (``{name: median over passes}``) and the (c'') batches of the
+    last pass. Each method runs over all the images in one go, as a worker runs only its own work;
+    the methods take turns pass by pass, in reverse order every other pass, so that neither the load
+    on the machine nor the method before (whose memory traffic cools the caches) favours one."""
     folder = _Files(files)
     spec = fd.CropSpec(size)
-    per_image = {"decode": _decode, "previous": _previous}
-    per_batch = {"fastmae": _fastmae(True), "fastmae_no_draft": _fastmae(False),
-                 "fastmae_fresh": _fastmae(True, pooled=False)}
-    times = {k: [] for k in (*per_image, *per_batch)}
-    batches = []  # the last batch of each pass (draft=False's, the same crops), for the kernel
-    for _ in range(passes):
-        for name, fn in per_image.items():
-            t = time.process_time()
+
+    def per_image(fn):
+        def run():
             for i, path in enumerate(files):
                 fn(path, size, i)
-            times[name].append(1e3 * (time.process_time() - t) / len(files))
-        for name, fn in per_batch.items():
-            t = time.process_time()
+        return run
+
+    def per_batch(fn, keep):
+        def run():
             for b0 in range(0, len(files), batch):
-                # a worker hands each batch on and drops it: its memory is reused, as it is here
-                last = fn(folder, spec, range(b0, min(b0 + batch, len(files))))
+                out = fn(folder, spec, range(b0, min(b0 + batch, len(files))))  # handed on and dropped
+                keep.append(out)
+        return run
+
+    batches = []  # (c'')'s: unpooled, so still intact afterwards, for the kernel
+    methods = {"decode": per_image(_decode), "previous": per_image(_previous),
+               "fastmae": per_batch(_fastmae(True), []), "fastmae_no_draft": per_batch(_fastmae(False), []),
+               "fastmae_fresh": per_batch(_fastmae(True, pooled=False), batches)}
+    times = {k: [] for k in methods}
+    for p in range(passes):
+        for name in (list(methods) if p % 2 == 0 else list(methods)[::-1]):
+            if name == "fastmae_fresh":
+                del batches[:]
+            t = time.process_time()
+            methods[name]()
             times[name].append(1e3 * (time.process_time() - t) / len(files))
-        batches.append(last)
-    return {k: statistics.median(v) for k, v in times.items()}, batches
+    return {k: statistics.median(v) for k, v in times.items()}, list(batches)
 
 
 def kernel_throughput(batches, size, dtype=torch.bfloat16, reps=20) -> dict | None:

@@ -10,8 +10,11 @@ import pytest
 from PIL import Image
 
 import fastmae.cli.data as cli_data
-from fastmae.data import CropSpec, draw_flip, load_crop, photo_like_jpeg, random_resized_crop_box
+from fastmae.data import CropSpec, draw_flip, load_crop, photo_like_jpeg, random_resized_crop_box, sample_rng
 from fastmae.data.boxes import draft_request, scale_box
+
+
+PINNED_BOX = (8, 1, 355, 318)  # random_resized_crop_box(500, 375, sample_rng(0, 0, 0)), CPython 3.11
 
 
 def _boxes(width, height, draws, seed=0, **kw):
@@ -60,8 +63,8 @@ def test_box_fallback_is_the_largest_allowed_centred_crop():
     assert random_resized_crop_box(120, 100, np.random.default_rng(0), scale=(2.0, 2.0)) == (0, 0, 100, 120)
 
 
-def test_same_draws_as_the_previous_loader():
-    # the library draws exactly what fastmae.cli.data drew from the same generator: runs keep their crops
+def test_same_algorithm_as_the_previous_loader():
+    # given the same numpy generator, the library draws exactly the box and flip fastmae.cli.data drew
     for seed in range(200):
         a, b = np.random.default_rng([3, seed]), np.random.default_rng([3, seed])
         top, left, h, w = random_resized_crop_box(64, 48, a)
@@ -73,6 +76,21 @@ def test_box_seeding():
     # a pure function of the generator's seed: equal seeds, equal boxes; other seeds, other boxes
     assert np.array_equal(_boxes(500, 375, 50, seed=1), _boxes(500, 375, 50, seed=1))
     assert not np.array_equal(_boxes(500, 375, 50, seed=1), _boxes(500, 375, 50, seed=2))
+    # the loader's per-sample generators: a pure function of the key, distinct keys give other draws
+    key_boxes = lambda *key: random_resized_crop_box(500, 375, sample_rng(*key))  # noqa: E731
+    assert key_boxes(0, 1, 7) == key_boxes(0, 1, 7)
+    assert len({key_boxes(0, e, i) for e in range(3) for i in range(20)}) == 60
+    # pinned values: the same draws on every machine and Python version (SHA-512 string seeding)
+    assert key_boxes(0, 0, 0) == PINNED_BOX
+
+
+def test_box_distribution_from_sample_generators():
+    # the loader's generators give the box distribution as numpy's do (same means, same bounds)
+    n = 4000
+    top, left, h, w = np.array([random_resized_crop_box(1000, 800, sample_rng(5, 0, i), scale=(0.2, 0.5))
+                                for i in range(n)]).T
+    _moments_check(w * h / (1000 * 800), np.log(w / h), 0.35, 0.0, (0.2, 0.5), n)
+    assert abs((top / (800 - h)).mean() - 0.5) < 5 * 0.5 / math.sqrt(n)
 
 
 def test_flip_rate():

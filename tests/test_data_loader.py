@@ -13,7 +13,6 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-import fastmae.cli.data as cli_data
 import fastmae.data as fd
 from fastmae.reference import resized_crop_ref
 
@@ -87,17 +86,23 @@ def test_to_model_input_is_the_op_on_the_batch(backend):
     assert fd.to_model_input(batch, dtype=torch.bfloat16, backend=backend).dtype == torch.bfloat16
 
 
-def test_loader_batches_are_the_previous_loaders_crops():
-    # same images, same boxes, same flips as fastmae.cli.data (the CPU path it replaces): only where
-    # the resampling runs changes. The previous transform's box and flip come from the same draws.
+def test_loader_draws_each_sample_from_its_key():
+    # box and flip of a sample are random_resized_crop_box then draw_flip from sample_rng(seed, epoch,
+    # index): a pure function of the key, whichever batch, worker or run the sample falls in
     source = fd.ProceduralImages(16, size=48)
     loader = fd.build_loader(source, 8, 24, seed=3, num_workers=0)
     loader.set_epoch(2)
     batch = next(iter(loader))
     for i, (h, w), flip in zip(batch.index.tolist(), batch.meta[:, 1:].tolist(), batch.flip.tolist()):
-        rng = np.random.default_rng([3, 2, i])
-        left, top, right, bottom = cli_data.random_resized_crop_box(48, 48, rng)
-        assert (bottom - top, right - left) == (h, w) and flip == (rng.random() < 0.5)
+        rng = fd.sample_rng(3, 2, i)
+        _, _, want_h, want_w = fd.random_resized_crop_box(48, 48, rng)
+        assert (want_h, want_w) == (h, w) and flip == fd.draw_flip(rng)
+    # the previous CPU path, given the same generator, crops the same box (its float32 output is the
+    # crop resized): same shape, the same flip
+    from fastmae.data.pillow_path import pillow_pretrain_transform
+
+    out = pillow_pretrain_transform(source.image(int(batch.index[0])), (24, 24), fd.sample_rng(3, 2, int(batch.index[0])))
+    assert out.shape == (3, 24, 24)
 
 
 def _run(loader, epochs):

@@ -23,7 +23,7 @@ This package does not import ``fastmae.cli``; it raises :class:`DataError` and `
 """
 
 from .batch import RaggedBatch, collate_crops, to_model_input
-from .boxes import RATIO, SCALE, draw_flip, random_resized_crop_box
+from .boxes import RATIO, SCALE, draw_flip, random_resized_crop_box, sample_rng
 from .crops import Crop, CropDataset, CropSpec, load_crop
 from .loader import (CropLoader, DataWait, build_loader, default_num_workers, default_prefetch_factor, open_source,
                      use_pillow_block_cache, worker_memory_settings)
@@ -36,6 +36,6 @@ __all__ = [
     "Crop", "CropDataset", "CropLoader", "CropSpec", "DataError", "DataWait", "EpochSampler", "IMAGE_EXTENSIONS",
     "ImageFolder", "ProceduralImages", "RATIO", "RaggedBatch", "SCALE", "ShardCrops", "Shards", "build_loader",
     "collate_crops", "default_num_workers", "default_prefetch_factor", "draw_flip", "is_shard_spec", "load_crop",
-    "open_source", "photo_like", "photo_like_jpeg", "random_resized_crop_box", "to_model_input",
+    "open_source", "photo_like", "photo_like_jpeg", "random_resized_crop_box", "sample_rng", "to_model_input",
     "use_pillow_block_cache", "worker_memory_settings", "write_photo_like_jpegs",
 ]

@@ -1,8 +1,8 @@
 """The official augmentation's random draws: RandomResizedCrop's box and the horizontal flip.
 
 The box follows torchvision's ``RandomResizedCrop.get_params`` (what the official MAE recipe runs,
-``scale=(0.2, 1.0)``, ``ratio=(3/4, 4/3)``), step for step, with a NumPy generator in place of
-torch's global one:
+``scale=(0.2, 1.0)``, ``ratio=(3/4, 4/3)``), step for step, with a generator of the sample's own in place of
+torch's global one (:func:`sample_rng`, or any object with numpy's ``uniform``/``integers``/``random``):
 
 1. up to 10 tries: an area fraction ``s ~ U(scale)`` and an aspect ratio ``r = exp(U(log ratio))``;
    ``w = round(sqrt(s * A * r))``, ``h = round(sqrt(s * A / r))`` (``A = W * H``); the first try with
@@ -11,23 +11,39 @@ torch's global one:
 2. otherwise the central crop: the whole image when its ratio is inside ``ratio``, else the
    largest centred box at the nearest allowed ratio.
 
-``fastmae.cli.data.random_resized_crop_box`` draws the same numbers from the same generator (it
-returns them as ``(left, top, right, bottom)``), so a run's crops do not change with the loader.
+Given the same numpy generator, ``fastmae.cli.data.random_resized_crop_box`` draws the same box (it
+returns it as ``(left, top, right, bottom)``): the algorithm is the same.
 """
 
 from __future__ import annotations
 
 import math
+import random
 
-import numpy as np
-
-__all__ = ["SCALE", "RATIO", "random_resized_crop_box", "draw_flip", "draft_request", "scale_box"]
+__all__ = ["SCALE", "RATIO", "SampleRandom", "sample_rng", "random_resized_crop_box", "draw_flip", "draft_request",
+           "scale_box"]
 
 SCALE = (0.2, 1.0)  # the official MAE pretraining range of the crop's area fraction
 RATIO = (3 / 4, 4 / 3)  # torchvision's default aspect-ratio range (width / height)
 
 
-def random_resized_crop_box(width: int, height: int, rng: np.random.Generator, scale=SCALE,
+class SampleRandom(random.Random):
+    """Python's Mersenne Twister under numpy's names for the draws the augmentation makes."""
+
+    def integers(self, low: int, high: int) -> int:
+        """Uniform on ``[low, high)``, as ``numpy.random.Generator.integers``."""
+        return self.randrange(low, high)
+
+
+def sample_rng(*key) -> SampleRandom:
+    """One sample's generator, seeded by its key (``seed, epoch, index``; for shards ``seed, epoch, shard,
+    position, pass``) joined into a string, which Python hashes with SHA-512: the same draws on every
+    run, machine and Python version. ~10 µs for the box and the flip, against ~40 µs (and ~140 µs
+    with the caches cold after a decode, measured) for ``numpy.random.default_rng(key)``."""
+    return SampleRandom("/".join(str(int(k)) for k in key))
+
+
+def random_resized_crop_box(width: int, height: int, rng, scale=SCALE,
                             ratio=RATIO) -> tuple[int, int, int, int]:
     """A RandomResizedCrop box ``(top, left, h, w)`` inside a ``width x height`` image (module docstring)."""
     area = width * height
@@ -51,7 +67,7 @@ def random_resized_crop_box(width: int, height: int, rng: np.random.Generator, s
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def draw_flip(rng: np.random.Generator, p: float = 0.5) -> bool:
+def draw_flip(rng, p: float = 0.5) -> bool:
     """RandomHorizontalFlip: ``True`` with probability ``p`` (drawn after the box, as the recipe)."""
     return bool(rng.random() < p)
 

@@ -11,7 +11,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from .boxes import RATIO, SCALE, draft_request, draw_flip, random_resized_crop_box, scale_box
+from .boxes import RATIO, SCALE, draft_request, draw_flip, random_resized_crop_box, sample_rng, scale_box
 from .sources import DataError, decoded_rgb
 
 __all__ = ["Crop", "CropSpec", "load_crop", "crop_pixels", "CropDataset"]
@@ -37,7 +37,7 @@ class CropSpec(NamedTuple):
     draft: bool = True  # let a JPEG decode at 1/2, 1/4 or 1/8 scale where the crop stays >= size
 
 
-def load_crop(im: Image.Image, spec: CropSpec, rng: np.random.Generator, what: str) -> tuple[np.ndarray, bool]:
+def load_crop(im: Image.Image, spec: CropSpec, rng, what: str) -> tuple[np.ndarray, bool]:
     """Box and flip from ``rng`` (in the recipe's order), decode ``im`` (reduced if allowed), slice the box.
 
     Args:
@@ -96,8 +96,8 @@ class CropDataset:
     """A source's images as :class:`Crop` samples, keyed by ``(epoch, index)``.
 
     The key carries the epoch, so a sample's randomness is a pure function of ``(seed, epoch,
-    index)`` — ``np.random.default_rng([seed, epoch, index])``, the same generator the previous CLI
-    loader used — and persistent workers need no epoch pushed to them (the sampler sends it).
+    index)`` — ``fastmae.data.boxes.sample_rng(seed, epoch, index)`` — and persistent workers need no
+    epoch pushed to them (the sampler sends it).
 
     An image that fails to decode is replaced by the next index that decodes (``index + 1``,
     ``index + 2``... modulo the length, the same substitute on every run), keeping the requested
@@ -122,7 +122,7 @@ class CropDataset:
             i = (index + k) % n
             if i in self._bad:
                 continue
-            rng = np.random.default_rng([self.seed, epoch, index])  # the asked-for index's draws
+            rng = sample_rng(self.seed, epoch, index)  # the asked-for index's draws
             try:
                 im = self.source.open(i)
                 label = im.info.get("label", None)  # a source that knows it already (procedural)

@@ -26,8 +26,11 @@ def to_normalized_tensor(img: Image.Image) -> torch.Tensor:
     return (x - mean) / std
 
 
-def pillow_pretrain_transform(img: Image.Image, size: tuple[int, int], rng: np.random.Generator) -> torch.Tensor:
+def pillow_pretrain_transform(img: Image.Image, size: tuple[int, int], rng) -> torch.Tensor:
     """RandomResizedCrop (scale 0.2-1, bicubic) + flip (p = 1/2) + normalise: ``[3, S_h, S_w]`` float32.
+
+    ``rng``: a numpy ``Generator`` or ``fastmae.data.boxes.sample_rng(...)``; the same box and flip as
+    the loader's for the same generator.
 
     Pillow's ``resize(box=...)`` samples inside the box but reads source pixels just outside it for
     the bicubic kernel, and rounds to uint8 between its two passes; ``fastmae.ops.resized_crop``

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .boxes import sample_rng
 from .crops import Crop, CropSpec, load_crop
 from .sources import IMAGE_EXTENSIONS, DataError
 
@@ -168,7 +169,7 @@ class ShardCrops(torch.utils.data.IterableDataset):
         if name is None:
             return None
         what = f"{sample.get('__key__')}.{name} in {url}"
-        rng = np.random.default_rng(list(key))
+        rng = sample_rng(*key)
         try:
             pixels, flip = load_crop(Image.open(io.BytesIO(sample[name])), self.spec, rng, what)
         except Exception as e:  # DataError, or Image.open on bytes that are no image
