@@ -401,26 +401,21 @@ def resized_crop(
     *,
     backend: str | None = None,
 ) -> torch.Tensor:
-    """Crop, resize, flip and normalise a ragged batch of uint8 images: the model's input in one launch.
+    """Crop, resize, flip and normalise a ragged uint8 batch: the model's input, in one launch.
 
     Args:
         data: uint8 ``[B]``, the HWC RGB pixels of ``N`` images of any sizes, one after another.
-        meta: int64 ``[N, 3]``, per image ``(byte offset into data, height H, width W)``.
-        boxes: int64 ``[N, 4]``, per image the crop ``(top, left, height, width)`` in its pixels.
-        flip: bool ``[N]``, mirror left to right.
-        size: ``(S_h, S_w)`` or an int for a square output.
-        mean, std: per RGB channel; the output is ``(pixel / 255 - mean) / std`` (ImageNet's by default).
+        meta: int64 ``[N, 3]`` ``(byte offset, H, W)``; boxes: int64 ``[N, 4]`` ``(top, left, h, w)``;
+        flip: bool ``[N]``; size: ``(S_h, S_w)`` or an int; mean, std: per RGB channel of pixel / 255.
         out_dtype: float32, bfloat16 or float16 (the model's input dtype under autocast).
     Returns:
-        ``[N, 3, S_h, S_w]`` in ``out_dtype``: ``normalize(flip(resize(crop)))`` where the resize is
-        antialiased bicubic with Pillow's kernel (a = -0.5, support widened by the downscale factor),
-        i.e. ``F.interpolate(crop, size, mode="bicubic", antialias=True, align_corners=False)``
-        (``reference.resized_crop_ref``). Not differentiable (images need no gradient).
+        ``[N, 3, S_h, S_w]``: ``normalize(flip(resize(crop)))``, the resize antialiased bicubic with
+        Pillow's kernel (a = -0.5, support widened by the downscale factor) as ``F.interpolate(crop,
+        size, mode="bicubic", antialias=True)`` (``reference.resized_crop_ref``). Not differentiable.
 
-    Raises ``TypeError``/``ValueError`` before anything runs for wrong dtypes, ranks or shapes, a
-    ``size`` below 1, and (for CPU tensors, or with ``FASTMAE_CHECK_INDICES=1``) an image that does not
-    fit in ``data`` or a box that leaves its image. On CUDA without the check the kernel clamps each
-    box into its image and masks every load: it never reads out of bounds.
+    Bad dtypes, ranks, shapes or ``size`` raise before anything runs, as do (CPU tensors, or
+    ``FASTMAE_CHECK_INDICES=1``) an image outside ``data`` or a box outside its image; unchecked on
+    CUDA, the kernel clamps each box into its image and masks every load.
     """
     size = check.out_size(size)
     mean = check.channel_values("mean", mean)
