@@ -21,7 +21,7 @@ from .boxes import RATIO, SCALE
 from .crops import CropDataset, CropSpec
 from .sampler import EpochSampler
 from .shards import Shards, ShardCrops, is_shard_spec
-from .sources import DataError, ImageFolder
+from .sources import ImageFolder
 
 __all__ = ["CropLoader", "DataWait", "build_loader", "default_num_workers", "default_prefetch_factor", "open_source",
            "use_pillow_block_cache", "keep_freed_memory", "worker_memory_settings"]
