@@ -15,6 +15,7 @@ from torch.utils.data import DistributedSampler
 
 import fastmae.data as fd
 from fastmae.reference import resized_crop_ref
+from helpers import DEVICE
 
 pytestmark = pytest.mark.usefixtures("cpu_default_device")  # see tests/conftest.py
 
@@ -77,13 +78,13 @@ def test_pooled_buffers_are_reused_only_once_released():
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_to_model_input_is_the_op_on_the_batch(backend):
-    if backend == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("the Triton kernel needs TRITON_INTERPRET=1 on a CPU")
+    if backend == "triton" and DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("the Triton kernel needs TRITON_INTERPRET=1 or a CUDA device")
     batch = fd.collate_crops(_crops(((9, 7), False), ((4, 5), True)), (6, 4))
-    out = fd.to_model_input(batch, "cpu", torch.float32, backend=backend)  # [2, 3, 6, 4]
-    ref = resized_crop_ref(batch.buffer, batch.meta, batch.boxes, batch.flip, (6, 4))
-    assert out.shape == (2, 3, 6, 4) and (out - ref).abs().max() <= 1e-4
-    assert fd.to_model_input(batch, dtype=torch.bfloat16, backend=backend).dtype == torch.bfloat16
+    out = fd.to_model_input(batch, DEVICE, torch.float32, backend=backend)  # [2, 3, 6, 4] on DEVICE
+    ref = resized_crop_ref(batch.buffer, batch.meta, batch.boxes, batch.flip, (6, 4))  # on the host
+    assert out.shape == (2, 3, 6, 4) and out.device.type == DEVICE and (out.cpu() - ref).abs().max() <= 1e-4
+    assert fd.to_model_input(batch, DEVICE, torch.bfloat16, backend=backend).dtype == torch.bfloat16
 
 
 def test_loader_draws_each_sample_from_its_key():

@@ -19,7 +19,7 @@ from fastmae import ops
 from fastmae.data.synthetic import photo_like_jpeg
 from fastmae.kernels import resized_crop as kernel
 from fastmae.reference import IMAGENET_MEAN, IMAGENET_STD, resized_crop_ref
-from helpers import DTYPES, assert_close, poisoned, requires_kernels
+from helpers import DEVICE, DTYPES, assert_close, poisoned, requires_kernels
 
 ATOL_FP32 = 1e-4  # the issue's agreement, normalised units
 
@@ -29,10 +29,11 @@ def ragged(sizes, seed=0):
     g = torch.Generator().manual_seed(seed)
     parts, meta, off = [], [], 0
     for hh, ww in sizes:
-        parts.append(torch.randint(0, 256, (hh * ww * 3,), dtype=torch.uint8, generator=g))
+        parts.append(torch.randint(0, 256, (hh * ww * 3,), dtype=torch.uint8, generator=g, device="cpu"))
         meta.append((off, hh, ww))
         off += hh * ww * 3
-    return torch.cat(parts), torch.tensor(meta, dtype=torch.int64)
+    # on the GPU run (tests/conftest.py) tensors made without a device land on CUDA: data goes there too
+    return torch.cat(parts).to(DEVICE), torch.tensor(meta, dtype=torch.int64)
 
 
 def batch(sizes, boxes, flips, seed=0):
@@ -177,7 +178,7 @@ def _photo_batch(count, size, seed, image_size=(500, 375)):
     imgs = [Image.open(io.BytesIO(photo_like_jpeg(seed * 100 + i, *image_size))).convert("RGB")
             for i in range(count)]
     arrays = [np.asarray(im) for im in imgs]
-    data = torch.from_numpy(np.concatenate([a.reshape(-1) for a in arrays]))
+    data = torch.from_numpy(np.concatenate([a.reshape(-1) for a in arrays])).to(DEVICE)
     offsets = np.cumsum([0] + [a.size for a in arrays[:-1]])
     meta = torch.tensor([(int(o), a.shape[0], a.shape[1]) for o, a in zip(offsets, arrays)])
     boxes = torch.tensor([random_resized_crop_box(a.shape[1], a.shape[0], rng) for a in arrays])
@@ -191,7 +192,7 @@ def _grey_levels(out):
     """Normalised ``[N, 3, H, W]`` -> pixel values ``[N, H, W, 3]`` in [0, 255] (float, not rounded)."""
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return ((out.float() * std + mean) * 255).clamp(0, 255).permute(0, 2, 3, 1).numpy()
+    return ((out.float() * std + mean) * 255).clamp(0, 255).permute(0, 2, 3, 1).cpu().numpy()
 
 
 # Pillow differs from the float resampling in three ways: 22-bit fixed-point weights, a rounding and
