@@ -14,7 +14,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["fastmae", "fastmae.cli", "fastmae.integrations", "fastmae.kernels"],
+    packages=["fastmae", "fastmae.cli", "fastmae.data", "fastmae.integrations", "fastmae.kernels"],
     package_dir={"fastmae": "fastmae", "fastmae.kernels": "kernels"},
     install_requires=[
         "torch>=2.6",
@@ -28,6 +28,8 @@ setup(
         "test": ["pytest", "pytest-benchmark", "hypothesis"],
         # fastmae.integrations.hf and the hf export; apply_fastmae patches the ViTMAE of transformers 5.
         "interop": ["transformers>=5"],
+        # WebDataset-style tar shards for fastmae.data
+        "shards": ["webdataset"],
     },
     entry_points={"console_scripts": ["fastmae=fastmae.cli:main"]},
 )

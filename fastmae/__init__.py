@@ -56,3 +56,9 @@ from .vit import VIT_MODELS, VisionTransformer, create_vit, param_groups_lrd  # 
 
 __all__ += ["VIT_MODELS", "VisionTransformer", "checkpoints", "convert", "create_vit", "inspect_state_dict",
             "linear_probe", "param_groups_lrd"]
+
+# the input pipeline's op (the loader around it: ``fastmae.data``, imported on its own)
+from .ops import resized_crop  # noqa: E402
+from .reference import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+
+__all__ += ["IMAGENET_MEAN", "IMAGENET_STD", "resized_crop"]

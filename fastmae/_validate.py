@@ -159,3 +159,75 @@ def noise(t, n: int, num_patches: int, device: torch.device) -> torch.Tensor:
         raise ValueError(f"noise must have shape [{n}, {num_patches}] (batch, patches), got {tuple(t.shape)}")
     same_device("noise", t, device)
     return t
+
+
+# --------------------------------------------------------------------------------------------------
+# input pipeline (resized_crop): a ragged uint8 batch, its crop boxes, the output size and statistics
+# --------------------------------------------------------------------------------------------------
+
+MAX_OUT_SIDE = 65536  # output rows and columns each (the kernel's grid tiles them: 65535 tiles at most)
+
+
+def out_size(size) -> tuple[int, int]:
+    """``size`` is an int ``S`` (square) or a pair ``(S_h, S_w)`` of ints in ``[1, 65536]``, ``S_h * S_w < 2**31``."""
+    pair = (size, size) if isinstance(size, numbers.Integral) and not isinstance(size, bool) else size
+    if not isinstance(pair, (tuple, list, torch.Size)) or len(pair) != 2 or any(
+            isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in pair):
+        raise TypeError(f"size must be an int or a pair of ints (S_h, S_w), got {size!r}")
+    if not all(1 <= s <= MAX_OUT_SIDE for s in pair) or pair[0] * pair[1] >= 2**31:
+        raise ValueError(f"size must be at least 1 and at most {MAX_OUT_SIDE} on each side with fewer than "
+                         f"2**31 pixels, got {tuple(pair)}")
+    return int(pair[0]), int(pair[1])
+
+
+def channel_values(name: str, values, positive: bool = False) -> tuple[float, float, float]:
+    """Three finite real numbers (one per RGB channel), all > 0 with ``positive``."""
+    try:
+        vals = tuple(float(v) for v in values)
+    except TypeError:
+        raise TypeError(f"{name} must be 3 numbers (one per RGB channel), got {values!r}") from None
+    if len(vals) != 3 or not all(math.isfinite(v) for v in vals) or (positive and min(vals) <= 0):
+        need = "positive finite" if positive else "finite"
+        raise ValueError(f"{name} must be 3 {need} numbers (one per RGB channel), got {values!r}")
+    return vals
+
+
+def float_dtype(name: str, dtype) -> torch.dtype:
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be one of ({_dtype_names(FLOAT_DTYPES)}), got {dtype!r}")
+    return dtype
+
+
+def ragged_batch(data, meta, boxes, flip) -> int:
+    """``data`` uint8 ``[B]``, ``meta`` int64 ``[N, 3]``, ``boxes`` int64 ``[N, 4]``, ``flip`` bool ``[N]``, one device.
+
+    Values (where :func:`ids` would read them: CPU tensors, or ``FASTMAE_CHECK_INDICES=1``): each image
+    ``(offset, H, W)`` has ``H, W >= 1`` and lies inside ``data`` (``offset + 3*H*W <= B``); each box
+    ``(top, left, h, w)`` has ``h, w >= 1`` and lies inside its image. Returns ``N``.
+    """
+    tensor("data", data, 1, (torch.uint8,))
+    tensor("meta", meta, 2, (torch.int64,))
+    tensor("boxes", boxes, 2, (torch.int64,))
+    tensor("flip", flip, 1, (torch.bool,))
+    n = meta.shape[0]
+    for name, t, want in (("meta", meta, (n, 3)), ("boxes", boxes, (n, 4)), ("flip", flip, (n,))):
+        if tuple(t.shape) != want:
+            raise ValueError(f"{name} must have shape {list(want)} (N = {n} images, from meta), got {tuple(t.shape)}")
+        same_device(name, t, data.device)
+    if _reads_values(meta):
+        off, hh, ww = meta.unbind(1)
+        bad = (off < 0) | (hh < 1) | (ww < 1) | (off + 3 * hh * ww > data.numel())
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise ValueError(f"meta row {i} (offset, H, W) = {tuple(meta[i].tolist())} does not describe an "
+                             f"image inside data of {data.numel()} bytes (needs H, W >= 1, offset >= 0 and "
+                             f"offset + 3*H*W <= {data.numel()})")
+    if _reads_values(boxes):
+        top, left, h, w = boxes.unbind(1)
+        hh, ww = meta[:, 1], meta[:, 2]
+        bad = (top < 0) | (left < 0) | (h < 1) | (w < 1) | (top + h > hh) | (left + w > ww)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise ValueError(f"boxes row {i} (top, left, h, w) = {tuple(boxes[i].tolist())} leaves its image of "
+                             f"{int(hh[i])}x{int(ww[i])} pixels (needs h, w >= 1 inside the image)")
+    return n

@@ -390,3 +390,52 @@ def masking_ids(noise: torch.Tensor, len_keep: int, *, backend: str | None = Non
     if impl == "triton":
         return MaskingIds(*_kernels().masking_ids.masking_ids(noise, len_keep))
     return MaskingIds(*reference.masking_ids_ref(noise, len_keep))
+
+
+# --------------------------------------------------------------------------------------------------
+# input pipeline
+# --------------------------------------------------------------------------------------------------
+
+__all__.append("resized_crop")
+
+
+def resized_crop(
+    data: torch.Tensor,
+    meta: torch.Tensor,
+    boxes: torch.Tensor,
+    flip: torch.Tensor,
+    size,
+    mean=reference.IMAGENET_MEAN,
+    std=reference.IMAGENET_STD,
+    out_dtype: torch.dtype = torch.float32,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Crop, resize, flip and normalise a ragged uint8 batch: the model's input, in one launch.
+
+    Args:
+        data: uint8 ``[B]``, the HWC RGB pixels of ``N`` images of any sizes, one after another.
+        meta: int64 ``[N, 3]`` ``(byte offset, H, W)``; boxes: int64 ``[N, 4]`` ``(top, left, h, w)``;
+        flip: bool ``[N]``; size: ``(S_h, S_w)`` or an int; mean, std: per RGB channel of pixel / 255.
+        out_dtype: float32, bfloat16 or float16 (the model's input dtype under autocast).
+    Returns:
+        ``[N, 3, S_h, S_w]``: ``normalize(flip(resize(crop)))``, the resize antialiased bicubic with
+        Pillow's kernel (a = -0.5, support widened by the downscale factor) as ``F.interpolate(crop,
+        size, mode="bicubic", antialias=True)`` (``reference.resized_crop_ref``). Not differentiable.
+
+    Bad dtypes, ranks, shapes or ``size`` raise before anything runs, as do (CPU tensors, or
+    ``FASTMAE_CHECK_INDICES=1``) an image outside ``data`` or a box outside its image; unchecked on
+    CUDA, the kernel clamps each box into its image and masks every load.
+    """
+    size = check.out_size(size)
+    mean = check.channel_values("mean", mean)
+    std = check.channel_values("std", std, positive=True)
+    check.float_dtype("out_dtype", out_dtype)
+    check.ragged_batch(data, meta, boxes, flip)
+    data, meta, boxes, flip = _contiguous(data, meta, boxes, flip)
+    impl = resolve_backend(backend, data.device)
+    if impl == "triton":
+        return _kernels().resized_crop.resized_crop(data, meta, boxes, flip, size, mean, std, out_dtype)
+    if impl == "torch":
+        return torch_ops.resized_crop(data, meta, boxes, flip, size, mean, std, out_dtype)
+    return reference.resized_crop_ref(data, meta, boxes, flip, size, mean, std, out_dtype)

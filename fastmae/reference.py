@@ -204,3 +204,59 @@ def masked_mse_loss_ref(
     den = mask.sum()
     # 0 / 0 only when no patch is masked; the numerator is then 0 as well, so divide by 1 instead.
     return (loss * mask).sum() / torch.where(den > 0, den, torch.ones_like(den))
+
+
+# --------------------------------------------------------------------------------------------------
+# input pipeline: crop, antialiased bicubic resize, flip and normalise a ragged batch of uint8 images
+# --------------------------------------------------------------------------------------------------
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # per RGB channel, of pixel / 255 (the official Normalize)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+__all__ += ["resized_crop_ref", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+
+def resized_crop_ref(
+    data: torch.Tensor,
+    meta: torch.Tensor,
+    boxes: torch.Tensor,
+    flip: torch.Tensor,
+    size: tuple[int, int],
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    out_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Crop, resize (antialiased bicubic), flip and normalise each image of a ragged uint8 batch.
+
+    Args:
+        data: uint8 ``[B]``, the HWC RGB pixels of ``N`` images one after another.
+        meta: int64 ``[N, 3]``, per image ``(byte offset into data, height H, width W)``.
+        boxes: int64 ``[N, 4]``, per image the crop ``(top, left, height h, width w)`` in its pixels.
+        flip: bool ``[N]``, mirror the result left to right.
+        size: ``(S_h, S_w)``, the output size (an int: square).
+        mean, std: 3 floats each; the output is ``(pixel / 255 - mean) / std`` per channel.
+        out_dtype: float32, bfloat16 or float16.
+    Returns:
+        ``[N, 3, S_h, S_w]`` in ``out_dtype``.
+
+    The resize is ``F.interpolate(crop, size, mode="bicubic", antialias=True, align_corners=False)``
+    on the float crop: Pillow's bicubic kernel (a = -0.5) with its support widened by the downscale
+    factor, separable, taps clamped at the crop's edges and each output's weights renormalised to sum
+    to 1. A per-image loop that reads ``meta`` and ``boxes`` on the host: the definition, not a fast path.
+    """
+    import torch.nn.functional as F
+
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=data.device).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=data.device).view(3, 1, 1)
+    out = []
+    for (off, hh, ww), (top, left, h, w), mirror in zip(meta.tolist(), boxes.tolist(), flip.tolist()):
+        img = data[off:off + hh * ww * 3].view(hh, ww, 3)  # [H, W, 3]
+        crop = img[top:top + h, left:left + w].permute(2, 0, 1).float()  # [3, h, w]
+        x = F.interpolate(crop[None], size=size, mode="bicubic", antialias=True, align_corners=False)[0]
+        if mirror:
+            x = x.flip(-1)
+        out.append(((x / 255 - mean_t) / std_t).to(out_dtype))  # [3, S_h, S_w]
+    if not out:
+        return torch.empty((0, 3, *size), dtype=out_dtype, device=data.device)
+    return torch.stack(out)

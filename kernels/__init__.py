@@ -16,7 +16,8 @@ import Triton.
 import importlib
 
 # one module per op (patchify also holds unpatchify and patchify_gather)
-KERNEL_MODULES = ("patchify", "encoder_input", "decoder_input", "masked_tokens", "masked_mse_loss", "masking_ids")
+KERNEL_MODULES = ("patchify", "encoder_input", "decoder_input", "masked_tokens", "masked_mse_loss", "masking_ids",
+                  "resized_crop")
 
 __all__ = list(KERNEL_MODULES) + ["KERNEL_MODULES"]
 
