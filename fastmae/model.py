@@ -50,7 +50,7 @@ class MaskedAutoencoderViT(nn.Module):
         for name, v in (("in_chans", in_chans), ("embed_dim", embed_dim), ("decoder_embed_dim", decoder_embed_dim)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        ops._check_name(backend)
+        ops.check_backend_name(backend)
         check.norm_pix(bool(norm_pix_loss), patch_size * patch_size * in_chans)
         self.backend = backend
         self.in_chans = in_chans

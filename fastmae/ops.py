@@ -8,7 +8,8 @@ Backends:
     ``"auto"``       triton for CUDA tensors or under ``TRITON_INTERPRET=1``, torch otherwise.
 
 The backend is read on every call, in this order: the ``backend=`` argument, the innermost
-``use_backend(...)`` context, the ``FASTMAE_BACKEND`` environment variable, ``"auto"``.
+``use_backend(...)`` context, the ``FASTMAE_BACKEND`` environment variable, ``"auto"``
+(``fastmae/backends.py``; re-exported here).
 
 Every op validates its arguments before anything runs (shapes, dtypes, devices, index ranges where
 cheap) and makes its inputs contiguous, so the implementations below see fixed-rank dense tensors.
@@ -17,14 +18,13 @@ All ops are differentiable; none reads tensor data on the host.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import threading
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import torch
 
 from . import _validate as check
+from .backends import BACKENDS, get_backend, resolve_backend, use_backend
+from .backends import check_name as check_backend_name
 from . import kernels as _kernel_package  # no Triton import until a kernel is used
 from . import reference, torch_ops
 
@@ -43,52 +43,6 @@ __all__ = [
     "masking_ids",
     "MaskingIds",
 ]
-
-BACKENDS = ("auto", "triton", "torch", "reference")
-_local = threading.local()
-
-
-def _check_name(name: str, what: str = "backend") -> str:
-    if name not in BACKENDS:
-        raise ValueError(f"{what} must be one of {BACKENDS}, got {name!r}")
-    return name
-
-
-def get_backend() -> str:
-    """The backend requested now (before ``"auto"`` is resolved)."""
-    stack = getattr(_local, "stack", None)
-    if stack:
-        return stack[-1]
-    return _check_name(os.environ.get("FASTMAE_BACKEND", "auto"), "FASTMAE_BACKEND")
-
-
-@contextlib.contextmanager
-def use_backend(name: str) -> Iterator[None]:
-    """Run the enclosed ops (and models built with ``backend="auto"``) on ``name``; restored on exit."""
-    _check_name(name)
-    stack = _local.__dict__.setdefault("stack", [])
-    stack.append(name)
-    try:
-        yield
-    finally:
-        stack.pop()
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def resolve_backend(backend: str | None, device: torch.device) -> str:
-    """``backend`` (or the current default) resolved to ``"triton"``, ``"torch"`` or ``"reference"``."""
-    name = get_backend() if backend in (None, "auto") else _check_name(backend)
-    if name == "auto":
-        return "triton" if device.type == "cuda" or _interpreting() else "torch"
-    if name == "triton" and device.type != "cuda" and not _interpreting():
-        raise ValueError(
-            f"backend 'triton' needs CUDA tensors (got {device}) or TRITON_INTERPRET=1 set before import"
-        )
-    return name
-
 
 def _kernels():
     # fastmae.kernels imports Triton only when a kernel is first used, so fastmae works without Triton.

@@ -84,7 +84,7 @@ def apply_fastmae(model, backend: str = "auto"):
         ValueError: a ``config.patch_size`` that is not one int (the fused ops cut square patches).
     """
     pretraining_cls, model_cls, modeling = _transformers()
-    ops._check_name(backend)
+    ops.check_backend_name(backend)
     if not isinstance(model, (pretraining_cls, model_cls)):
         raise TypeError(f"apply_fastmae expects a ViTMAEForPreTraining or ViTMAEModel, got {type(model).__name__}")
     if "output_attentions" in inspect.signature(modeling.ViTMAEDecoder.forward).parameters:
