@@ -1,131 +1,185 @@
-"""Inputs and calls for every benchmarked op: one place, shared by the benchmarks and the byte counter.
+"""What is benchmarked (per-op suite, bytes model, training step alike): shapes, inputs and calls of
+every op, and the fused ops of a training step.
 
-``make_inputs(op, variant, shape, dtype, device)`` builds realistic inputs (a real random mask,
-``K`` kept / ``M`` masked patches per image) and says which of them a model trains through;
-``reference_call`` is the official algorithm (``fastmae.reference``), ``fastmae_call`` the public
-op in ``fastmae.ops`` on a named backend. All data tensors take the benchmark dtype (pos tables
-and tokens included); the mask is float32, indices int64, the noise float32.
+``shape_for``: the sizes of ``fastmae.create_model(name)`` built on the ``meta`` device, keyed by the
+factory names of ``fastmae.MODELS`` (no size table here): ``N`` batch, ``C`` channels, ``H x W`` image,
+``p`` patch, ``L = HW/p²``, ``P = p²C``, ``K = int(L(1 - mask_ratio))`` kept, ``M = L - K``, ``D`` /
+``Dd`` widths. ``make_inputs``: an op's keyword inputs, from a real random masking. ``op_call``: the
+official algorithm (``fastmae.reference``) or ``fastmae.ops`` on a backend, as ``fn(**inputs)``.
+encoder_input's reference is the official encoder order (``encoder_input_official_ref``, on
+``x [N, L, D]``), what the fast path replaces; ``drop_cls`` (``x[:, 1:]``, reference only) is what
+``masked_tokens`` replaces.
 """
 
-from __future__ import annotations
+from dataclasses import dataclass
+from functools import lru_cache, partial
+from typing import NamedTuple
 
 import torch
 
+import fastmae
 from fastmae import ops, reference
 
-from .bytes_model import MAEShape
+
+@dataclass(frozen=True)
+class MAEShape:
+    """One model's sizes at a batch size and mask ratio (build it with ``shape_for``)."""
+
+    model: str  # a factory name of fastmae.MODELS
+    batch: int  # N
+    mask_ratio: float
+    img_size: tuple[int, int]  # (H, W)
+    patch_size: int  # p
+    in_chans: int  # C
+    embed_dim: int  # D
+    decoder_dim: int  # Dd
+    depth: int  # encoder blocks
+    decoder_depth: int  # decoder blocks
+    mlp_ratio: float
+    grid: tuple[int, int]  # (H/p, W/p)
+    num_patches: int  # L
+    len_keep: int  # K
+    num_masked: int  # M
+    patch_dim: int  # P
+
+    def as_dict(self) -> dict:
+        """The symbols, as every result stores them."""
+        return {"model": self.model, "N": self.batch, "C": self.in_chans, "H": self.img_size[0], "W": self.img_size[1],
+                "p": self.patch_size, "L": self.num_patches, "K": self.len_keep, "M": self.num_masked,
+                "P": self.patch_dim, "D": self.embed_dim, "Dd": self.decoder_dim, "mask_ratio": self.mask_ratio}
 
 
-def _masking(sh: MAEShape, device) -> dict[str, torch.Tensor]:
-    """A real random masking: ``ids_keep [N, K]``, ``ids_masked [N, M]``, ``ids_restore [N, L]``,
-    ``mask [N, L]``."""
-    noise = torch.rand(sh.batch, sh.num_patches, device=device)  # [N, L]
-    ids_shuffle = torch.argsort(noise, dim=1)  # [N, L]
-    ids_restore = torch.argsort(ids_shuffle, dim=1)  # [N, L]
-    mask = (ids_restore >= sh.len_keep).float()  # [N, L], 1 = removed
-    return {
-        "ids_keep": ids_shuffle[:, : sh.len_keep].contiguous(),
-        "ids_masked": ids_shuffle[:, sh.len_keep :].contiguous(),
-        "ids_restore": ids_restore,
-        "mask": mask,
-        "noise": noise,
-    }
+@lru_cache(maxsize=None)
+def shape_for(model: str, batch: int, mask_ratio: float) -> MAEShape:
+    """``MAEShape`` of the factory ``model`` (a key of ``fastmae.MODELS``) at ``batch`` and ``mask_ratio``:
+    the sizes are read from ``fastmae.create_model(model)`` built on the ``meta`` device."""
+    if model not in fastmae.MODELS:
+        raise ValueError(f"unknown model {model!r}; choose one of {sorted(fastmae.MODELS)}")
+    with torch.device("meta"):
+        m = fastmae.create_model(model)
+    d, p = m.pos_embed.shape[-1], m.patch_size
+    grid = (m.img_size[0] // p, m.img_size[1] // p)
+    num = grid[0] * grid[1]
+    keep = int(num * (1 - mask_ratio))  # floor, as the official code
+    return MAEShape(model, batch, mask_ratio, tuple(m.img_size), p, m.in_chans, d, m.decoder_pos_embed.shape[-1],
+                    len(m.blocks), len(m.decoder_blocks), m.blocks[0].mlp.fc1.out_features / d, grid, num, keep,
+                    num - keep, p * p * m.in_chans)
 
 
-def make_inputs(op: str, variant: dict, sh: MAEShape, dtype: torch.dtype, device, requires_grad: bool = True,
-                table_dtype: torch.dtype | None = None, imgs_dtype: torch.dtype | None = None):
-    """``(inputs, grad_of)``: keyword inputs of the op, and the names of those a model trains through.
+# Every (op, variant) of the per-op suite and the bytes table, in table order.
+OP_VARIANTS = (
+    *((op, {}) for op in ("patchify", "unpatchify", "patchify_gather", "encoder_input", "decoder_input",
+                          "masked_tokens")),
+    *(("masked_mse_loss", {"form": f, "norm_pix": n}) for f in ("full", "masked") for n in (False, True)),
+    ("masking_ids", {}),
+)
+
+
+def variant_label(op: str, variant: dict) -> str:
+    """``masked_mse_loss[masked,norm_pix]`` style names."""
+    parts = [p for p in (variant.get("form"), "norm_pix" if variant.get("norm_pix") else None) if p]
+    return f"{op}[{','.join(parts)}]" if parts else op
+
+
+def make_inputs(op: str, variant: dict, sh: MAEShape, dtype: torch.dtype, device, *, reference: bool = False,
+                table_dtype: torch.dtype | None = None, imgs_dtype: torch.dtype | None = None,
+                requires_grad: bool = True) -> tuple[dict, tuple[str, ...]]:
+    """``(inputs, grad_of)``: the op's keyword inputs and the names of those a model trains through.
 
     ``dtype`` is the activations' (tokens, pred, images); ``table_dtype`` the position tables' and
-    learned tokens' and ``imgs_dtype`` the loss's images' (both default to ``dtype``; in the model
-    under bf16 autocast they are float32).
+    learned tokens', ``imgs_dtype`` the loss's images' (both default to ``dtype``; in the model under
+    bf16 autocast they are float32). ``reference`` gives the inputs of the op's reference call.
     """
-    n, c, hw = sh.batch, sh.in_chans, sh.img_size
-    num, k, m, pd = sh.num_patches, sh.len_keep, sh.num_masked, sh.patch_dim
-    d, dd = sh.embed_dim, sh.decoder_dim
-    ids = _masking(sh, device)
+    n, c, (hh, ww), num, k = sh.batch, sh.in_chans, sh.img_size, sh.num_patches, sh.len_keep
+    d, dd, pd = sh.embed_dim, sh.decoder_dim, sh.patch_dim
+    noise = torch.rand(n, num, device=device)  # a random masking, as the model draws it: small noise is kept
+    shuffle = torch.argsort(noise, dim=1)  # [N, L]
+    restore = torch.argsort(shuffle, dim=1)  # [N, L]
+    ids = {"noise": noise, "ids_keep": shuffle[:, :k].contiguous(), "ids_masked": shuffle[:, k:].contiguous(),
+           "ids_restore": restore, "mask": (restore >= k).float()}  # int64 ids; mask fp32, 1 = removed
 
     def data(*size, grad=False, dt=None):
-        t = torch.randn(*size, device=device, dtype=dt or dtype)
-        return t.requires_grad_(grad and requires_grad)
+        return torch.randn(*size, device=device, dtype=dt or dtype).requires_grad_(grad and requires_grad)
 
-    def table(*size, grad=False):
-        return data(*size, grad=grad, dt=table_dtype)
-
+    table = partial(data, dt=table_dtype)
     if op == "patchify":
-        inputs, grad_of = {"imgs": data(n, c, hw, hw, grad=True)}, ("imgs",)
+        inputs = {"imgs": data(n, c, hh, ww, grad=True)}
     elif op == "unpatchify":
-        inputs, grad_of = {"x": data(n, num, pd, grad=True)}, ("x",)
+        inputs = {"x": data(n, num, pd, grad=True)}
     elif op == "patchify_gather":
-        inputs, grad_of = {"imgs": data(n, c, hw, hw, grad=True), "ids_keep": ids["ids_keep"]}, ("imgs",)
+        inputs = {"imgs": data(n, c, hh, ww, grad=True), "ids_keep": ids["ids_keep"]}
     elif op == "encoder_input":
-        inputs = {"x_vis": data(n, k, d, grad=True), "pos_embed": table(1, num + 1, d),
-                  "cls_token": table(1, 1, d, grad=True), "ids_keep": ids["ids_keep"]}
-        grad_of = ("x_vis", "cls_token")
-    elif op == "encoder_input_official":
-        inputs = {"x": data(n, num, d, grad=True), "pos_embed": table(1, num + 1, d),
-                  "cls_token": table(1, 1, d, grad=True), "ids_keep": ids["ids_keep"]}
-        grad_of = ("x", "cls_token")
+        x = {"x": data(n, num, d, grad=True)} if reference else {"x_vis": data(n, k, d, grad=True)}
+        inputs = {**x, "pos_embed": table(1, num + 1, d), "cls_token": table(1, 1, d, grad=True),
+                  "ids_keep": ids["ids_keep"]}
     elif op == "decoder_input":
         inputs = {"x": data(n, k + 1, dd, grad=True), "ids_restore": ids["ids_restore"],
                   "mask_token": table(1, 1, dd, grad=True), "pos_embed": table(1, num + 1, dd)}
-        grad_of = ("x", "mask_token")
+    elif op == "masked_tokens":
+        inputs = {"x": data(n, num + 1, dd, grad=True), "ids_masked": ids["ids_masked"],
+                  "ids_restore": ids["ids_restore"]}
+    elif op == "drop_cls":
+        inputs = {"x": data(n, num + 1, dd, grad=True)}
     elif op == "masked_mse_loss":
-        imgs = data(n, c, hw, hw, dt=imgs_dtype)
-        if variant.get("form", "full") == "full":
-            inputs = {"pred": data(n, num, pd, grad=True), "imgs": imgs, "mask": ids["mask"]}
-        else:
-            inputs = {"pred": data(n, m, pd, grad=True), "imgs": imgs, "ids_masked": ids["ids_masked"]}
-        grad_of = ("pred",)
+        rows, weights = (num, "mask") if variant.get("form", "full") == "full" else (sh.num_masked, "ids_masked")
+        inputs = {"pred": data(n, rows, pd, grad=True), "imgs": data(n, c, hh, ww, dt=imgs_dtype),
+                  weights: ids[weights]}
     elif op == "masking_ids":
-        inputs, grad_of = {"noise": ids["noise"]}, ()
+        inputs = {"noise": ids["noise"]}
     else:
         raise ValueError(f"unknown op {op!r}")
-    if not requires_grad:
-        grad_of = ()
-    return inputs, grad_of
+    return inputs, tuple(name for name, t in inputs.items() if t.requires_grad)
 
 
-def reference_call(op: str, variant: dict, sh: MAEShape):
-    """The official algorithm for ``op`` as ``fn(**inputs)``."""
-    p, k = sh.patch_size, sh.len_keep
-    norm = bool(variant.get("norm_pix", False))
-    calls = {
-        "patchify": lambda imgs: reference.patchify_ref(imgs, p),
-        "unpatchify": lambda x: reference.unpatchify_ref(x, p, sh.grid, sh.in_chans),
-        "patchify_gather": lambda imgs, ids_keep: reference.patchify_gather_ref(imgs, ids_keep, p),
-        "encoder_input": reference.encoder_input_ref,
-        "encoder_input_official": reference.encoder_input_official_ref,
-        "decoder_input": reference.decoder_input_ref,
-        "masked_mse_loss": (
-            (lambda pred, imgs, mask: reference.masked_mse_loss_ref(pred, imgs, mask, p, norm))
-            if variant.get("form", "full") == "full"
-            else (lambda pred, imgs, ids_masked: reference.masked_mse_loss_ref(
-                pred, imgs, None, p, norm, ids_masked))
-        ),
-        "masking_ids": lambda noise: reference.masking_ids_ref(noise, k),
-    }
-    return calls[op]
+def op_call(op: str, variant: dict, sh: MAEShape, backend: str | None = None):
+    """``fn(**inputs)``: the official algorithm (``backend=None``) or ``fastmae.ops.<op>`` on ``backend``."""
+    if backend is None:
+        if op == "drop_cls":
+            return lambda x: x[:, 1:, :]  # the official decoder drops cls before decoder_norm
+        fn = reference.encoder_input_official_ref if op == "encoder_input" else getattr(reference, f"{op}_ref")
+        on = {}
+    else:
+        fn, on = getattr(ops, op), {"backend": backend}
+    static = {
+        "patchify": {"patch_size": sh.patch_size},
+        "unpatchify": {"patch_size": sh.patch_size, "grid_size": sh.grid, "in_chans": sh.in_chans},
+        "patchify_gather": {"patch_size": sh.patch_size},
+        "masked_mse_loss": {"patch_size": sh.patch_size, "norm_pix_loss": bool(variant.get("norm_pix")),
+                            **({"mask": None} if variant.get("form") == "masked" else {})},
+        "masking_ids": {"len_keep": sh.len_keep},
+    }.get(op, {})
+    return partial(fn, **static, **on)
 
 
-def fastmae_call(op: str, variant: dict, sh: MAEShape, backend: str):
-    """The public ``fastmae.ops`` op on ``backend`` as ``fn(**inputs)``."""
-    p, k = sh.patch_size, sh.len_keep
-    norm = bool(variant.get("norm_pix", False))
-    calls = {
-        "patchify": lambda imgs: ops.patchify(imgs, p, backend=backend),
-        "unpatchify": lambda x: ops.unpatchify(x, p, sh.grid, sh.in_chans, backend=backend),
-        "patchify_gather": lambda imgs, ids_keep: ops.patchify_gather(imgs, ids_keep, p, backend=backend),
-        "encoder_input": lambda **kw: ops.encoder_input(**kw, backend=backend),
-        "decoder_input": lambda **kw: ops.decoder_input(**kw, backend=backend),
-        "masked_mse_loss": (
-            (lambda pred, imgs, mask: ops.masked_mse_loss(pred, imgs, mask, p, norm, backend=backend))
-            if variant.get("form", "full") == "full"
-            else (lambda pred, imgs, ids_masked: ops.masked_mse_loss(
-                pred, imgs, None, p, norm, ids_masked=ids_masked, backend=backend))
-        ),
-        "masking_ids": lambda noise: ops.masking_ids(noise, k, backend=backend),
-    }
-    if op not in calls:
-        raise ValueError(f"fastmae has no public op {op!r}")
-    return calls[op]
+class StepPiece(NamedTuple):
+    """A fused op of the fast path's training step (``forward(full_pred=False)``) and the official
+    code it replaces (``official``: a reference op; ``None`` where no code is separable)."""
+
+    piece: str
+    op: str
+    variant: dict
+    backward: bool  # the step differentiates through it
+    fp32_input: bool  # its data input is float32 under autocast (images, the residual stream)
+    official: str | None
+    official_variant: dict
+    official_label: str
+
+    def dtypes(self, amp_dtype: torch.dtype) -> dict:
+        """``make_inputs`` keywords at the model's dtypes under ``amp_dtype`` autocast: tables, tokens
+        and images float32, GEMM outputs ``amp_dtype``; gradients where the step takes them."""
+        return {"dtype": torch.float32 if self.fp32_input else amp_dtype, "table_dtype": torch.float32,
+                "imgs_dtype": torch.float32, "requires_grad": self.backward}
+
+
+# In the order the fast path runs them: masking_ids -> patchify_gather -> (F.linear) -> encoder_input
+# -> blocks -> (decoder_embed) -> decoder_input -> decoder blocks -> masked_tokens -> (decoder_norm,
+# decoder_pred) -> masked_mse_loss.
+STEP = (
+    StepPiece("masking", "masking_ids", {}, False, True, "masking_ids", {}, "argsort x2, gather"),
+    StepPiece("visible patches", "patchify_gather", {}, False, True, None, {}, "(inside the conv on all L)"),
+    StepPiece("encoder input", "encoder_input", {}, True, False, "encoder_input", {}, "pos add on all L, gather, cat"),
+    StepPiece("decoder input", "decoder_input", {}, True, False, "decoder_input", {}, "repeat, cat, gather, cat, add"),
+    StepPiece("masked tokens", "masked_tokens", {}, True, True, "drop_cls", {}, "x[:, 1:] (view; backward zero-fills)"),
+    StepPiece("loss, norm-pix", "masked_mse_loss", {"form": "masked", "norm_pix": True}, True, False,
+              "masked_mse_loss", {"form": "full", "norm_pix": True}, "full-form reference loss"),
+)

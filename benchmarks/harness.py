@@ -1,231 +1,164 @@
-"""The benchmark environment (device, copy bandwidth, GEMM rate, versions) and the timer.
+"""The benchmark environment (device, copy bandwidth, GEMM rate, versions, bf16 peak) and the timer.
 
-Timing (``measure``):
-    CUDA  every round: the setup (e.g. the forward before a backward) and a synchronise, untimed;
-          then a 256 MB write that flushes the L2 cache and a ~1 ms GPU spin (during which the host
-          queues the call), then the call between two CUDA events. The median of the event times
-          is the figure: GPU time, kernels back to back, cold L2 — as inside a training step, where
-          the host runs ahead. pytest-benchmark's own statistics time the same calls with a host
-          clock (flush, spin, Python and launch overhead included).
-    CPU   wall clock (``time.perf_counter``) around each call; no cache flush.
-Warm-up calls (Triton JIT, ``torch.compile``) run before any timed round.
+Timing: on CUDA every round runs its setup (e.g. the forward before a backward) and synchronises,
+untimed; a 256 MB write flushes the L2 cache, a ~1 ms GPU spin lets the host queue the call, two CUDA
+events time it: GPU time, kernels back to back, cold L2, as in a training step where the host runs
+ahead. The median is the figure (pytest-benchmark's statistics are host-clock times, flush and spin
+included). On CPU: wall clock. Warm-up calls (Triton JIT, ``torch.compile``) come first.
 """
-
-from __future__ import annotations
 
 import os
 import platform
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 FLUSH_BYTES = 256 * 2**20  # larger than any current GPU's L2 (H100: 50 MB)
+QUEUE_AHEAD_CYCLES = 2_000_000  # GPU cycles (~1 ms) spun before the start event while the host queues the call
+# Dense bf16 tensor-core peak, TFLOP/s, from the vendors' data sheets, matched against the device name
+# (first match wins: H100 SXM / HBM3 and GH200 fall under H100 / H200); FASTMAE_PEAK_TFLOPS overrides it.
+PEAK_BF16_TFLOPS = (("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("B200", 2250.0),
+                    ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0), ("A10G", 70.0), ("RTX 4090", 165.2))
 
 
-# --------------------------------------------------------------------------------------------------
-# environment
-# --------------------------------------------------------------------------------------------------
+def peak_bf16_tflops(device_name: str) -> float | None:
+    """The data-sheet bf16 peak of a GPU by name (``FASTMAE_PEAK_TFLOPS`` first), None when unknown."""
+    if os.environ.get("FASTMAE_PEAK_TFLOPS"):
+        return float(os.environ["FASTMAE_PEAK_TFLOPS"])
+    return next((v for key, v in PEAK_BF16_TFLOPS if key.lower() in device_name.lower()), None)
 
 
-def versions() -> dict:
-    """torch, triton, CUDA, Python versions (triton: ``None`` when not installed)."""
+def _cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else what ``platform`` knows)."""
     try:
-        import triton
-
-        triton_version = triton.__version__
-    except Exception:  # noqa: BLE001 - any import failure means "not usable"
-        triton_version = None
-    return {
-        "torch": torch.__version__,
-        "triton": triton_version,
-        "cuda": torch.version.cuda,
-        "python": platform.python_version(),
-    }
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 @dataclass
 class BenchEnv:
-    """What every result is reported with: the device, its measured copy bandwidth, versions."""
+    """The device, the fastmae provider's backend (triton on CUDA, torch on CPU), the L2-flush buffer,
+    and ``info``: what every result is stored with (device, copy bandwidth, GEMM rate, versions)."""
 
     device: torch.device
-    device_name: str
-    copy_gbps: float
-    gemm_tflops: float | None
-    versions: dict
-    flush_buffer: torch.Tensor | None = None
-    fastmae_backend: str = "torch"
-    info: dict = field(default_factory=dict)
+    fastmae_backend: str
+    flush_buffer: torch.Tensor | None
+    info: dict
 
     @property
     def is_cuda(self) -> bool:
+        """Whether the device is a GPU."""
         return self.device.type == "cuda"
 
-    def flush(self) -> None:
-        """Evict the L2 cache by writing a buffer larger than it (CUDA only)."""
-        if self.flush_buffer is not None:
-            self.flush_buffer.zero_()
-
     def sync(self) -> None:
+        """Wait for the GPU's queued work (nothing to wait for on CPU)."""
         if self.is_cuda:
             torch.cuda.synchronize(self.device)
 
-    def describe(self) -> dict:
-        return {
-            "device": self.device_name, "device_type": self.device.type,
-            "copy_gbps": round(self.copy_gbps, 1),
-            "gemm_tflops": None if self.gemm_tflops is None else round(self.gemm_tflops, 1),
-            "fastmae_backend": self.fastmae_backend, **self.versions, **self.info,
-        }
 
+def make_env() -> BenchEnv:
+    """The device (CUDA when available), its copy bandwidth (bytes read + written over the time of a
+    512 MB copy, 64 MB on CPU), on CUDA its 8192³ bf16 GEMM rate (the practical MFU ceiling), versions."""
+    try:
+        import triton
 
-def make_env(measure_gemm: bool = True) -> BenchEnv:
-    """Pick the device (CUDA when available), measure its copy bandwidth (and bf16 GEMM rate)."""
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    info = {"torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda,
+            "python": platform.python_version(), "gemm_tflops": None}
     if torch.cuda.is_available():
         device = torch.device("cuda", torch.cuda.current_device())
-        name = torch.cuda.get_device_name(device)
-        flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.int32, device=device)
-        backend = "triton"
         props = torch.cuda.get_device_properties(device)
-        info = {"sm": f"{props.major}{props.minor}", "gpu_mem_gib": round(props.total_memory / 2**30, 1),
-                "l2_mib": round(getattr(props, "L2_cache_size", 0) / 2**20, 1)}
+        info.update(device=props.name, sm=f"{props.major}{props.minor}", gpu_mem_gib=round(props.total_memory / 2**30))
+        env = BenchEnv(device, "triton", torch.empty(FLUSH_BYTES // 4, dtype=torch.int32, device=device), info)
     else:
-        device = torch.device("cpu")
-        name = f"CPU: {_cpu_model()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-        flush, backend, info = None, "torch", {}
-    env = BenchEnv(device, name, 0.0, None, versions(), flush, backend, info)
-    env.copy_gbps = copy_bandwidth(env)
-    if measure_gemm and env.is_cuda:
-        env.gemm_tflops = gemm_tflops(env)
+        info["device"] = f"CPU: {_cpu_model()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+        env = BenchEnv(torch.device("cpu"), "torch", None, info)
+    info.update(device_type=env.device.type, fastmae_backend=env.fastmae_backend)
+
+    def median_s(fn) -> float:
+        return statistics.median(time_calls(env, fn, rounds=10, warmup=3))
+
+    nbytes = (512 if env.is_cuda else 64) * 2**20
+    src = torch.ones(nbytes // 4, device=env.device)
+    dst = torch.empty_like(src)
+    info["copy_gbps"] = round(2 * nbytes / median_s(lambda: dst.copy_(src)) / 1e9, 1)
+    del src, dst
+    if env.is_cuda:
+        a = torch.randn(8192, 8192, device=env.device, dtype=torch.bfloat16)
+        info["gemm_tflops"] = round(2 * 8192**3 / median_s(lambda: a @ a) / 1e12, 1)
     return env
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def copy_bandwidth(env: BenchEnv) -> float:
-    """Device-to-device copy bandwidth, GB/s (10^9 bytes/s): bytes read + bytes written over time."""
-    nbytes = (512 if env.is_cuda else 64) * 2**20
-    src = torch.empty(nbytes // 4, dtype=torch.float32, device=env.device).fill_(1.0)
-    dst = torch.empty_like(src)
-    times = time_calls(env, lambda: dst.copy_(src), rounds=10 if env.is_cuda else 5, warmup=2)
-    del src, dst
-    return 2 * nbytes / statistics.median(times) / 1e9
-
-
-def gemm_tflops(env: BenchEnv, n: int = 8192) -> float:
-    """bf16 GEMM rate, TFLOP/s, of an ``n x n x n`` matmul: the practical ceiling for MFU."""
-    a = torch.randn(n, n, device=env.device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=env.device, dtype=torch.bfloat16)
-    times = time_calls(env, lambda: a @ b, rounds=10, warmup=3)
-    return 2 * n**3 / statistics.median(times) / 1e12
-
-
-# --------------------------------------------------------------------------------------------------
-# timing
-# --------------------------------------------------------------------------------------------------
-
-
-def time_calls(env: BenchEnv, fn, rounds: int, warmup: int, setup=None, flush: bool = False) -> list[float]:
-    """Seconds per call of ``fn`` (after ``setup``, untimed), without pytest-benchmark."""
-    for _ in range(warmup):
-        if setup:
-            setup()
+def timed(env: BenchEnv, fn, flush: bool = False, queue_ahead: bool = True) -> float:
+    """Seconds of one ``fn()``: between CUDA events (L2 flushed first if asked), or wall time on CPU."""
+    if not env.is_cuda:
+        t0 = time.perf_counter()
         fn()
+        return time.perf_counter() - t0
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    if flush:
+        env.flush_buffer.zero_()
+    if queue_ahead:
+        torch.cuda._sleep(QUEUE_AHEAD_CYCLES)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
+def _nothing() -> None:
+    """The default setup: nothing to prepare."""
+
+
+def time_calls(env: BenchEnv, fn, rounds: int, warmup: int, setup=_nothing, flush: bool = False) -> list[float]:
+    """Seconds per call of ``fn`` after ``warmup`` calls, ``setup()`` untimed before each (no pytest-benchmark)."""
     times = []
-    for _ in range(rounds):
-        if setup:
-            setup()
+    for i in range(warmup + rounds):
+        setup()
         env.sync()
-        times.append(_timed(env, fn, flush))
+        if i < warmup:
+            fn()
+        else:
+            times.append(timed(env, fn, flush))
     return times
 
 
-# GPU cycles to spin before the start event (~1 ms): the host queues the timed call meanwhile, so
-# its kernels run back to back and the events measure GPU time, not Python and launch overhead.
-_QUEUE_AHEAD_CYCLES = 2_000_000
-
-
-def _timed(env: BenchEnv, fn, flush: bool = False, queue_ahead: bool = True) -> float:
-    """One call of ``fn``: time between CUDA events (L2 flushed first if asked), or wall time on CPU."""
-    if env.is_cuda:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        if flush:
-            env.flush()
-        if queue_ahead and hasattr(torch.cuda, "_sleep"):
-            torch.cuda._sleep(_QUEUE_AHEAD_CYCLES)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-@dataclass
-class Timing:
-    median_s: float
-    min_s: float
-    rounds: int
-    timer: str
-
-    def as_dict(self) -> dict:
-        return {"median_ms": self.median_s * 1e3, "min_ms": self.min_s * 1e3, "rounds": self.rounds,
-                "timer": self.timer}
-
-
-def measure(benchmark, env: BenchEnv, target, setup=None, *, rounds: int, warmup: int, flush: bool = True,
-            queue_ahead: bool = True) -> Timing:
-    """Time ``target()`` with pytest-benchmark's pedantic mode; ``setup()`` runs untimed before each call.
-
-    The figure is the median of the per-call times ``_timed`` takes (GPU time on CUDA; with
-    ``queue_ahead=False`` the host's own time counts too, as for a whole training step); the
-    pytest-benchmark statistics of the same calls are host-clock times that also include the L2
-    flush, the queue-ahead spin and Python overhead.
-    """
+def measure(benchmark, env: BenchEnv, target, setup=_nothing, *, rounds: int, warmup: int, flush: bool = True,
+            queue_ahead: bool = True, peak_memory: bool = False) -> dict:
+    """Time ``target()`` in pytest-benchmark's pedantic mode after ``warmup`` calls, ``setup()`` untimed
+    before each: ``median_ms``, ``min_ms``, ``rounds`` and ``timer`` of ``timed`` (with
+    ``queue_ahead=False`` the host's own time counts too, as for a whole training step); with
+    ``peak_memory``, ``peak_mem_mb``: allocated at the peak of one more call above what was allocated
+    before it (CUDA; None on CPU)."""
+    time_calls(env, target, 0, warmup, setup)  # compile / JIT / autotune outside the numbers
     samples: list[float] = []
 
-    def _setup():
-        if setup is not None:
-            setup()
+    def synced_setup():  # returns None: pytest-benchmark reads a returned value as the call's arguments
+        setup()
         env.sync()
 
-    def _target():
-        samples.append(_timed(env, target, flush, queue_ahead))
-
-    for _ in range(warmup):  # compile / JIT / autotune outside the numbers
-        _setup()
-        target()
-    env.sync()
-    benchmark.pedantic(_target, setup=_setup, rounds=rounds, warmup_rounds=0, iterations=1)
+    benchmark.pedantic(lambda: samples.append(timed(env, target, flush, queue_ahead)), setup=synced_setup,
+                       rounds=rounds, warmup_rounds=0, iterations=1)
+    timer = "wall clock (perf_counter)"
     if env.is_cuda:
-        timer = "CUDA events around the call" + (", host queued ahead" if queue_ahead else "") + (
-            ", L2 flushed before each call" if flush else "")
-    else:
-        timer = "wall clock (perf_counter)"
-    return Timing(statistics.median(samples), min(samples), len(samples), timer)
-
-
-def peak_memory(env: BenchEnv, target, setup=None) -> int | None:
-    """Bytes allocated at the peak of one ``target()`` call above what was allocated before it (CUDA)."""
-    if not env.is_cuda:
-        return None
-    if setup is not None:
-        setup()
-    env.sync()
-    torch.cuda.reset_peak_memory_stats(env.device)
-    base = torch.cuda.memory_allocated(env.device)
-    target()
-    env.sync()
-    return torch.cuda.max_memory_allocated(env.device) - base
+        timer = ("CUDA events around the call" + (", host queued ahead" if queue_ahead else "")
+                 + (", L2 flushed before each call" if flush else ""))
+    out = {"median_ms": statistics.median(samples) * 1e3, "min_ms": min(samples) * 1e3, "rounds": len(samples),
+           "timer": timer}
+    if peak_memory:
+        out["peak_mem_mb"] = None
+        if env.is_cuda:
+            synced_setup()
+            torch.cuda.reset_peak_memory_stats(env.device)
+            base = torch.cuda.memory_allocated(env.device)
+            target()
+            env.sync()
+            out["peak_mem_mb"] = (torch.cuda.max_memory_allocated(env.device) - base) / 1e6
+    return out

@@ -1,7 +1,4 @@
-"""Masked MSE loss (kernels/masked_mse_loss.py): full ``[N, L, P]`` pred with a mask, or the masked
-patches only (``[N, M, P]`` with their ids), with and without norm-pix. Gradient: ``pred``.
-"""
-
+"""Masked MSE loss (kernels/masked_mse_loss.py): full or masked-only pred, with and without norm-pix; grad pred."""
 import pytest
 
 from .op_bench import run_op_benchmark
@@ -14,5 +11,5 @@ from .op_bench import run_op_benchmark
     {"form": "full", "norm_pix": True},  # what forward(full_pred=True) runs
     {"form": "full", "norm_pix": False},
 )
-def test_masked_mse_loss(benchmark, op_case, bench_env, scope):
-    run_op_benchmark(benchmark, op_case, bench_env, scope)
+def test_masked_mse_loss(benchmark, op_case, bench_env):
+    run_op_benchmark(benchmark, op_case, bench_env)

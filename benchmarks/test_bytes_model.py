@@ -1,82 +1,84 @@
-"""The bytes model's reference formulas equal what the eager reference path really moves.
+"""The bytes model's pieces: the byte counter's conventions, the hand-written minimal bytes, the shapes
+read from the model, the FLOP formula, and NOTES.md holding the tables the module prints.
 
-Plain tests (no ``benchmark`` fixture): ``pytest benchmarks/`` runs them; under
-``--benchmark-only`` every per-op benchmark performs the same check for its own shape instead.
-Counting runs on ``meta`` tensors, so the ViT shapes cost nothing.
+Plain tests (no ``benchmark`` fixture): ``pytest benchmarks/`` runs them, ``--benchmark-only`` skips
+them. Everything runs on ``meta`` tensors, so the ViT shapes cost nothing.
 """
+
+from pathlib import Path
 
 import pytest
 import torch
 
+import fastmae
+
 from . import bytes_model as bm
-from . import bytes_tables as bt
-from .cases import make_inputs, reference_call
-from .count_bytes import count_bytes
+from .bytes_model import count_bytes
+from .cases import shape_for
+from .train_step import train_flops_per_image
 
-SHAPES = [
-    bm.shape_for("vit_b16", 256, 0.75),  # the NOTES.md shape
-    bm.shape_for("vit_l16", 64, 0.9),  # another width, batch and ratio (K = 19: odd)
-    bm.shape_for("vit_h14", 2, 0.75),  # patch 14: P = 588, D = 1280
-    bm.shape_for("micro", 3, 0.5),  # the CPU benchmark model
-]
+VIT_B = shape_for(*bm.NOTES_SHAPE)  # L=196, K=49, M=147, P=768, D=768, Dd=512, batch 256
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s.model}-N{s.batch}-m{s.mask_ratio}")
-@pytest.mark.parametrize("op,variant", bm.OP_VARIANTS,
-                         ids=[bm.variant_label(o, v) for o, v in bm.OP_VARIANTS])
-def test_reference_bytes_match_the_count(op, variant, shape, dtype):
-    inputs, grad_of = make_inputs(op, variant, shape, dtype, "meta")
-    fwd, bwd = count_bytes(reference_call(op, variant, shape), inputs, grad_of, backward=bool(grad_of))
-    model = bm.op_bytes(op, shape, dtype, **variant)
-    assert model["fwd"].reference == pytest.approx(fwd.total, rel=1e-3, abs=64), dict(fwd.per_op)
-    if "bwd" in model:
-        assert model["bwd"].reference == pytest.approx(bwd.total, rel=1e-3, abs=64), dict(bwd.per_op)
-        assert model["fwdbwd"].reference == model["fwd"].reference + model["bwd"].reference
-
-
-@pytest.mark.parametrize("norm_pix", [False, True])
-@pytest.mark.parametrize("form", ["full", "masked"])
-def test_loss_bytes_with_float32_images_and_bf16_pred(form, norm_pix):
-    """The model's case under autocast: images float32, pred bf16 (the error promotes to float32)."""
-    sh = bm.shape_for("vit_b16", 8, 0.75)
-    inputs, grad_of = make_inputs("masked_mse_loss", {"form": form}, sh, torch.bfloat16, "meta")
-    inputs["imgs"] = inputs["imgs"].float()
-    variant = {"form": form, "norm_pix": norm_pix}
-    fwd, bwd = count_bytes(reference_call("masked_mse_loss", variant, sh), inputs, grad_of, backward=True)
-    model = bm.masked_mse_loss_bytes(sh, torch.bfloat16, form, norm_pix, imgs_dtype=torch.float32)
-    assert model["fwd"].reference == pytest.approx(fwd.total, rel=1e-3, abs=64), dict(fwd.per_op)
-    assert model["bwd"].reference == pytest.approx(bwd.total, rel=1e-3, abs=64), dict(bwd.per_op)
+def test_counter_conventions():
+    """Views are free and a copy reads and writes once; a gather reads its index and one source row per
+    output row, its backward is a zero fill and a scatter-add (grad and index read, touched rows read
+    and written); a slice is free, its backward zero-fills and copies the slice in."""
+    x = torch.empty(2, 10, 4, device="meta", requires_grad=True)  # fp32: 4 bytes
+    ids = torch.zeros(2, 3, 4, dtype=torch.int64, device="meta")
+    assert count_bytes(lambda x: x.transpose(1, 2).expand(3, 2, 4, 10).contiguous(), {"x": x}) == (320 + 3 * 320, 0)
+    assert count_bytes(lambda x: torch.gather(x, 1, ids), {"x": x}, ("x",), backward=True) == (
+        24 * 8 + 2 * 24 * 4, 80 * 4 + (24 * 8 + 24 * 4 + 2 * 24 * 4))
+    assert count_bytes(lambda x: x[:, 1:], {"x": x}, ("x",), backward=True) == (0, 80 * 4 + 2 * 72 * 4)
 
 
 def test_minimal_bytes_by_hand():
-    """Spot values at ViT-B/16, batch 256, bf16, mask 0.75 (L=196, K=49, M=147, P=768, D=768, Dd=512)."""
-    sh = bm.shape_for("vit_b16", 256, 0.75)
-    img = 256 * 3 * 224 * 224 * 2
-    assert bm.op_bytes("patchify", sh, "bf16")["fwd"].minimal == 2 * img
-    enc = bm.op_bytes("encoder_input", sh, "bf16")["fwd"].minimal
-    assert enc == 256 * 49 * 768 * 2 + 256 * 49 * 8 + 197 * 768 * 2 + 768 * 2 + 256 * 50 * 768 * 2
-    dec = bm.op_bytes("decoder_input", sh, "bf16")["bwd"].minimal
-    assert dec == 256 * 197 * 512 * 2 + 256 * 196 * 8 + 256 * 50 * 512 * 2 + 512 * 2
-    loss = bm.op_bytes("masked_mse_loss", sh, "bf16", form="masked", norm_pix=True)
-    assert loss["fwd"].minimal == 2 * 256 * 147 * 768 * 2 + 256 * 147 * 8 + 4
-    assert loss["bwd"].minimal == 3 * 256 * 147 * 768 * 2 + 256 * 147 * 8 + 4
+    """Spot values at ViT-B/16, batch 256, bf16, mask 0.75."""
+    n, num, k, m = 256, 196, 49, 147
+
+    def minimal(op, **variant):
+        return {p: t.minimal for p, t in bm.op_bytes(op, variant, VIT_B, torch.bfloat16).items()}
+
+    assert minimal("patchify")["fwd"] == 2 * n * 3 * 224 * 224 * 2
+    assert minimal("encoder_input")["fwd"] == n * k * 768 * 2 + n * k * 8 + 197 * 768 * 2 + 768 * 2 + n * 50 * 768 * 2
+    assert minimal("decoder_input")["bwd"] == n * 197 * 512 * 2 + n * num * 8 + n * 50 * 512 * 2 + 512 * 2
+    tokens = minimal("masked_tokens")
+    assert tokens["fwd"] == n * m * 512 * 2 + n * m * 8 + n * m * 512 * 2
+    assert tokens["bwd"] == n * m * 512 * 2 + n * num * 8 + n * 197 * 512 * 2
+    loss = minimal("masked_mse_loss", form="masked", norm_pix=True)
+    assert loss["fwd"] == 2 * n * m * 768 * 2 + n * m * 8 + 4
+    assert loss["bwd"] == 3 * n * m * 768 * 2 + n * m * 8 + 4
+    assert loss["fwdbwd"] == loss["fwd"] + loss["bwd"]
+    assert minimal("masking_ids") == {"fwd": n * num * (4 + 8 + 8 + 4)}
 
 
-def test_counter_sees_views_as_free_and_copies_as_two_passes():
-    x = torch.empty(4, 8, device="meta")
-    fwd, _ = count_bytes(lambda x: x.t().contiguous(), {"x": x})
-    assert fwd.total == 2 * 4 * 8 * 4  # the transpose is free, the copy reads and writes once
-    fwd, _ = count_bytes(lambda x: x.view(8, 4).expand(2, 8, 4), {"x": x})
-    assert fwd.total == 0
+def test_reference_bytes_follow_the_inputs_dtypes():
+    """patchify's reference is one copy (= the minimum); under autocast (bf16 pred, fp32 images) the
+    loss's error promotes to float32, so the reference moves more than in bf16 alone."""
+    assert all(t.reference == t.minimal for t in bm.op_bytes("patchify", {}, VIT_B, torch.bfloat16).values())
+    loss = [bm.op_bytes("masked_mse_loss", {"form": "full"}, VIT_B, torch.bfloat16, imgs_dtype=dt)["fwd"].reference
+            for dt in (torch.bfloat16, torch.float32)]
+    assert loss[1] > loss[0]
 
 
-def test_notes_table_is_current():
-    """NOTES.md quotes the table this module prints; regenerate it when the formulas change."""
-    from pathlib import Path
+@pytest.mark.parametrize("name", sorted(fastmae.MODELS))
+def test_shapes_come_from_the_model(name):
+    """``shape_for`` agrees with other attributes of the model than those it reads."""
+    sh = shape_for(name, 2, 0.75)
+    with torch.device("meta"):
+        model = fastmae.create_model(name)
+    assert sh.patch_dim == model.decoder_pred.out_features and sh.num_patches == model.patch_embed.num_patches
+    assert (sh.embed_dim, sh.decoder_dim) == (model.decoder_embed.in_features, model.decoder_embed.out_features)
+    assert (sh.depth, sh.decoder_depth, sh.mlp_ratio) == (len(model.blocks), len(model.decoder_blocks), 4)
 
+
+def test_train_flops_of_vit_b16():
+    """58.0 GFLOP per image for ViT-B/16 at 224 px, mask 0.75 (the figure NOTES.md quotes)."""
+    assert round(train_flops_per_image(VIT_B) / 1e9, 1) == 58.0
+
+
+def test_notes_tables_are_current():
+    """NOTES.md quotes what ``python -m benchmarks.bytes_model`` prints; regenerate it when that changes."""
     notes = (Path(__file__).parent / "NOTES.md").read_text(encoding="utf-8")
-    sh = bm.shape_for("vit_b16", 256, 0.75)
-    for table in (bt.table(sh, "bf16"), bt.step_table(sh, "bf16")):
-        assert table in notes, ("benchmarks/NOTES.md is stale: "
-                                "paste `python -m benchmarks.bytes_model` into it")
+    for text in (bm.heading(VIT_B, "bf16"), bm.table(VIT_B, torch.bfloat16), bm.step_table(VIT_B)):
+        assert text in notes, "benchmarks/NOTES.md is stale: paste `python -m benchmarks.bytes_model` into it"
