@@ -19,7 +19,7 @@ prints the tables ``benchmarks/NOTES.md`` quotes: per op and pass, and one train
 import argparse
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -112,11 +112,13 @@ class Traffic:
     reference: int
 
 
-def minimal_bytes(op: str, sh: MAEShape, t: dict) -> dict[str, int]:
+def minimal_bytes(op: str, sh: MAEShape, t: dict, out_itemsize: int | None = None) -> dict[str, int]:
     """Minimal bytes per pass of ``op`` on the inputs ``t`` (their element sizes give ``s``).
 
     ``s`` bytes per data element, ``s_t`` of the tables and learned tokens, ``s_o = max(s, s_t)`` of
     the output (type promotion), ids as stored (int64: 8), the mask float32, the loss a float32 scalar.
+    ``out_itemsize``: patchify_gather's rows when written in another dtype than the images' (the
+    autocast dtype in the model).
     """
     n, num, k, m, pd = sh.batch, sh.num_patches, sh.len_keep, sh.num_masked, sh.patch_dim
     s = {name: x.element_size() for name, x in t.items()}
@@ -125,7 +127,8 @@ def minimal_bytes(op: str, sh: MAEShape, t: dict) -> dict[str, int]:
         return {"fwd": one_copy, "bwd": one_copy}
     if op == "patchify_gather":  # fwd: ids + visible pixels + written; bwd: grad + ids, whole image grad
         kept, ids = n * k * pd * s["imgs"], n * k * s["ids_keep"]
-        return {"fwd": ids + 2 * kept, "bwd": kept + ids + n * num * pd * s["imgs"]}
+        rows = n * k * pd * (out_itemsize or s["imgs"])
+        return {"fwd": ids + kept + rows, "bwd": rows + ids + n * num * pd * s["imgs"]}
     if op == "encoder_input":
         # fwd: x_vis + ids + table (L+1)·D + cls D, N·(K+1)·D written; bwd: grad read, x_vis and cls
         # grads written (a custom op's output may not alias its input: the x_vis grad is a copy)
@@ -160,7 +163,7 @@ def minimal_bytes(op: str, sh: MAEShape, t: dict) -> dict[str, int]:
 
 @lru_cache(maxsize=None)
 def pass_bytes(op: str, variant: tuple, sh: MAEShape, reference: bool, dtype, table_dtype=None, imgs_dtype=None,
-               requires_grad: bool = True) -> dict[str, int]:
+               requires_grad: bool = True, out_dtype=None) -> dict[str, int]:
     """Bytes per pass (``fwd``; ``bwd`` and ``fwdbwd`` where a gradient flows) on ``make_inputs``'s
     tensors (``variant``: sorted items): counted for the reference call, the minimal formula otherwise."""
     inputs, grad_of = make_inputs(op, dict(variant), sh, dtype, "meta", reference=reference, table_dtype=table_dtype,
@@ -168,7 +171,7 @@ def pass_bytes(op: str, variant: tuple, sh: MAEShape, reference: bool, dtype, ta
     if reference:
         fwd, bwd = count_bytes(op_call(op, dict(variant), sh), inputs, grad_of, backward=bool(grad_of))
     else:
-        mini = minimal_bytes(op, sh, inputs)
+        mini = minimal_bytes(op, sh, inputs, out_dtype.itemsize if out_dtype is not None else None)
         fwd, bwd = mini["fwd"], mini.get("bwd", 0)
     return {"fwd": fwd, "bwd": bwd, "fwdbwd": fwd + bwd} if grad_of else {"fwd": fwd}
 
@@ -179,6 +182,66 @@ def op_bytes(op: str, variant: dict, sh: MAEShape, dtype, table_dtype=None, imgs
     mini, ref = (pass_bytes(op, tuple(sorted(variant.items())), sh, reference, dtype, table_dtype, imgs_dtype,
                             requires_grad) for reference in (False, True))
     return {p: Traffic(mini[p], ref[p]) for p in mini}
+
+
+# --------------------------------------------------------------------------------------------------
+# what the implementation moves in a training step, now and before issue 10's changes
+# --------------------------------------------------------------------------------------------------
+
+
+def implementation_extra(op: str, sh: MAEShape, before: bool = False) -> int:
+    """Bytes the fast path's kernels move beyond the minimal ones in a training step (fwd + bwd),
+    from their launch geometry; ``before``: the implementation before issue 10 (decoder_input's
+    backward in 8-tile programs over the flat rows, so fewer partials).
+
+    decoder_input: the mask-token partials, ``[programs, Dd]`` float32, written then summed.
+    encoder_input: the cls partials, ``[cdiv(N, 64), D]`` float32, written then summed.
+    masked_mse_loss: the ``[2, programs]`` float32 partials, written and read, and two scalars.
+    The other ops move exactly their minimal bytes (each input read once, each output written once).
+    """
+    from fastmae.kernels import _common, decoder_input, encoder_input, masked_mse_loss
+
+    n, num, dd = sh.batch, sh.num_patches, sh.decoder_dim
+    block_r, _ = _common.row_blocks(dd)
+    if op == "decoder_input":
+        if before:
+            programs = -(-(n * (num + 1)) // (8 * block_r))
+        else:
+            programs = n * -(-(num + 1) // (decoder_input._BWD_TILES_PER_PROG * block_r))
+        return 2 * programs * dd * 4
+    if op == "encoder_input":
+        return 2 * -(-n // encoder_input._BWD_N_PER_PROG) * sh.embed_dim * 4
+    if op == "masked_mse_loss":
+        rows = n * sh.num_masked
+        programs = -(-rows // masked_mse_loss._blocks(rows, sh.patch_dim)[0])
+        return 2 * (2 * 2 * programs * 4 + 8)  # forward and backward launches each read / write them
+    return 0
+
+
+def _masked_tokens_before(x, ids_restore, len_keep):
+    """The masked rows as the fast path took them before issue 10: ``ids_shuffle`` rebuilt with a
+    ``scatter_``, then a torch gather of ``x[:, 1:]`` (its backward: zero fill + scatter-add)."""
+    n, num = ids_restore.shape
+    arange = torch.arange(num, device=x.device).expand(n, -1)
+    ids_masked = torch.empty_like(ids_restore).scatter_(1, ids_restore, arange)[:, len_keep:]
+    return torch.gather(x[:, 1:], 1, ids_masked.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def before_bytes(piece, sh: MAEShape, amp_dtype, now: int) -> int:
+    """Bytes the fast path moved for ``piece`` before issue 10 (``now``: what it moves today)."""
+    if piece.op == "masked_tokens":
+        inputs, _ = make_inputs("masked_tokens", {}, sh, torch.float32, "meta")
+        fwd, bwd = count_bytes(partial(_masked_tokens_before, len_keep=sh.len_keep),
+                               {"x": inputs["x"], "ids_restore": inputs["ids_restore"]}, ("x",), backward=True)
+        return fwd + bwd
+    if piece.op == "patchify_gather":  # float32 rows written, then cast to the GEMM's dtype by F.linear
+        rows = sh.batch * sh.len_keep * sh.patch_dim
+        return now + rows * (4 - amp_dtype.itemsize) + rows * (4 + amp_dtype.itemsize)
+    if piece.op == "decoder_input":
+        return now - implementation_extra("decoder_input", sh) + implementation_extra("decoder_input", sh, before=True)
+    if piece.op == "masking_ids":  # ids_masked was not written: the scatter_ above rebuilt it
+        return now - sh.batch * sh.num_masked * 8
+    return now
 
 
 def _mb(nbytes: int) -> str:
@@ -200,17 +263,31 @@ def table(sh: MAEShape, dtype, bandwidth: float = NOTES_BANDWIDTH) -> str:
 
 def step_rows(sh: MAEShape, amp_dtype=torch.bfloat16) -> list[dict]:
     """One row per fused op of a training step (``cases.STEP``) under ``amp_dtype`` autocast:
-    ``piece``, ``fast`` (op and passes), ``minimal`` bytes, ``official`` (the code it replaces) and
-    that code's counted ``reference`` bytes. A new figure per op is one more key here."""
+    ``piece``, ``fast`` (op and passes), ``minimal`` bytes, ``implementation`` (what its kernels move,
+    ``implementation_extra``), ``before`` (what the fast path moved before issue 10), ``official``
+    (the code it replaces) and that code's counted ``reference`` bytes."""
     rows = []
     for piece in STEP:
         mode, dtypes = "fwdbwd" if piece.backward else "fwd", piece.dtypes(amp_dtype)
-        minimal = pass_bytes(piece.op, tuple(sorted(piece.variant.items())), sh, False, **dtypes)[mode]
+        out_dtype = amp_dtype if piece.op == "patchify_gather" else None  # rows written for the GEMM
+        minimal = pass_bytes(piece.op, tuple(sorted(piece.variant.items())), sh, False, **dtypes,
+                             out_dtype=out_dtype)[mode]
+        implementation = minimal + implementation_extra(piece.op, sh)
         ref = 0 if piece.official is None else pass_bytes(
             piece.official, tuple(sorted(piece.official_variant.items())), sh, True, **dtypes)[mode]
         rows.append({"piece": piece.piece, "fast": f"{variant_label(piece.op, piece.variant)} ({mode})",
-                     "minimal": minimal, "official": piece.official_label, "reference": ref})
+                     "minimal": minimal, "implementation": implementation,
+                     "before": before_bytes(piece, sh, amp_dtype, implementation),
+                     "official": piece.official_label, "reference": ref})
     return rows
+
+
+def step_summary(sh: MAEShape, amp_dtype=torch.bfloat16) -> str:
+    """One line: the fused ops' bytes per training step against their minimal bytes, now and before."""
+    rows = step_rows(sh, amp_dtype)
+    mini, now, before = (sum(r[key] for r in rows) for key in ("minimal", "implementation", "before"))
+    return (f"fused ops per training step: {_mb(now)} MB moved = {now / mini:.3f}x the minimal {_mb(mini)} MB "
+            f"(before issue 10: {_mb(before)} MB = {before / mini:.3f}x)")
 
 
 def step_table(sh: MAEShape, amp_dtype=torch.bfloat16, bandwidth: float = NOTES_BANDWIDTH) -> str:
@@ -218,6 +295,7 @@ def step_table(sh: MAEShape, amp_dtype=torch.bfloat16, bandwidth: float = NOTES_
     the others are totalled): a new figure per op is one more key in ``step_rows`` and one more column."""
     columns = (("step piece", "piece", str), ("fast path op", "fast", str), ("minimal MB", "minimal", _mb),
                (f"ideal µs at {bandwidth / 1e12:.1f} TB/s", "minimal", lambda b: f"{b / bandwidth * 1e6:.1f}"),
+               ("implementation MB", "implementation", _mb), ("before issue 10 MB", "before", _mb),
                ("official path", "official", str), ("reference MB", "reference", _mb))
     rows = step_rows(sh, amp_dtype)
     total = {key: sum(r[key] for r in rows) for _, key, fmt in columns if fmt is not str}
@@ -246,7 +324,7 @@ def main(argv=None) -> None:
     sh, dtype, bw = shape_for(args.model, args.batch, args.mask_ratio), DTYPES[args.dtype], args.bandwidth_tbps * 1e12
     print(f"{heading(sh, args.dtype)}\n\n{table(sh, dtype, bw)}\n\nOne training step under {args.dtype} autocast "
           f"(float32 images, position tables and tokens; {args.dtype} activations), fast path vs official path:"
-          f"\n\n{step_table(sh, dtype, bw)}")
+          f"\n\n{step_table(sh, dtype, bw)}\n\n{step_summary(sh, dtype)}")
 
 
 if __name__ == "__main__":

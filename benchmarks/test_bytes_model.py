@@ -80,5 +80,17 @@ def test_train_flops_of_vit_b16():
 def test_notes_tables_are_current():
     """NOTES.md quotes what ``python -m benchmarks.bytes_model`` prints; regenerate it when that changes."""
     notes = (Path(__file__).parent / "NOTES.md").read_text(encoding="utf-8")
-    for text in (bm.heading(VIT_B, "bf16"), bm.table(VIT_B, torch.bfloat16), bm.step_table(VIT_B)):
+    for text in (bm.heading(VIT_B, "bf16"), bm.table(VIT_B, torch.bfloat16), bm.step_table(VIT_B),
+                 bm.step_summary(VIT_B)):
         assert text in notes, "benchmarks/NOTES.md is stale: paste `python -m benchmarks.bytes_model` into it"
+
+
+def test_fused_ops_of_a_step_move_at_most_a_tenth_more_than_the_minimum():
+    """Issue 10's criterion at ViT-B/16, batch 256, bf16 autocast; and the old fast path moved more
+    (its masked-row gather alone was ~0.8 GB)."""
+    rows = bm.step_rows(VIT_B)
+    mini, now, before = (sum(r[k] for r in rows) for k in ("minimal", "implementation", "before"))
+    assert now <= 1.1 * mini
+    assert before > 1.4 * mini
+    masked = next(r for r in rows if r["fast"].startswith("masked_tokens"))
+    assert masked["before"] == pytest.approx(797e6, rel=0.01)  # ~154 MB forward + ~643 MB backward
