@@ -13,10 +13,64 @@ patch. A zero (or negative) denominator is replaced by 1, as ``masked_mse_loss_r
 patch masked" gives 0 and a NaN anywhere in the counted inputs still gives NaN.
 
 Kernels, top to bottom:
-    _masked_mse_loss_kernel      one program per BLOCK_R rows: partial sum(w * e) and sum(w) -> PARTIAL
+    _masked_mse_loss_kernel      one program per BLOCK_R rows: partial sum(w * e) (and sum(w)) -> PARTIAL
     _masked_mse_loss_sum_kernel  one program: fixed-order sum of the partials -> loss, 1 / den
     _masked_mse_loss_bwd_kernel  one program per BLOCK_R rows: grad_pred, the target recomputed
 No atomics anywhere: the result is bitwise reproducible. The target is never written to memory.
+
+Layout (ViT-B/16: p = 16, C = 3, P = 768). A thread owns one *chunk* of one row: ``S = 16``
+adjacent pixels of one patch row (here the whole patch row) in every channel. In the image those
+are ``C`` runs of 16 contiguous pixels, read in image order with 16-byte loads (``VI`` = 8 bf16 or
+4 float32 pixels a load; the compiler proves the alignment when the JIT has specialised ``W`` as a
+multiple of 16); in pred the chunk is ``S * C = 48`` contiguous values, also 16-byte loads (``VP``
+values a load) and, in the backward, 16-byte stores. Pairing pred's value ``m = qi * C + c`` of the
+chunk with pixel ``(c, qi)`` is then a permutation inside the thread, which ``_to_row_order``
+writes as split / join / reshape of dimensions the thread holds entirely: a renaming of
+registers, no instruction and no shared memory. (``tl.gather``, as ``patchify`` uses, needs the
+gathered dimension spread over lanes: measured on a 4-row tile it compiled to 96 ``SHFL.IDX`` plus
+a shared-memory conversion, 128 registers, under 3.9, and 24 ``STS.U16`` + 24 ``LDS.64`` under 3.6;
+no reshape or permute can interleave 3 channels, 3 not being a power of two.) bf16 values are
+widened from 32-bit words (``word << 16``, ``word & 0xffff0000``: one instruction a value, where
+the compiler's conversion spends two on every odd one).
+
+What a program does: ``BLOCK_R = 8`` rows at 4 warps, 16 lanes per row (``BLOCK_CH = 16`` chunks).
+Per row it sums the target (norm-pix mean) and the centred squares (variance), each an in-thread
+sum and 4 butterfly shuffles; the forward then folds each thread's ``w * sum(diff^2)`` into ONE
+reduction over the program (one value per warp crosses shared memory), the backward stores
+``coef * w * diff``. Row numbers and in-image offsets are int32 (``_validate`` caps ``N * L`` and
+``C * H * W`` below 2^31), byte offsets int64; ``rows // R`` and ``patch // (W / p)`` are a
+multiply-high and a shift (``_magic``), not a ~35-instruction division; when the rows fill every
+program (``EVEN``, true at the headline shape) nothing is masked, so loads need no zero-fill. The
+address grid is 2-D ``[BLOCK_R * BLOCK_CH, V]`` and viewed as 3-D only for the sums: on a 3-D grid
+Triton 3.6 spreads the lanes over rows instead of chunks (a tie in its coalescing order), and every
+per-row sum then crossed warps through shared memory.
+
+Bytes at ViT-B/16, 224 px, N = 256, mask 0.75 (M = 147 rows per image, L = 196), each input read
+once and each output written once (``tools/kernel_specs/masked_mse_loss.py`` has the formulas):
+
+    launch               pred bf16, imgs fp32 (bf16 autocast)   bf16 throughout
+    forward, masked      173.7 MB                               115.9 MB
+    backward, masked     231.5 MB                               173.7 MB
+    forward, full        231.5 MB                               154.4 MB
+    backward, full       308.5 MB                               231.4 MB
+
+Measured from the compiled code (sm_90, ``python tests/test_masked_mse_loss_sass.py``): registers,
+waves on 132 SMs (resident programs from registers, shared memory, warps) and DRAM bytes per
+executed warp-instruction (bytes / (programs * 4 warps * SASS instructions); straight-line code):
+
+    spec (4704 programs masked, 6272 full)   Triton 3.9               Triton 3.6
+    fwd masked, bf16 pred + fp32 imgs        79 regs, 5.9 w, 19.9 B   85 regs, 7.1 w, 19.6 B
+    bwd masked, bf16 pred + fp32 imgs        80 regs, 5.9 w, 26.5 B   72 regs, 5.1 w, 26.5 B
+    fwd masked, bf16                         84 regs, 7.1 w, 12.2 B   91 regs, 7.1 w, 12.1 B
+    bwd masked, bf16                         72 regs, 5.1 w, 18.3 B   79 regs, 5.9 w, 18.3 B
+    fwd full, bf16                           85 regs, 9.5 w, 11.6 B   94 regs, 9.5 w, 11.4 B
+    fwd masked, fp32                         69 regs, 5.1 w, 29.8 B   76 regs, 5.9 w, 29.3 B
+
+(Before: 4 rows of a [4, 1024] row-order tile a program, the image read with 24-32 scalar 2-byte
+gathers a thread: 2.9 B per warp-instruction forward under 3.9, 3.2 under 3.6, which also sent
+pred through an 8 KB shared-memory conversion.) Why these sizes: ``S = 8`` (32 lanes a row, 8 rows) costs 17 %
+more instructions a row (10.4 B); 16 rows a program at 4 warps (two rows a thread) reaches 13 B but
+at 132-167 registers; 16 rows at 8 warps measures the same as 8 at 4.
 """
 
 from __future__ import annotations
@@ -60,6 +114,7 @@ def _interleave(a, b):
 @triton.jit
 def _unpack(x, V: tl.constexpr):
     """``x [R, N, V]`` -> a tuple of ``V`` tensors ``[R, N, 1]``, slot ``v`` holding ``x[..., v]`` (V <= 8)."""
+    tl.static_assert(V == 1 or V == 2 or V == 4 or V == 8)
     if V == 1:
         out = (x,)
     elif V == 2:
@@ -172,7 +227,9 @@ def _div(x, MAGIC, SHIFT):
     """``x // d`` for int32 ``0 <= x < 2^31`` and ``(MAGIC, SHIFT) = _magic(d)``: a multiply-high and a
     shift (Granlund-Montgomery) in place of the ~35-instruction integer division."""
     hi = tl.umulhi(x.to(tl.uint32) * 2, MAGIC.to(tl.uint32, bitcast=True))  # (2x * m) >> 32, unsigned
-    return (hi >> SHIFT.to(tl.uint32)).to(tl.int32)
+    # SHIFT as it comes: the JIT turns an int argument equal to 1 into a plain constant (no .to);
+    # uint32 >> int32 shifts as unsigned
+    return (hi >> SHIFT).to(tl.int32)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -458,8 +515,9 @@ def _blocks(rows: int, patch: int, pred_size: int, img_size: int) -> dict:
     span = min(_MAX_SPAN, pow2)  # S
     block_ch = next_power_of_2(patch * patch // span)
     block_r = max(1, min(_TILE // (block_ch * span), next_power_of_2(max(rows, 1))))
+    # 16 bytes a load; at most 8 values, what _unpack / _pack handle
     return dict(BLOCK_R=block_r, BLOCK_CH=block_ch, S=span,
-                VI=min(16 // img_size, pow2), VP=min(16 // pred_size, pow2))
+                VI=min(16 // img_size, pow2, 8), VP=min(16 // pred_size, pow2, 8))
 
 
 def _launch_args(pred, imgs, mask, ids_masked, patch_size: int, norm_pix_loss: bool):

@@ -10,8 +10,10 @@ import os
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
-from helpers import DTYPES, TOLERANCES, assert_close, poisoned, requires_kernels
+from helpers import DEVICE, DTYPES, TOLERANCES, assert_close, poisoned, requires_kernels
 from fastmae import ops
 from fastmae.reference import NORM_PIX_EPS, masked_mse_loss_ref
 
@@ -146,6 +148,28 @@ def test_division_by_multiply_high():
                             (np.arange(1, 40) * d) % 2**31, (np.arange(1, 40) * d - 1) % 2**31]).astype(np.uint64)
         got = ((x * 2 * np.uint64(m)) >> np.uint64(32)) >> np.uint64(s)  # umulhi(2x, m) >> s
         assert np.array_equal(got, x // np.uint64(d)), d
+
+
+_div = kmod._div  # a @triton.jit helper, called from the probe kernel below
+
+
+@triton.jit
+def _div_probe(X, OUT, MAGIC, SHIFT, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    tl.store(OUT + offs, _div(tl.load(X + offs), MAGIC, SHIFT))
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 7, 14, 147, 196, 2**20 + 1, 2**31 - 1])
+def test_division_in_the_kernel(d):
+    # the kernel's _div on dividends up to 2^31 - 1, where the multiply-high's top bit is set
+    # (an arithmetic shift would then go wrong) and where rounding is closest
+    m, s = kmod._magic(d)
+    values = [0, 1, d - 1, d, d + 1, 2**31 - 1, 2**31 - 2, 2**31 - 1 - (2**31 - 1) % d,
+              2**30 + 12345, 1610612736, 1999999999, 2**31 - d, 123456789, 5, 77, 999]
+    x = torch.tensor([min(max(v, 0), 2**31 - 1) for v in values], dtype=torch.int32, device=DEVICE)
+    out = torch.empty_like(x)
+    _div_probe[(1,)](x, out, m, s, BLOCK=16)
+    assert torch.equal(out.cpu(), x.cpu() // d), d
 
 
 def test_int32_ids_and_fractional_weights():

@@ -111,6 +111,64 @@ def collect(archs=ARCHS) -> list[dict]:
     return records
 
 
+def edge_specs() -> list[dict]:
+    """The row and sum kernels at shapes where the JIT turns int arguments into constants (an int
+    equal to 1: one row, one row per image, a shift of 1) or pads the chunks (p = 14, p = 3)."""
+    import torch
+
+    from fastmae.kernels import masked_mse_loss as k
+    from tools.kernel_specs.masked_mse_loss import _jit_view
+
+    cases = [  # name, patch, pred [N, R, P] dtype, imgs [N, C, H, W] dtype, masked form
+        ("one_row", 16, (1, 1), "bf16", (1, 3, 16, 32), "bf16", True),  # NR = R = 1, GW = 2: shift 1
+        ("two_rows_per_image", 16, (2, 2), "fp32", (2, 3, 16, 32), "fp32", False),  # R = 2: shift 1
+        ("p14", 14, (2, 6), "bf16", (2, 3, 28, 42), "fp32", False),  # 98 chunks of 128
+        ("p3", 3, (2, 5), "fp16", (2, 1, 6, 9), "fp16", True),  # one pixel a load
+    ]
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    specs = []
+    for name, patch, (n, r), pred_t, img_shape, img_t, masked in cases:
+        c = img_shape[1]
+        pred = torch.empty(n, r, patch * patch * c, dtype=dtypes[pred_t], device="meta")
+        imgs = torch.empty(*img_shape, dtype=dtypes[img_t], device="meta")
+        num_patches = (img_shape[2] // patch) * (img_shape[3] // patch)
+        ids = torch.empty(n, r, dtype=torch.int64, device="meta") if masked else None
+        mask = None if masked else torch.empty(n, num_patches, dtype=torch.float32, device="meta")
+        programs, _, kwargs = k._launch_args(pred, imgs, mask, ids, patch, True)
+        num_warps = kwargs.pop("num_warps")
+        ptrs = {"PRED": f"*{pred_t}", "IMGS": f"*{img_t}", "MASK": f"*{pred_t}" if masked else "*fp32",
+                "IDS": "*i64" if masked else f"*{pred_t}"}
+        for kernel, args, extra in (
+            (k._masked_mse_loss_kernel, {**kwargs, "NUM_PROGRAMS": programs}, {"PARTIAL": "*fp32"}),
+            (k._masked_mse_loss_bwd_kernel, kwargs,
+             {"GRAD_LOSS": "*fp32", "INV_DEN": "*fp32", "GRAD_PRED": f"*{pred_t}"}),
+        ):
+            pointers = {**ptrs, **extra}
+            specs.append({"name": f"{kernel.__name__}_{name}", "kernel": kernel, "num_warps": num_warps,
+                          **_jit_view(kernel, {**args, **dict.fromkeys(pointers)}, pointers)})
+        args = k._sum_args(programs, n * r, not masked)
+        num_warps = args.pop("num_warps")
+        pointers = {"PARTIAL": "*fp32", "LOSS": "*fp32", "INV_DEN": "*fp32"}
+        specs.append({"name": f"_masked_mse_loss_sum_kernel_{name}", "kernel": k._masked_mse_loss_sum_kernel,
+                      "num_warps": num_warps,
+                      **_jit_view(k._masked_mse_loss_sum_kernel, {**args, **dict.fromkeys(pointers)}, pointers)})
+    return specs
+
+
+def compile_edges(arch: int = 90) -> list[dict]:
+    """``{name, ok, error}`` for each of :func:`edge_specs` compiled for ``sm_<arch>``."""
+    from tools import kernel_resources as kr
+
+    out = []
+    for spec in edge_specs():
+        try:
+            kr.compile_spec(spec, arch)
+            out.append({"name": spec["name"], "ok": True, "error": ""})
+        except Exception as e:  # report every failure, not only the first
+            out.append({"name": spec["name"], "ok": False, "error": f"{type(e).__name__}: {str(e)[-1500:]}"})
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # the figures of issue 10
 # --------------------------------------------------------------------------------------------------
@@ -164,7 +222,8 @@ def _tools_missing() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def records():
+def compiled():
+    """``{"records": collect(), "edges": compile_edges()}`` from one subprocess."""
     missing = _tools_missing()
     if missing:
         pytest.skip(missing)
@@ -175,6 +234,11 @@ def records():
         return json.loads(run.stdout)
     except json.JSONDecodeError:
         pytest.fail(f"{__file__} printed no JSON (exit {run.returncode}):\n{run.stderr[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def records(compiled):
+    return compiled["records"]
 
 
 def _row_kernels(records):
@@ -253,6 +317,14 @@ def test_big_launches_fill_the_gpu_and_move_9_bytes_per_warp_instruction(records
         assert b >= MIN_BYTES_PER_WARP_INSTRUCTION, f"{where}: {b:.2f} B per warp-instruction"
 
 
+@pytest.mark.slow
+def test_kernels_compile_where_the_jit_makes_constants(compiled):
+    # an int argument equal to 1 reaches the kernel as a plain constant (no tensor methods), and
+    # odd patch sides pad the chunk grid: every kernel must still compile
+    broken = [e for e in compiled["edges"] if not e["ok"]]
+    assert compiled["edges"] and not broken, "\n".join(f"{e['name']}: {e['error']}" for e in broken)
+
+
 def test_sass_reader():
     # the parser itself, on a fragment of real sm_90 SASS: NOPs and the closing self-branch are not
     # executed, a backward branch is a loop, predicated instructions count
@@ -289,7 +361,7 @@ if __name__ == "__main__":
     archs = tuple(int(a) for a in sys.argv[sys.argv.index("--arch") + 1:]) if "--arch" in sys.argv else ARCHS
     result = collect(archs)
     if "--json" in sys.argv:
-        json.dump(result, sys.stdout)
+        json.dump({"records": result, "edges": compile_edges()}, sys.stdout)
     else:
         import triton
 
