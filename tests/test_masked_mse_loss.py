@@ -25,7 +25,7 @@ kmod = importlib.import_module("fastmae.kernels.masked_mse_loss")
 SHAPES = [
     pytest.param(4, 3, 12, 16, 2, id="p4-c3-L12"),  # P = 48, a 3x4 grid, one program holds every row
     pytest.param(4, 3, 12, 20, 1, id="p4-c3-batch1-L15"),  # batch 1, odd L (a partial tile of rows)
-    pytest.param(14, 3, 28, 42, 1, id="p14-P588"),  # P = 588 is not a power of two (BLOCK_P = 1024)
+    pytest.param(14, 3, 28, 42, 1, id="p14-P588"),  # 2-pixel chunks: 98 per patch, padded to 128
     pytest.param(16, 3, 32, 48, 2, id="p16-P768"),  # ViT-B/16's P = 768: 16-byte loads, a partial program
     pytest.param(16, 3, 32, 64, 4, id="p16-even"),  # 32 (full) and 24 (masked) rows: full programs, no row mask
     pytest.param(3, 3, 6, 9, 2, id="p3-odd"),  # odd patch side: one pixel per load, P = 27
