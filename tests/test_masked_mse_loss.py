@@ -10,8 +10,10 @@ import os
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
-from helpers import DTYPES, TOLERANCES, assert_close, poisoned, requires_kernels
+from helpers import DEVICE, DTYPES, TOLERANCES, assert_close, poisoned, requires_kernels
 from fastmae import ops
 from fastmae.reference import NORM_PIX_EPS, masked_mse_loss_ref
 
@@ -23,8 +25,10 @@ kmod = importlib.import_module("fastmae.kernels.masked_mse_loss")
 SHAPES = [
     pytest.param(4, 3, 12, 16, 2, id="p4-c3-L12"),  # P = 48, a 3x4 grid, one program holds every row
     pytest.param(4, 3, 12, 20, 1, id="p4-c3-batch1-L15"),  # batch 1, odd L (a partial tile of rows)
-    pytest.param(14, 3, 28, 42, 1, id="p14-P588"),  # P = 588 is not a power of two (BLOCK_P = 1024)
-    pytest.param(16, 3, 32, 48, 2, id="p16-P768"),  # ViT-B/16's P = 768, 4 rows per program
+    pytest.param(14, 3, 28, 42, 1, id="p14-P588"),  # 2-pixel chunks: 98 per patch, padded to 128
+    pytest.param(16, 3, 32, 48, 2, id="p16-P768"),  # ViT-B/16's P = 768: 16-byte loads, a partial program
+    pytest.param(16, 3, 32, 64, 4, id="p16-even"),  # 32 (full) and 24 (masked) rows: full programs, no row mask
+    pytest.param(3, 3, 6, 9, 2, id="p3-odd"),  # odd patch side: one pixel per load, P = 27
     pytest.param(4, 1, 8, 12, 2, id="p4-c1"),  # one channel: no channel interleave
     pytest.param(4, 4, 8, 8, 2, id="p4-c4"),  # four channels (a power of two)
 ]
@@ -113,15 +117,59 @@ def test_masked_form(p, c, h, w, n, dtype, norm_pix, backend):
     _check(pred, imgs, None, p, norm_pix, ids, backend)
 
 
-@pytest.mark.parametrize("pred_dtype, img_dtype", [(torch.bfloat16, torch.float32), (torch.float32, torch.float16)])
-def test_images_in_another_dtype(pred_dtype, img_dtype):
-    # the usual mixed-precision case: bf16 pred from the decoder, float32 images from the loader
-    n, c, h, w, p = 2, 3, 8, 12, 4
+@pytest.mark.parametrize("p, h, w", [(4, 8, 12), (16, 32, 48)], ids=["p4", "p16"])
+@pytest.mark.parametrize("pred_dtype, img_dtype", [(torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16),
+                                                   (torch.float32, torch.float16)])
+def test_images_in_another_dtype(pred_dtype, img_dtype, p, h, w):
+    # the usual mixed-precision case: bf16 pred from the decoder, float32 images from the loader.
+    # At p = 16 the loads of pred and of the image then hold different pixel counts (8 bf16 or 4
+    # float32 values in 16 bytes), which the in-register permutation must line up.
+    n, c = 2, 3
+    num_patches = (h // p) * (w // p)
     imgs = _images(n, c, h, w, img_dtype)
-    pred = torch.randn(n, 6, p * p * c).to(pred_dtype)
-    _check(pred, imgs, _mask(n, 6), p, True, None, "triton")
-    ids = _ids_masked(n, 6, 4)
+    pred = torch.randn(n, num_patches, p * p * c).to(pred_dtype)
+    _check(pred, imgs, _mask(n, num_patches), p, True, None, "triton")
+    ids = _ids_masked(n, num_patches, 4)
     _check(pred[:, :4].contiguous(), imgs, None, p, True, ids, "triton")
+
+
+def test_division_by_multiply_high():
+    # the kernels divide by R (rows per image) and by the grid width with _magic's multiplier; check
+    # it against // for divisors of every size and the dividends where rounding is closest
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    divisors = list(range(1, 600)) + [2**k + e for k in range(10, 31) for e in (-1, 0, 1)]
+    divisors += [int(d) for d in rng.integers(1, 2**31 - 1, 300)]
+    for d in divisors:
+        m, s = kmod._magic(d)
+        m &= 0xFFFFFFFF  # the kernel reads the int32 bits as unsigned
+        x = np.concatenate([rng.integers(0, 2**31, 2000), [0, 1, d - 1, d, d + 1, 2**31 - 1],
+                            (np.arange(1, 40) * d) % 2**31, (np.arange(1, 40) * d - 1) % 2**31]).astype(np.uint64)
+        got = ((x * 2 * np.uint64(m)) >> np.uint64(32)) >> np.uint64(s)  # umulhi(2x, m) >> s
+        assert np.array_equal(got, x // np.uint64(d)), d
+
+
+_div = kmod._div  # a @triton.jit helper, called from the probe kernel below
+
+
+@triton.jit
+def _div_probe(X, OUT, MAGIC, SHIFT, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    tl.store(OUT + offs, _div(tl.load(X + offs), MAGIC, SHIFT))
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 7, 14, 147, 196, 2**20 + 1, 2**31 - 1])
+def test_division_in_the_kernel(d):
+    # the kernel's _div on dividends up to 2^31 - 1, where the multiply-high's top bit is set
+    # (an arithmetic shift would then go wrong) and where rounding is closest
+    m, s = kmod._magic(d)
+    values = [0, 1, d - 1, d, d + 1, 2**31 - 1, 2**31 - 2, 2**31 - 1 - (2**31 - 1) % d,
+              2**30 + 12345, 1610612736, 1999999999, 2**31 - d, 123456789, 5, 77, 999]
+    x = torch.tensor([min(max(v, 0), 2**31 - 1) for v in values], dtype=torch.int32, device=DEVICE)
+    out = torch.empty_like(x)
+    _div_probe[(1,)](x, out, m, s, BLOCK=16)
+    assert torch.equal(out.cpu(), x.cpu() // d), d
 
 
 def test_int32_ids_and_fractional_weights():
@@ -134,9 +182,9 @@ def test_int32_ids_and_fractional_weights():
 
 
 def test_many_programs(monkeypatch):
-    # one row per program and an 8-wide final reduction: 20 partials summed in three steps, the
-    # last one partial
-    monkeypatch.setattr(kmod, "_TILE", 64)
+    # one row per program (p = 4: 4 chunks of 4 pixels) and an 8-wide final reduction: 20 partials
+    # summed in three steps, the last one partial
+    monkeypatch.setattr(kmod, "_TILE", 16)
     monkeypatch.setattr(kmod, "_BLOCK_G", 8)
     n, c, h, w, p = 2, 3, 8, 20, 4  # N * L = 20 rows
     imgs = _images(n, c, h, w, torch.float32)

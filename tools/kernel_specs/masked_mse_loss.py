@@ -1,47 +1,141 @@
-"""masked_mse_loss (kernels/masked_mse_loss.py) at ViT-B/16, 224 px, batch 256, bf16, mask 0.75.
+"""masked_mse_loss (kernels/masked_mse_loss.py) at ViT-B/16, 224 px, batch 256, mask 0.75.
 
 The specialisations the JIT compiles for real tensors at the headline shape, for
 ``tools/kernel_resources.py`` and ``tests/test_gpu_readiness.py`` (see ``tools/kernel_specs/__init__.py``).
+Besides the common keys every spec carries ``"programs"`` (its grid at the headline shape) and
+``"bytes"`` (the fewest DRAM bytes that launch moves there), which the waves and
+bytes-per-instruction figures of ``tests/test_masked_mse_loss_sass.py`` are computed from.
 """
 
 from __future__ import annotations
 
+import inspect
+
+import torch
+import triton.language as tl
+
 from fastmae.kernels import masked_mse_loss as k
-from fastmae.reference import NORM_PIX_EPS
+
+N, C, IMG, PATCH = 256, 3, 224, 16
+L = (IMG // PATCH) ** 2  # 196 patches
+M = L - int(L * (1 - 0.75))  # 147 masked patches per image
+P = PATCH * PATCH * C  # 768 values per patch
+
+# (pred, imgs) dtypes: training under bf16 autocast (the decoder's bf16 pred, the loader's float32
+# images; grad_pred is bf16), then one dtype throughout.
+DTYPES = (("bf16", "fp32"), ("bf16", "bf16"), ("fp16", "fp16"), ("fp32", "fp32"))
+_TORCH = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+_SIZE = {"bf16": 2, "fp16": 2, "fp32": 4}
+
+
+def _name(direction: str, form: str, pred: str, imgs: str) -> str:
+    # bf16 throughout keeps the names of the earlier tables (benchmarks/NOTES.md)
+    if (pred, imgs) == ("bf16", "bf16"):
+        suffix = ""
+    elif pred == imgs:
+        suffix = f"_{pred}"
+    else:
+        suffix = f"_{pred}_{imgs}imgs"
+    return f"masked_mse_loss_{direction}_{form}{suffix}"
+
+
+def _constexpr_args(kernel) -> set:
+    """The ``tl.constexpr`` parameters of a ``@triton.jit`` function (compiled or interpreted)."""
+    params = inspect.signature(kernel.fn).parameters.values()
+    return {p.name for p in params if p.annotation in (tl.constexpr, "tl.constexpr")}
+
+
+def _jit_view(kernel, args: dict, pointers: dict) -> dict:
+    """``signature`` / ``constexprs`` / ``aligned`` as the JIT specialises ``args`` (pointer types
+    from ``pointers``): an int equal to 1 becomes a constant, an int divisible by 16 is marked
+    aligned, and so is every pointer (fresh torch allocations are 16-byte aligned)."""
+    signature, constexprs, aligned = {}, {}, []
+    const = _constexpr_args(kernel)
+    for name in kernel.arg_names:
+        value = args[name]
+        if name in pointers:
+            signature[name] = pointers[name]
+            aligned.append(name)
+        elif name in const:
+            constexprs[name] = value
+            signature[name] = "constexpr"
+        elif isinstance(value, float):
+            signature[name] = "fp32"
+        elif value == 1:
+            constexprs[name] = 1
+            signature[name] = "constexpr"
+        else:
+            signature[name] = "i32"
+            if value % 16 == 0:
+                aligned.append(name)
+    return {"signature": signature, "constexprs": constexprs, "aligned": aligned}
 
 
 def compile_specs() -> list[dict]:
-    """Each kernel at ViT-B/16 (p = 16, C = 3, P = 768), 224 px, batch 256, bf16, mask 0.75.
+    """Forward and backward row kernels for both forms and every training dtype, and the final sums.
 
-    Both forms: masked (pred [256, 147, 768], int64 ids; what the model's fast path calls) and full
-    (pred [256, 196, 768], a float32 mask). Integers the JIT sees divisible by 16: NR (37632, 50176),
-    H = W = 224 and G (9408, 12544 programs); R (147, 196), NUM_PATCHES (196) and GW (14) are not.
+    Forms: masked (pred [256, 147, 768], int64 ids; what the model's fast path calls) and full
+    (pred [256, 196, 768], a float32 mask [256, 196]); norm-pix on (MAE's recipe). The launch
+    arguments come from the launcher itself (``_launch_args`` on meta tensors), so the specs follow
+    the block sizes it picks.
+
+    Bytes, each input read once and each output written once (``s_p``, ``s_i``: bytes per pred /
+    image value; ``rows`` = N * M masked, N * L full):
+        forward   rows * P * (s_p + s_i) + rows * (8 B of id or 4 B of mask weight)
+                  + programs * 4 B of partials (8 B in the full form: the weights' sum too)
+        backward  rows * P * (2 s_p + s_i) + rows * (8 or 4 B) + 8 B (upstream gradient, 1 / den)
+        sum       the partials read back + 8 B (loss, 1 / den)
+    The image side counts only the pixels of the rows' patches (every pixel in the full form).
     """
-    block_r, block_p = k._blocks(256 * 147, 768)
-    consts = {"PATCH": 16, "C": 3, "EPS": NORM_PIX_EPS, "BLOCK_R": block_r, "BLOCK_P": block_p}
-    types = {
-        "PRED": "*bf16", "IMGS": "*bf16", "PARTIAL": "*fp32", "GRAD_LOSS": "*fp32", "INV_DEN": "*fp32",
-        "GRAD_PRED": "*bf16", "LOSS": "*fp32", "DEN_ROWS": "fp32",
-        **{k: "i32" for k in ("NR", "R", "NUM_PATCHES", "H", "W", "GW", "G")},
-    }
-    pointers_and_aligned_ints = ["PRED", "IMGS", "MASK", "IDS", "PARTIAL", "GRAD_LOSS", "INV_DEN",
-                                 "GRAD_PRED", "LOSS", "NR", "H", "W", "G"]
-
-    # Every kernel expects 16-byte accesses: loads of pred, stores of grad_pred, loads of the partials.
-    # The image side is a channel-interleaved gather (2-byte loads, coalesced: p contiguous pixels per
-    # channel and patch row).
-    def spec(name, kernel, constexprs, extra_types):
-        signature = {a: "constexpr" if a in constexprs else {**types, **extra_types}[a] for a in kernel.arg_names}
-        aligned = [a for a in kernel.arg_names if a in pointers_and_aligned_ints]
-        return {"name": name, "kernel": kernel, "signature": signature, "constexprs": constexprs,
-                "aligned": aligned, "num_warps": k._NUM_WARPS, "expect_vector_io": True, "why_not_vector": ""}
-
     specs = []
+    sum_programs = {}
+    for form, rows_per_image in (("masked", M), ("full", L)):
+        rows = N * rows_per_image
+        for pred_t, img_t in DTYPES:
+            pred = torch.empty(N, rows_per_image, P, dtype=_TORCH[pred_t], device="meta")
+            imgs = torch.empty(N, C, IMG, IMG, dtype=_TORCH[img_t], device="meta")
+            mask = torch.empty(N, L, dtype=torch.float32, device="meta") if form == "full" else None
+            ids = torch.empty(N, M, dtype=torch.int64, device="meta") if form == "masked" else None
+            programs, _, kwargs = k._launch_args(pred, imgs, mask, ids, PATCH, True)
+            num_warps = kwargs.pop("num_warps")
+            row_bytes = rows * P * (_SIZE[pred_t] + _SIZE[img_t]) + rows * (8 if form == "masked" else 4)
+            ptrs = {"PRED": f"*{pred_t}", "IMGS": f"*{img_t}",
+                    # the absent one of MASK / IDS is a dummy (pred) the kernel never reads
+                    "MASK": "*fp32" if form == "full" else f"*{pred_t}",
+                    "IDS": "*i64" if form == "masked" else f"*{pred_t}"}
+            for direction, kernel, args, extra_ptrs, nbytes in (
+                ("fwd", k._masked_mse_loss_kernel, {**kwargs, "NUM_PROGRAMS": programs}, {"PARTIAL": "*fp32"},
+                 row_bytes + programs * 4 * (2 if form == "full" else 1)),
+                ("bwd", k._masked_mse_loss_bwd_kernel, kwargs,
+                 {"GRAD_LOSS": "*fp32", "INV_DEN": "*fp32", "GRAD_PRED": f"*{pred_t}"},
+                 row_bytes + rows * P * _SIZE[pred_t] + 8),
+            ):
+                pointers = {**ptrs, **extra_ptrs}
+                specs.append({
+                    "name": _name(direction, form, pred_t, img_t),
+                    "kernel": kernel,
+                    **_jit_view(kernel, {**args, **dict.fromkeys(pointers)}, pointers),
+                    "num_warps": num_warps,
+                    "expect_vector_io": True,
+                    "why_not_vector": "",
+                    "programs": programs,
+                    "bytes": nbytes,
+                })
+        sum_programs[form] = (programs, rows)
+    # The final reduction, one program: the same code for every dtype; the full form also sums weights.
     for form, has_mask in (("masked", False), ("full", True)):
-        # the absent one of MASK / IDS is a dummy (pred) the kernel never reads
-        extra = {"MASK": "*fp32", "IDS": "*bf16"} if has_mask else {"MASK": "*bf16", "IDS": "*i64"}
-        flags = {"NORM_PIX": True, "HAS_MASK": has_mask, "HAS_IDS": not has_mask}
-        specs.append(spec(f"masked_mse_loss_fwd_{form}", k._masked_mse_loss_kernel, {**consts, **flags}, extra))
-        specs.append(spec(f"masked_mse_loss_bwd_{form}", k._masked_mse_loss_bwd_kernel, {**consts, **flags}, extra))
-    specs.append(spec("masked_mse_loss_sum", k._masked_mse_loss_sum_kernel, {"HAS_MASK": True, "BLOCK_G": k._BLOCK_G}, {}))
+        programs, rows = sum_programs[form]
+        args = k._sum_args(programs, rows, has_mask)
+        num_warps = args.pop("num_warps")
+        pointers = {"PARTIAL": "*fp32", "LOSS": "*fp32", "INV_DEN": "*fp32"}
+        specs.append({
+            "name": f"masked_mse_loss_sum_{form}",
+            "kernel": k._masked_mse_loss_sum_kernel,
+            **_jit_view(k._masked_mse_loss_sum_kernel, {**args, **dict.fromkeys(pointers)}, pointers),
+            "num_warps": num_warps,
+            "expect_vector_io": True,
+            "why_not_vector": "",
+            "programs": 1,
+            "bytes": programs * 4 * (2 if has_mask else 1) + 8,
+        })
     return specs
