@@ -30,6 +30,7 @@ from . import reference, torch_ops
 
 __all__ = [
     "BACKENDS",
+    "check_backend_name",
     "get_backend",
     "use_backend",
     "resolve_backend",

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from . import _validate as check
-from .checkpoints import FC_NORM, HEAD, NORM, inspect_state_dict, mae_factory_shapes, state_dict_of
+from .checkpoints import FC_NORM, HEAD, inspect_state_dict, mae_factory_shapes, state_dict_of
 from .layers import Block, PatchEmbed
 from .pos_embed import interpolate_pos_embed
 

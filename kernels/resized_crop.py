@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import empty, next_power_of_2
+from ._common import empty, fake, launch, next_power_of_2, op
 
 __all__ = ["resized_crop", "launch_blocks"]
 
@@ -174,14 +174,14 @@ def _forward(data, meta, boxes, flip, size, mean, std, out_dtype):
     scale = [1.0 / (255.0 * s) for s in std]
     bias = [-m / s for m, s in zip(mean, std)]
     grid = (n, triton.cdiv(sh, block_r), triton.cdiv(sw, block_w))
-    _resized_crop_kernel[grid](
+    launch(_resized_crop_kernel)[grid](
         data, meta, boxes, flip.view(torch.uint8), out, data.numel(), sh, sw, *scale, *bias,
         BLOCK_R=block_r, BLOCK_W=block_w, num_warps=NUM_WARPS,
     )
     return out
 
 
-@torch.library.custom_op("fastmae::resized_crop", mutates_args=())
+@op("fastmae::resized_crop")
 def _resized_crop_op(
     data: torch.Tensor, meta: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size: list[int],
     mean: list[float], std: list[float], out_dtype: torch.dtype,
@@ -189,7 +189,7 @@ def _resized_crop_op(
     return _forward(data, meta, boxes, flip, size, mean, std, out_dtype)
 
 
-@_resized_crop_op.register_fake
+@fake(_resized_crop_op)
 def _(data, meta, boxes, flip, size, mean, std, out_dtype):
     return data.new_empty((meta.shape[0], 3, size[0], size[1]), dtype=out_dtype)
 

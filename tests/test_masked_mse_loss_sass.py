@@ -67,23 +67,17 @@ _INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A
 
 
 def read_sass(sass: str) -> dict:
-    """Opcode counts and control flow of one kernel's SASS (``cuobjdump -sass``)."""
-    instructions = []  # (address, opcode, opcode with modifiers, operands)
-    for line in sass.splitlines():
-        m = _INSTRUCTION.search(line)
-        if m:
-            instructions.append((int(m.group(1), 16), m.group(2), m.group(2) + m.group(3), m.group(4)))
+    """Opcode counts (with modifiers) and control flow of one kernel's SASS (``cuobjdump -sass``);
+    instructions and loops as ``tools/throughput.py`` counts them."""
+    from tools.throughput import executed_per_warp, instructions, loops
+
     opcodes: dict = {}
-    for _, _, full, _ in instructions:
+    for m in _INSTRUCTION.finditer(sass):
+        full = m.group(2) + m.group(3)
         opcodes[full] = opcodes.get(full, 0) + 1
-    # a backward branch is a loop; the BRA-to-itself after the last EXIT is padding, never executed
-    loops = []
-    for address, op, _, operands in instructions:
-        target = re.search(r"0x([0-9a-f]+)", operands) if op == "BRA" else None
-        if target and int(target.group(1), 16) < address:
-            loops.append((int(target.group(1), 16), address))
-    executed = [i for i in instructions if i[1] != "NOP" and not (i[1] == "BRA" and f"0x{i[0]:x}" in i[3])]
-    return {"instructions": len(executed), "loops": loops, "opcodes": opcodes}
+    instrs = instructions(sass)
+    spans = loops(instrs)  # static count: each loop body once
+    return {"instructions": executed_per_warp(instrs, (1,) * len(spans)), "loops": spans, "opcodes": opcodes}
 
 
 def collect(archs=ARCHS) -> list[dict]:
@@ -99,9 +93,7 @@ def collect(archs=ARCHS) -> list[dict]:
             for arch in archs:
                 compiled = kr.compile_spec(spec, arch)
                 stem = f"{spec['name']}_{arch}"
-                rec = kr.inspect_cubin(compiled, arch, workdir, stem)
-                sass = subprocess.run([kr._tool("cuobjdump"), "-sass", os.path.join(workdir, f"{stem}.cubin")],
-                                      capture_output=True, text=True, check=True).stdout
+                rec, sass = kr.inspect_cubin(compiled, arch, workdir, stem)
                 rec.update(read_sass(sass))
                 rec.update(name=spec["name"], arch=arch, num_warps=spec["num_warps"], programs=spec["programs"],
                            bytes=spec["bytes"], constexprs={k: v for k, v in spec["constexprs"].items()

@@ -12,7 +12,7 @@ waves
     ``programs / (SMS * resident)``, ``SMS = 132`` (H100 SXM). Below ~4 waves the last, partial wave
     leaves SMs idle for a large part of the kernel's time.
 executed warp-instructions
-    per warp, every SASS instruction but ``NOP`` counted once, and the instructions inside a loop
+    per warp, every SASS instruction but ``NOP`` and the closing branch-to-itself counted once, and the instructions inside a loop
     (a backward branch) times its trip count (``loop_trips`` in the spec, outer loops first; nested
     loops multiply). Forward branches that skip code are counted as if taken: an upper bound, so the
     bytes per instruction below is a lower bound.
@@ -70,8 +70,8 @@ def executed_per_warp(instrs, loop_trips=()) -> int | None:
     if len(spans) > len(loop_trips):
         return None
     total = 0
-    for addr, opcode, _ in instrs:
-        if opcode == "NOP":
+    for addr, opcode, target in instrs:
+        if opcode == "NOP" or (opcode == "BRA" and target == addr):  # padding after the last EXIT
             continue
         weight = 1
         for (start, end), trips in zip(spans, loop_trips):
