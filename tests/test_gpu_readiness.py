@@ -27,28 +27,17 @@ import triton
 
 from fastmae.kernels import KERNEL_MODULES
 from tools.kernel_specs import compile_specs
+from tools.throughput import tools_missing
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHS = (90, 80)
 SPEC_KEYS = {"name", "kernel", "signature", "constexprs", "aligned", "num_warps", "expect_vector_io", "why_not_vector"}
 
 
-def _tools_missing() -> str | None:
-    try:
-        import triton
-    except ImportError:
-        return "triton is not installed"
-    bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-    for tool in ("cuobjdump", "ptxas"):
-        if not (bin_dir / tool).is_file():
-            return f"{tool} is not shipped in {bin_dir}"
-    return None
-
-
 @pytest.fixture(scope="session")
 def resources():
     """The harness's JSON records, from one subprocess for every kernel and architecture."""
-    missing = _tools_missing()
+    missing = tools_missing()
     if missing:
         pytest.skip(missing)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -30,7 +30,6 @@ prints the table the tests read.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import subprocess
@@ -40,15 +39,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ARCHS = (90, 80)
+sys.path.insert(0, str(ROOT))  # for ``tools`` when this file runs as the compiling subprocess
 
-# H100 SXM (sm_90), for the waves figure
-SMS = 132
-REGS_PER_SM = 65536
-SMEM_PER_SM = 228 * 1024
-SMEM_RESERVED_PER_BLOCK = 1024
-MAX_WARPS_PER_SM = 64
-MAX_BLOCKS_PER_SM = 32
+from tools import throughput  # noqa: E402
+from tools.throughput import SMS, tools_missing  # noqa: E402
+ARCHS = (90, 80)
 
 BIG_LAUNCH = 50e6  # bytes: the launches the waves and bytes-per-instruction floors apply to
 MIN_WAVES = 4
@@ -167,11 +162,8 @@ def compile_edges(arch: int = 90) -> list[dict]:
 
 
 def resident_programs(registers: int, shared: int, num_warps: int) -> int:
-    """Programs one SM holds at once (H100): the tightest of registers, shared memory, warps, blocks."""
-    regs_per_warp = math.ceil(registers / 8) * 8 * 32  # a multiple of 256, as allocated
-    by_regs = (REGS_PER_SM // regs_per_warp) // num_warps
-    by_smem = SMEM_PER_SM // (shared + SMEM_RESERVED_PER_BLOCK)
-    return min(by_regs, by_smem, MAX_WARPS_PER_SM // num_warps, MAX_BLOCKS_PER_SM)
+    """Programs one SM holds at once (H100; ``tools/throughput.py``'s limits)."""
+    return throughput.resident_programs(registers, num_warps, shared)
 
 
 def waves(rec: dict) -> float:
@@ -201,22 +193,10 @@ def table(records) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def _tools_missing() -> str | None:
-    try:
-        import triton
-    except ImportError:
-        return "triton is not installed"
-    bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-    for tool in ("cuobjdump", "ptxas"):
-        if not (bin_dir / tool).is_file():
-            return f"{tool} is not shipped in {bin_dir}"
-    return None
-
-
 @pytest.fixture(scope="module")
 def compiled():
     """``{"records": collect(), "edges": compile_edges()}`` from one subprocess."""
-    missing = _tools_missing()
+    missing = tools_missing()
     if missing:
         pytest.skip(missing)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

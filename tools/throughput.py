@@ -42,6 +42,22 @@ _INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_
 _TARGET = re.compile(r"0x([0-9a-f]+)")
 
 
+def tools_missing() -> str | None:
+    """Why the CUDA tools the compiled-code reports need (the triton wheel's ``cuobjdump`` and
+    ``ptxas``) are not there, or ``None``: for tests to skip. Imports nothing with side effects."""
+    import os
+
+    try:
+        import triton
+    except ImportError:
+        return "triton is not installed"
+    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    for tool in ("cuobjdump", "ptxas"):
+        if not os.path.isfile(os.path.join(bin_dir, tool)):
+            return f"{tool} is not shipped in {bin_dir}"
+    return None
+
+
 def instructions(sass: str) -> list[tuple[int, str, int | None]]:
     """``(address, opcode, branch target or None)`` of every SASS instruction of one kernel."""
     out = []
