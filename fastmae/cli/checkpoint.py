@@ -1,6 +1,9 @@
 """Checkpoints: atomic saves, periodic copies as hard links, safe loads, model matching and RNG
 state.
 
+Writes go through the library's one atomic writer, ``fastmae._files.write_file`` (temporary file
+beside the target, fsync, ``os.replace``, fsync of the directory), which the exports use too.
+
 A checkpoint written here is ``{'model', 'optimizer', 'scaler', 'epoch', 'args', 'rng'}`` with
 ``args`` a plain dict, so it loads with ``torch.load(weights_only=True)`` and nothing else. Reading
 goes through ``fastmae.official.read_checkpoint`` (official checkpoints, whose ``args`` is an
@@ -9,13 +12,13 @@ goes through ``fastmae.official.read_checkpoint`` (official checkpoints, whose `
 
 import os
 import random
-import re
 import shutil
 
 import numpy as np
 import torch
 
 import fastmae
+from fastmae._files import TEMPORARY, fsync_dir, temporary_name, write_file
 from fastmae.cli.errors import UsageError
 from fastmae.official import checkpoint_args, model_state, read_checkpoint
 
@@ -29,7 +32,7 @@ class CheckpointError(UsageError):
 
 def save_checkpoint(obj, path):
     """Write ``obj`` to ``path`` atomically: a crash or kill midway leaves the old file in place."""
-    _write_atomically(path, lambda f: torch.save(obj, f))
+    write_file(path, lambda f: torch.save(obj, f))
 
 
 def copy_atomically(src, dst):
@@ -37,7 +40,7 @@ def copy_atomically(src, dst):
     def copy(f):
         with open(src, "rb") as s:
             shutil.copyfileobj(s, f, 1 << 20)
-    _write_atomically(dst, copy)
+    write_file(dst, copy)
 
 
 def link_atomically(src, dst):
@@ -50,7 +53,7 @@ def link_atomically(src, dst):
     """
     if os.path.exists(dst) and os.path.samefile(src, dst):
         return  # already linked: renaming a link over its twin would do nothing, leaving tmp behind
-    tmp = _temporary_name(dst)
+    tmp = temporary_name(dst)
     try:
         os.link(src, tmp)
     except OSError:  # EXDEV, EPERM, ENOTSUP... (FAT, some network file systems)
@@ -61,45 +64,12 @@ def link_atomically(src, dst):
     except BaseException:
         os.unlink(tmp)
         raise
-    _fsync_dir(os.path.dirname(os.path.abspath(dst)))
+    fsync_dir(os.path.dirname(os.path.abspath(dst)))
 
 
 def write_text_atomically(text, path):
     """Replace ``path`` with ``text`` (UTF-8) atomically."""
-    _write_atomically(path, lambda f: f.write(text.encode("utf-8")))
-
-
-_TMP = re.compile(r"^\..+\.tmp-(\d+)$")  # the temporary names below: .<name>.tmp-<pid>
-
-
-def _write_atomically(path, write):
-    """``write(f)`` into a temporary file in ``path``'s directory, then rename it over ``path``.
-
-    The temporary file is flushed and fsync'ed before the rename (``os.replace`` is atomic on
-    POSIX and Windows), and the directory is fsync'ed so the rename itself survives a power loss.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    # Opened normally so the final file gets the usual umask permissions.
-    tmp = _temporary_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
-
-
-def _temporary_name(path):
-    """``.<name>.tmp-<pid>`` beside ``path``: hidden, in the same directory (``os.replace`` cannot
-    cross file systems). A SIGKILL midway leaves it behind: :func:`remove_stale_temporaries` cleans
-    it up at the next start."""
-    directory = os.path.dirname(os.path.abspath(path))
-    return os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    write_file(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def remove_stale_temporaries(directory):
@@ -109,7 +79,7 @@ def remove_stale_temporaries(directory):
     """
     removed = []
     for name in os.listdir(directory):
-        match = _TMP.match(name)
+        match = TEMPORARY.match(name)
         if match and not _alive(int(match.group(1))):
             try:
                 os.unlink(os.path.join(directory, name))
@@ -129,18 +99,6 @@ def _alive(pid):
     except OSError:  # e.g. PermissionError: it exists, owned by someone else
         return True
     return True
-
-
-def _fsync_dir(directory):
-    """Persist a rename in ``directory`` (a no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path):
