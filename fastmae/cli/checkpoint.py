@@ -13,12 +13,14 @@ goes through ``fastmae.official.read_checkpoint`` (official checkpoints, whose `
 import os
 import random
 import shutil
+import warnings
 
 import numpy as np
 import torch
 
 import fastmae
 from fastmae._files import TEMPORARY, fsync_dir, temporary_name, write_file
+from fastmae.checkpoints import OFFICIAL_WITH_DECODER, inspect_state_dict, is_decoder_key
 from fastmae.cli.errors import UsageError
 from fastmae.official import checkpoint_args, model_state, read_checkpoint
 
@@ -127,34 +129,73 @@ def load_checkpoint(path):
     return ckpt if state is ckpt.get("model") else {"model": state}
 
 
-def load_model_state(model, ckpt, path, model_name):
+def inspect_checkpoint(ckpt):
+    """``fastmae.inspect_state_dict`` of a loaded checkpoint's weights (its kind: a full MAE, an
+    encoder-only one or a fine-tuned ViT, and the factory its shapes fit), or None when they are in
+    no official layout (``load_model_state`` then says what does not fit)."""
+    try:
+        return inspect_state_dict(ckpt["model"])
+    except ValueError:
+        return None
+
+
+def without_decoder(path, kind):
+    """How a message names a checkpoint of ``kind`` ``"mae_encoder"`` or ``"vit"``: it has no decoder."""
+    if kind == "vit":
+        return f"{path} is a fine-tuned ViT (a classifier: no decoder)"
+    return f"{path} holds the encoder only (no mask_token, no decoder)"
+
+
+def load_model_state(model, ckpt, path, model_name, encoder_only_ok=False):
     """Load ``ckpt['model']`` into ``model`` strictly, or raise a one-line ``CheckpointError``.
 
     Loading goes through ``fastmae.load_official_checkpoint`` (which knows the official format).
-    On a mismatch the message names the checkpoint's model (from its args) when it has one, else
-    the first mismatching entry, instead of PyTorch's multi-line ``load_state_dict`` report.
+    On a mismatch the message names the checkpoint's model (from its args, else from its shapes)
+    when it has one, else the first mismatching entry, instead of PyTorch's multi-line
+    ``load_state_dict`` report.
 
     The fixed sin-cos tables ``pos_embed`` and ``decoder_pos_embed`` (not trainable; the model
     builds them for its own grid) are taken from the checkpoint only when their shapes match, so
     a checkpoint trained at another ``--input-size`` loads.
+
+    Args:
+        encoder_only_ok: accept an encoder-only checkpoint (the official ``mae_pretrain_vit_*.pth``
+            layout): its encoder is loaded strictly and the decoder and ``mask_token`` keep their
+            initialisation. Otherwise such a file, like a fine-tuned ViT, is refused by name.
+    Returns:
+        The names of ``model``'s entries that were not loaded: ``[]`` for a full MAE, the decoder's
+        and ``mask_token`` for an encoder-only checkpoint (for the caller's warning).
     """
+    info = inspect_checkpoint(ckpt)
+    kind = info.kind if info else None
+    if kind == "vit":
+        raise CheckpointError(f"{without_decoder(path, kind)}: {model_name} starts from an MAE checkpoint, "
+                              "with a decoder or encoder-only (as the official mae_pretrain_vit_*.pth)")
+    encoder_only = kind == "mae_encoder"
+    if encoder_only and not encoder_only_ok:
+        raise CheckpointError(f"{without_decoder(path, kind)}: a checkpoint with a decoder is needed, such as "
+                              f"the official {OFFICIAL_WITH_DECODER}")
     expected = model.state_dict()
+    wanted = [k for k in expected if not (encoder_only and is_decoder_key(k))]
     state = {k: v for k, v in ckpt["model"].items()
              if k not in FIXED_TABLES or k not in expected or v.shape == expected[k].shape}
     try:
-        fastmae.load_official_checkpoint({"model": state}, model=model, strict=False)
-        missing = [k for k in expected if k not in state and k not in FIXED_TABLES]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the encoder-only warning: the command says it in its words
+            fastmae.load_official_checkpoint({"model": state}, model=model, strict=False,
+                                             encoder_only=encoder_only)
+        missing = [k for k in wanted if k not in state and k not in FIXED_TABLES]
         unexpected = [k for k in ckpt["model"] if k not in expected]
         if not missing and not unexpected:
-            return
+            return [k for k in expected if k not in wanted]
     except (RuntimeError, KeyError, ValueError):
         pass
-    saved_name = checkpoint_args(ckpt).get("model")
-    if saved_name and saved_name != model_name:
-        raise CheckpointError(
-            f"{path} holds a {saved_name} model, not {model_name} (pass --model {saved_name})")
+    saved_name = checkpoint_args(ckpt).get("model") or (info.factory if info else None)
+    if saved_name and fastmae.MODELS.get(saved_name) is not fastmae.MODELS.get(model_name):
+        holds = f"the encoder of a {saved_name}" if encoder_only else f"a {saved_name} model"
+        raise CheckpointError(f"{path} holds {holds}, not {model_name} (pass --model {saved_name})")
     state = ckpt["model"]
-    missing = [k for k in expected if k not in state]
+    missing = [k for k in wanted if k not in state]
     unexpected = [k for k in state if k not in expected]
     reshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape
                 and k not in FIXED_TABLES]
