@@ -33,6 +33,7 @@ import torch
 
 from .checkpoints import (DECODER_FIXED, OFFICIAL_BLOCK, inspect_state_dict, mae_factory_shapes, official_rank,
                           state_dict_of, unplaced_error)
+from .official import checkpoint_args, read_checkpoint
 
 __all__ = ["EXPORT_FORMATS", "HF_FILES", "HF_LAYOUTS", "export", "from_hf", "hf_config", "hf_layout",
            "timm_model_name", "to_hf", "to_timm"]
@@ -324,16 +325,10 @@ def hf_config(model, mask_ratio: float = 0.75, norm_pix_loss: bool | None = None
                  layer_norm_eps=f["layer_norm_eps"], patch_size=info.patch_size, num_channels=info.in_chans)
         side = info.img_size
         img = (side, side) if side else f["img_size"]
-        norm_pix = _checkpoint_arg(model, "norm_pix_loss", False) if norm_pix_loss is None else norm_pix_loss
+        norm_pix = checkpoint_args(model).get("norm_pix_loss") if norm_pix_loss is None else norm_pix_loss
     return {**c, "image_size": img[0] if img[0] == img[1] else list(img), "hidden_act": "gelu",
             "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "qkv_bias": True,
             "mask_ratio": float(mask_ratio), "norm_pix_loss": bool(norm_pix)}
-
-
-def _checkpoint_arg(obj, name, default):
-    args = obj.get("args") if isinstance(obj, dict) else None
-    value = args.get(name) if isinstance(args, dict) else getattr(args, name, None)
-    return default if value is None else value
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -368,7 +363,6 @@ def export(checkpoint, format: str, out, *, global_pool: bool = False, mask_rati
     """
     from . import _files
     from .model import MaskedAutoencoderViT
-    from .official import read_checkpoint
 
     if format not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {EXPORT_FORMATS}, got {format!r}")
