@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["KINDS", "StateInfo", "inspect_state_dict", "load_mae_encoder", "mae_factory_shapes",
-           "official_rank", "state_dict_of", "unplaced_error"]
+__all__ = ["KINDS", "StateInfo", "encoder_of", "inspect_state_dict", "load_mae_encoder", "mae_factory_shapes",
+           "is_decoder_key", "official_rank", "preview", "state_dict_of", "unplaced_error"]
 
 KINDS = ("mae", "mae_encoder", "vit")
 BLOCK_PARTS = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")  # official order
@@ -48,11 +48,28 @@ OFFICIAL_WITH_DECODER = ("mae_visualize_vit_base.pth or mae_visualize_vit_large.
                          "(dl.fbaipublicfiles.com/mae/visualize/)")
 
 
+def preview(keys, most: int = 12, quote: bool = True) -> str:
+    """The first ``most`` of ``keys``, comma-separated, then ``... (N more)`` for the rest."""
+    keys = list(keys)
+    shown = ", ".join(repr(k) if quote else k for k in keys[:most])
+    return shown + (f", ... ({len(keys) - most} more)" if len(keys) > most else "")
+
+
 def unplaced_error(what: str, keys, hint: str = "") -> ValueError:
     """A ``ValueError`` that names (up to 12 of) the ``keys`` that could not be placed."""
     keys = list(keys)
-    shown = ", ".join(repr(k) for k in keys[:12]) + (f", ... ({len(keys) - 12} more)" if len(keys) > 12 else "")
-    return ValueError(f"{what}: {len(keys)} key(s) could not be placed: {shown}" + (f". {hint}" if hint else ""))
+    return ValueError(f"{what}: {len(keys)} key(s) could not be placed: {preview(keys)}" + (f". {hint}" if hint else ""))
+
+
+def is_decoder_key(key: str) -> bool:
+    """Whether ``key`` belongs to the MAE decoder side (``mask_token``, ``decoder_*``)."""
+    return key in DECODER_FIXED or key.startswith("decoder_blocks.")
+
+
+def encoder_of(state_dict) -> dict[str, torch.Tensor]:
+    """The entries of a MAE state dict that are not the decoder's (``mask_token``, ``decoder_*``
+    dropped): a full MAE's encoder in the layout of the official encoder-only files."""
+    return {k: v for k, v in state_dict_of(state_dict).items() if not is_decoder_key(k)}
 
 
 def state_dict_of(obj) -> dict[str, torch.Tensor]:
@@ -229,7 +246,7 @@ def load_mae_encoder(model: torch.nn.Module, state_dict) -> list[str]:
     wrong = [f"{k} {tuple(state[k].shape)} != {tuple(own[k].shape)}" for k in state
              if k in own and state[k].shape != own[k].shape]
     if missing or unexpected or wrong:
-        parts = [f"{what}: {', '.join(keys[:8])}" + (f" ... ({len(keys)})" if len(keys) > 8 else "")
+        parts = [f"{what}: {preview(keys, 8, quote=False)}"
                  for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)) if keys]
         raise ValueError("the encoder does not fit this model (" + "; ".join(parts) + ")")
     model.load_state_dict(state, strict=False)

@@ -33,8 +33,9 @@ import torch
 
 from .checkpoints import (DECODER_FIXED, OFFICIAL_BLOCK, inspect_state_dict, mae_factory_shapes, official_rank,
                           state_dict_of, unplaced_error)
+from .official import checkpoint_args, read_checkpoint
 
-__all__ = ["EXPORT_FORMATS", "HF_LAYOUTS", "export", "from_hf", "hf_config", "hf_layout",
+__all__ = ["EXPORT_FORMATS", "HF_FILES", "HF_LAYOUTS", "export", "from_hf", "hf_config", "hf_layout",
            "timm_model_name", "to_hf", "to_timm"]
 
 HF_LAYOUTS = ("module", "hub", "saved")
@@ -324,16 +325,10 @@ def hf_config(model, mask_ratio: float = 0.75, norm_pix_loss: bool | None = None
                  layer_norm_eps=f["layer_norm_eps"], patch_size=info.patch_size, num_channels=info.in_chans)
         side = info.img_size
         img = (side, side) if side else f["img_size"]
-        norm_pix = _checkpoint_arg(model, "norm_pix_loss", False) if norm_pix_loss is None else norm_pix_loss
+        norm_pix = checkpoint_args(model).get("norm_pix_loss") if norm_pix_loss is None else norm_pix_loss
     return {**c, "image_size": img[0] if img[0] == img[1] else list(img), "hidden_act": "gelu",
             "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "qkv_bias": True,
             "mask_ratio": float(mask_ratio), "norm_pix_loss": bool(norm_pix)}
-
-
-def _checkpoint_arg(obj, name, default):
-    args = obj.get("args") if isinstance(obj, dict) else None
-    value = args.get(name) if isinstance(args, dict) else getattr(args, name, None)
-    return default if value is None else value
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -341,7 +336,7 @@ def _checkpoint_arg(obj, name, default):
 # ---------------------------------------------------------------------------------------------------
 
 EXPORT_FORMATS = ("timm", "hf", "encoder")
-_HF_FILES = {"config.json", "model.safetensors"}
+HF_FILES = ("config.json", "model.safetensors")  # what an hf export directory holds
 
 
 def export(checkpoint, format: str, out, *, global_pool: bool = False, mask_ratio: float = 0.75) -> str:
@@ -356,7 +351,7 @@ def export(checkpoint, format: str, out, *, global_pool: bool = False, mask_rati
             names, the layout of the official ``mae_pretrain_vit_*.pth``; ``"hf"`` — a directory
             with ``config.json`` and ``model.safetensors`` (hub names) that
             ``ViTMAEForPreTraining.from_pretrained`` loads with no missing or unexpected key, with
-            ``mask_ratio`` in its config (needs ``transformers``: ``pip install 'fastmae[interop]'``).
+            ``mask_ratio`` in its config (needs ``transformers``: ``pip install -e ".[interop]"``).
         out: the file (``timm``, ``encoder``) or directory (``hf``). A file is renamed into place
             once written and fsync'ed; an existing ``hf`` directory is swapped out only if it holds
             nothing but an earlier export's two files (anything else is refused, never replaced).
@@ -368,7 +363,6 @@ def export(checkpoint, format: str, out, *, global_pool: bool = False, mask_rati
     """
     from . import _files
     from .model import MaskedAutoencoderViT
-    from .official import read_checkpoint
 
     if format not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {EXPORT_FORMATS}, got {format!r}")
@@ -393,13 +387,15 @@ def export(checkpoint, format: str, out, *, global_pool: bool = False, mask_rati
         from safetensors.torch import save_file
         from transformers import ViTMAEConfig
     except ImportError as e:
-        raise ImportError(f"the hf format needs transformers (pip install 'fastmae[interop]'): {e}") from None
+        raise ImportError(f'the hf format needs transformers (pip install -e ".[interop]"): {e}') from None
     config = ViTMAEConfig(architectures=["ViTMAEForPreTraining"], **hf_config(obj, mask_ratio))
     tensors = {k: v.contiguous() for k, v in to_hf(state, layout="hub").items()}  # transformers 4 and 5 read these
 
     def write(directory):
-        with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
+        config_path, weights_path = (os.path.join(directory, name) for name in HF_FILES)
+        with open(config_path, "w", encoding="utf-8") as f:
             json.dump(config.to_dict(), f, indent=2, sort_keys=True)
-        save_file(tensors, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
-    _files.write_dir(out, write, _HF_FILES)
+        save_file(tensors, weights_path, metadata={"format": "pt"})
+        os.chmod(weights_path, os.stat(config_path).st_mode & 0o777)  # save_file makes it 0600: as config.json
+    _files.write_dir(out, write, set(HF_FILES))
     return out

@@ -6,6 +6,8 @@ The official training script saves ``{'model': state_dict, 'optimizer': ..., 'ep
 allow-listed; that is the only class allowed here, so reading never runs arbitrary pickled code.
 
 This is the one checkpoint reader: the command line wraps its errors into one-line messages.
+:func:`load_official_checkpoint` loads full MAEs strictly, and encoder-only files (the official
+``mae_pretrain_vit_*.pth``) into the encoder, with a warning naming what was not loaded.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import argparse
 import errno
 import os
 import re
+import warnings
 
 import torch
+
+from .checkpoints import OFFICIAL_WITH_DECODER, encoder_of, inspect_state_dict, load_mae_encoder, preview
 
 __all__ = ["checkpoint_args", "load_official_checkpoint", "model_state", "read_checkpoint"]
 
@@ -73,21 +78,75 @@ def checkpoint_args(checkpoint) -> dict:
     return args if isinstance(args, dict) else {}
 
 
-def load_official_checkpoint(checkpoint, model: torch.nn.Module | None = None, strict: bool = True) -> dict:
+def load_official_checkpoint(checkpoint, model: torch.nn.Module | None = None, strict: bool = True,
+                             encoder_only: bool | None = None) -> dict:
     """The model weights of an official (or fastmae) checkpoint, loaded into ``model`` if given.
+
+    The official release has three kinds of files (``fastmae.checkpoints``): full pretraining
+    models with a decoder (``mae_visualize_vit_{base,large}.pth``, every ``checkpoint-N.pth`` of a
+    pretraining run, fastmae's included), encoder-only ones (``mae_pretrain_vit_{base,large,huge}.pth``:
+    no ``mask_token``, no decoder) and fine-tuned ViTs (``mae_finetuned_vit_*.pth``: a ``head``).
+
+    An encoder-only file loaded into a ``MaskedAutoencoderViT`` fills the encoder (strictly, with
+    ``strict``: every encoder entry present with its shape, nothing else in the file) and leaves
+    ``mask_token`` and the decoder as they are (their initialisation); a ``UserWarning`` says so,
+    with how many entries were not loaded and the first of their names. Such a model encodes as
+    the pretrained one; its reconstructions and loss are those of an untrained decoder.
 
     Args:
         checkpoint: a path (read with :func:`read_checkpoint`), or an already loaded dict; either
             ``{'model': state_dict, ...}`` or a bare state dict.
-        model: when given, ``model.load_state_dict(state_dict, strict=strict)``.
+        model: when given, the weights are loaded into it: a full MAE's with
+            ``model.load_state_dict(state_dict, strict=strict)``, an encoder-only one's as above.
+        strict: as ``load_state_dict``'s; for the encoder-only load, whether every encoder entry
+            must be there (and nothing else).
+        encoder_only: ``None`` (the default) tells an encoder-only file by its keys
+            (``fastmae.inspect_state_dict``); ``True`` loads only the encoder, also from a full MAE
+            (its decoder is left out, and the warning says so); ``False`` requires a full MAE and
+            refuses a file without a decoder.
     Returns:
-        The state dict.
+        The checkpoint's state dict, all of it, as read.
     Raises:
         FileNotFoundError, OSError, ValueError: as :func:`read_checkpoint` and :func:`model_state`.
-        RuntimeError: ``model.load_state_dict`` refuses the weights (another model).
+        ValueError: ``encoder_only=False`` and the file has no decoder (encoder-only or a fine-tuned
+            ViT); a fine-tuned ViT into a model with a decoder; with ``model`` and ``strict``, a
+            dict of no official layout (Hugging Face names, an incomplete block: named, as
+            ``fastmae.inspect_state_dict`` names them) or an encoder that does not fit ``model``.
+        RuntimeError: ``model.load_state_dict`` refuses a full MAE's weights (another model).
     """
     obj = checkpoint if isinstance(checkpoint, dict) else read_checkpoint(checkpoint)
     state = model_state(obj)
-    if model is not None:
+    name = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "the checkpoint"
+    try:
+        kind = inspect_state_dict(state).kind
+    except ValueError as e:
+        if strict and model is not None:  # names what is off, where load_state_dict would list every key
+            raise ValueError(f"{name}: {e}") from None
+        kind = None  # no official layout: loaded as it is, non-strictly
+    if kind == "vit" and (encoder_only is False or hasattr(model, "decoder_blocks")):
+        raise ValueError(f"{name} is a fine-tuned ViT (it has a head), not an MAE: it holds no decoder; load it "
+                         "into fastmae.VisionTransformer (VisionTransformer.from_checkpoint)")
+    if kind == "mae_encoder" and encoder_only is False:
+        raise ValueError(f"{name} holds the encoder only (no mask_token, no decoder), and encoder_only=False "
+                         f"asks for a full MAE, such as the official {OFFICIAL_WITH_DECODER}")
+    if model is None:
+        return state
+    if not (encoder_only or (encoder_only is None and kind == "mae_encoder")):
         model.load_state_dict(state, strict=strict)
+        return state
+    encoder = encoder_of(state)
+    if strict:
+        left = load_mae_encoder(model, encoder)
+    else:
+        model.load_state_dict(encoder, strict=False)
+        left = [k for k in model.state_dict() if k not in encoder]
+    if kind == "mae_encoder":
+        source, hint = (f"{name} holds the encoder only", ". Reconstructions need a checkpoint with a decoder, "
+                        f"such as the official {OFFICIAL_WITH_DECODER}")
+    else:
+        source, hint = f"encoder_only=True: {len(state) - len(encoder)} decoder entries of {name} were left out", ""
+    warnings.warn(f"{source}; loaded its {len(encoder)} encoder entries{' strictly' if strict else ''}, and "
+                  f"{len(left)} entries of the model keep their initialisation: {preview(left, 4, quote=False)}"
+                  f"{hint}", UserWarning, stacklevel=2)
     return state
+

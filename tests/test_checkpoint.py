@@ -133,9 +133,14 @@ def test_load_model_state_names_the_other_model(tmp_path):
     ckpt = {"model": micro.state_dict(), "args": {"model": "mae_vit_micro_patch4"}}
     with pytest.raises(CheckpointError, match="holds a mae_vit_micro_patch4 model, not mae_vit_tiny"):
         checkpoint.load_model_state(tiny, ckpt, "c.pth", "mae_vit_tiny_patch4")
-    # Without args the message names the first mismatching entry instead.
-    with pytest.raises(CheckpointError, match="does not fit mae_vit_tiny_patch4: 'cls_token' is"):
+    # Without args the model is named from the shapes (fastmae.inspect_state_dict)...
+    with pytest.raises(CheckpointError, match="holds a mae_vit_micro_patch4 model, not mae_vit_tiny"):
         checkpoint.load_model_state(tiny, {"model": micro.state_dict()}, "c.pth", "mae_vit_tiny_patch4")
+    # ... and when no factory has them, the message names the first mismatching entry instead.
+    odd = fastmae.MaskedAutoencoderViT(img_size=32, patch_size=4, embed_dim=48, depth=1, num_heads=2,
+                                       decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+    with pytest.raises(CheckpointError, match="does not fit mae_vit_tiny_patch4: 'cls_token' is"):
+        checkpoint.load_model_state(tiny, {"model": odd.state_dict()}, "c.pth", "mae_vit_tiny_patch4")
     checkpoint.load_model_state(micro, ckpt, "c.pth", "mae_vit_micro_patch4")
 
 

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.usefixtures("cpu_default_device")  # see tests/conftest
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["pretrain", "--help"], ["visualize", "--help"],
-                                  ["mask", "--help"]])
+                                  ["mask", "--help"], ["export", "--help"]])
 def test_help(capsys, argv):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)

@@ -250,6 +250,40 @@ def test_resume_from_official_weights_only_checkpoint(tmp_path, capsys):
     assert "initialised mae_vit_micro_patch4 from the weights" in stdout
 
 
+def test_resume_from_an_encoder_only_checkpoint_trains_the_decoder_from_scratch(tmp_path, capsys):
+    from fastmae.cli import parse_args
+
+    src = fastmae.create_model("mae_vit_micro_patch4", img_size=16)
+    encoder = tmp_path / "mae_pretrain_vit_micro.pth"  # the layout of the official mae_pretrain_vit_*.pth
+    torch.save({"model": fastmae.checkpoints.encoder_of(src.state_dict())}, encoder)
+    # An lr of 1e-12 leaves the weights where they started: the encoder the file's, the decoder fresh.
+    argv = base_args(tmp_path / "run", "--epochs", "1", "--warmup-epochs", "0", "--lr", "1e-12", "--resume",
+                     str(encoder))
+    model = pretrain.train(parse_args(argv))
+    out, err = capsys.readouterr()
+    assert err == (f"fastmae: warning: {encoder} holds the encoder only: the decoder and mask_token start from "
+                   "their initialisation (20 entries not loaded), so the loss starts as an untrained decoder's\n")
+    assert f"initialised the encoder of mae_vit_micro_patch4 from {encoder}; training from epoch 0" in out
+    torch.testing.assert_close(model.blocks[1].attn.qkv.weight, src.blocks[1].attn.qkv.weight)
+    assert not torch.allclose(model.decoder_pred.weight, src.decoder_pred.weight)
+    assert len(log_lines(tmp_path / "run")) == 1  # a new run of its own
+
+
+def test_resume_from_a_fine_tuned_vit_or_another_encoder_is_one_line(tmp_path, capsys):
+    vit, tiny = tmp_path / "mae_finetuned_vit_micro.pth", tmp_path / "tiny_encoder.pth"
+    torch.save({"model": fastmae.create_vit("vit_micro_patch4", img_size=16, num_classes=3).state_dict()}, vit)
+    tiny_state = fastmae.create_model("mae_vit_tiny_patch4", img_size=16).state_dict()
+    torch.save({"model": fastmae.checkpoints.encoder_of(tiny_state)}, tiny)
+    for path, message in (
+            (vit, f"{vit} is a fine-tuned ViT (a classifier: no decoder): mae_vit_micro_patch4 starts from an MAE "
+                  "checkpoint, with a decoder or encoder-only (as the official mae_pretrain_vit_*.pth)"),
+            (tiny, f"{tiny} holds the encoder of a mae_vit_tiny_patch4, not mae_vit_micro_patch4 (pass --model "
+                   "mae_vit_tiny_patch4)")):
+        code, _, err = run(capsys, base_args(tmp_path / "run", "--resume", str(path)))
+        assert code == 2 and err == f"fastmae: error: {message}\n"
+        assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_autocast_on_cpu(tmp_path, capsys, amp):
     code, _, err = run(capsys, base_args(tmp_path / "run", "--epochs", "1", "--amp", amp))

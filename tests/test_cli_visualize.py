@@ -132,3 +132,51 @@ def test_missing_image_or_checkpoint(tmp_path, capsys, images):
     assert code == 2 and f"image not found: {tmp_path / 'gone.png'}" in err
     code, _, err = visualize(capsys, tmp_path / "none.pth", images, tmp_path / "out")
     assert code == 2 and "checkpoint not found" in err
+
+
+# What the official release names as files with a decoder, in every "no decoder" message.
+WITH_DECODER = ("reconstructions need a checkpoint with a decoder, such as the official "
+                "mae_visualize_vit_base.pth or mae_visualize_vit_large.pth (dl.fbaipublicfiles.com/mae/visualize/)")
+
+
+@pytest.mark.parametrize("args", [None, {"model": "mae_vit_micro_patch4"}])
+def test_encoder_only_checkpoint_is_one_line_naming_a_file_with_a_decoder(tmp_path, capsys, images, args):
+    state = fastmae.checkpoints.encoder_of(fastmae.create_model("mae_vit_micro_patch4").state_dict())
+    ckpt = tmp_path / "mae_pretrain_vit_micro.pth"  # the layout of the official mae_pretrain_vit_*.pth
+    torch.save({"model": state, **({"args": args} if args else {})}, ckpt)
+    code, _, err = visualize(capsys, ckpt, images, tmp_path / "out")
+    assert code == 2
+    assert err == f"fastmae: error: {ckpt} holds the encoder only (no mask_token, no decoder): {WITH_DECODER}\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_fine_tuned_vit_checkpoint_is_one_line_too(tmp_path, capsys, images):
+    ckpt = tmp_path / "mae_finetuned_vit_micro.pth"
+    torch.save({"model": fastmae.create_vit("vit_micro_patch4", num_classes=10).state_dict()}, ckpt)
+    code, _, err = visualize(capsys, ckpt, images, tmp_path / "out")
+    assert code == 2
+    assert err == f"fastmae: error: {ckpt} is a fine-tuned ViT (a classifier: no decoder): {WITH_DECODER}\n"
+
+
+@pytest.mark.parametrize("name, size", [("mae_vit_micro_patch4", 16), ("mae_vit_tiny_patch4", 32)])
+def test_model_and_size_come_from_the_shapes_without_args(tmp_path, capsys, images, name, size):
+    ckpt = tmp_path / "bare.pth"
+    torch.save({"model": fastmae.create_model(name, img_size=size).state_dict()}, ckpt)  # no args
+    code, _, err = visualize(capsys, ckpt, images, tmp_path / "out")
+    assert code == 0, err
+    assert read(tmp_path / "out" / "a" / "reconstruction.png").shape == (size, size, 3)
+
+
+@pytest.mark.parametrize("state, why", [
+    (lambda: fastmae.MaskedAutoencoderViT(img_size=32, patch_size=4, embed_dim=48, depth=1, num_heads=2,
+                                          decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2).state_dict(),
+     "no fastmae factory has its shapes"),
+    (lambda: fastmae.convert.to_hf(fastmae.create_model("mae_vit_micro_patch4").state_dict()),
+     "its weights are in no official MAE layout"),
+])
+def test_unknown_shapes_ask_for_model(tmp_path, capsys, images, state, why):
+    ckpt = tmp_path / "c.pth"
+    torch.save({"model": state()}, ckpt)
+    code, _, err = visualize(capsys, ckpt, images, tmp_path / "out")
+    assert code == 2
+    assert err == f"fastmae: error: cannot tell which model {ckpt} holds ({why}); pass --model\n"

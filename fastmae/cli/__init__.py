@@ -1,4 +1,4 @@
-"""The ``fastmae`` command line: ``pretrain``, ``visualize`` and ``mask``.
+"""The ``fastmae`` command line: ``pretrain``, ``visualize``, ``mask`` and ``export``.
 
 Errors the user can act on print as one line, ``fastmae: error: ...``, and exit with 2 (bad
 arguments or inputs) or 1 (a failure while running); Ctrl-C exits with 130; no traceback.
@@ -21,6 +21,7 @@ COMMANDS = {
     "pretrain": "MAE pretraining (default: a tiny model on an embedded image set, ~1 min on 2 CPU cores)",
     "visualize": "the official demo's panels (original, masked, reconstruction, + visible)",
     "mask": "the masking lesson: MaskGenerator masks written as PNGs",
+    "export": "a checkpoint's weights only, for timm, Hugging Face (ViTMAEForPreTraining) or as an encoder",
 }
 
 

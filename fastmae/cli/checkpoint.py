@@ -1,6 +1,9 @@
 """Checkpoints: atomic saves, periodic copies as hard links, safe loads, model matching and RNG
 state.
 
+Writes go through the library's one atomic writer, ``fastmae._files.write_file`` (temporary file
+beside the target, fsync, ``os.replace``, fsync of the directory), which the exports use too.
+
 A checkpoint written here is ``{'model', 'optimizer', 'scaler', 'epoch', 'args', 'rng'}`` with
 ``args`` a plain dict, so it loads with ``torch.load(weights_only=True)`` and nothing else. Reading
 goes through ``fastmae.official.read_checkpoint`` (official checkpoints, whose ``args`` is an
@@ -9,13 +12,15 @@ goes through ``fastmae.official.read_checkpoint`` (official checkpoints, whose `
 
 import os
 import random
-import re
 import shutil
+import warnings
 
 import numpy as np
 import torch
 
 import fastmae
+from fastmae._files import TEMPORARY, fsync_dir, temporary_name, write_file
+from fastmae.checkpoints import OFFICIAL_WITH_DECODER, inspect_state_dict, is_decoder_key
 from fastmae.cli.errors import UsageError
 from fastmae.official import checkpoint_args, model_state, read_checkpoint
 
@@ -29,7 +34,7 @@ class CheckpointError(UsageError):
 
 def save_checkpoint(obj, path):
     """Write ``obj`` to ``path`` atomically: a crash or kill midway leaves the old file in place."""
-    _write_atomically(path, lambda f: torch.save(obj, f))
+    write_file(path, lambda f: torch.save(obj, f))
 
 
 def copy_atomically(src, dst):
@@ -37,7 +42,7 @@ def copy_atomically(src, dst):
     def copy(f):
         with open(src, "rb") as s:
             shutil.copyfileobj(s, f, 1 << 20)
-    _write_atomically(dst, copy)
+    write_file(dst, copy)
 
 
 def link_atomically(src, dst):
@@ -50,7 +55,7 @@ def link_atomically(src, dst):
     """
     if os.path.exists(dst) and os.path.samefile(src, dst):
         return  # already linked: renaming a link over its twin would do nothing, leaving tmp behind
-    tmp = _temporary_name(dst)
+    tmp = temporary_name(dst)
     try:
         os.link(src, tmp)
     except OSError:  # EXDEV, EPERM, ENOTSUP... (FAT, some network file systems)
@@ -61,45 +66,12 @@ def link_atomically(src, dst):
     except BaseException:
         os.unlink(tmp)
         raise
-    _fsync_dir(os.path.dirname(os.path.abspath(dst)))
+    fsync_dir(os.path.dirname(os.path.abspath(dst)))
 
 
 def write_text_atomically(text, path):
     """Replace ``path`` with ``text`` (UTF-8) atomically."""
-    _write_atomically(path, lambda f: f.write(text.encode("utf-8")))
-
-
-_TMP = re.compile(r"^\..+\.tmp-(\d+)$")  # the temporary names below: .<name>.tmp-<pid>
-
-
-def _write_atomically(path, write):
-    """``write(f)`` into a temporary file in ``path``'s directory, then rename it over ``path``.
-
-    The temporary file is flushed and fsync'ed before the rename (``os.replace`` is atomic on
-    POSIX and Windows), and the directory is fsync'ed so the rename itself survives a power loss.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    # Opened normally so the final file gets the usual umask permissions.
-    tmp = _temporary_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
-
-
-def _temporary_name(path):
-    """``.<name>.tmp-<pid>`` beside ``path``: hidden, in the same directory (``os.replace`` cannot
-    cross file systems). A SIGKILL midway leaves it behind: :func:`remove_stale_temporaries` cleans
-    it up at the next start."""
-    directory = os.path.dirname(os.path.abspath(path))
-    return os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    write_file(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def remove_stale_temporaries(directory):
@@ -109,7 +81,7 @@ def remove_stale_temporaries(directory):
     """
     removed = []
     for name in os.listdir(directory):
-        match = _TMP.match(name)
+        match = TEMPORARY.match(name)
         if match and not _alive(int(match.group(1))):
             try:
                 os.unlink(os.path.join(directory, name))
@@ -129,18 +101,6 @@ def _alive(pid):
     except OSError:  # e.g. PermissionError: it exists, owned by someone else
         return True
     return True
-
-
-def _fsync_dir(directory):
-    """Persist a rename in ``directory`` (a no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path):
@@ -169,34 +129,73 @@ def load_checkpoint(path):
     return ckpt if state is ckpt.get("model") else {"model": state}
 
 
-def load_model_state(model, ckpt, path, model_name):
+def inspect_checkpoint(ckpt):
+    """``fastmae.inspect_state_dict`` of a loaded checkpoint's weights (its kind: a full MAE, an
+    encoder-only one or a fine-tuned ViT, and the factory its shapes fit), or None when they are in
+    no official layout (``load_model_state`` then says what does not fit)."""
+    try:
+        return inspect_state_dict(ckpt["model"])
+    except ValueError:
+        return None
+
+
+def without_decoder(path, kind):
+    """How a message names a checkpoint of ``kind`` ``"mae_encoder"`` or ``"vit"``: it has no decoder."""
+    if kind == "vit":
+        return f"{path} is a fine-tuned ViT (a classifier: no decoder)"
+    return f"{path} holds the encoder only (no mask_token, no decoder)"
+
+
+def load_model_state(model, ckpt, path, model_name, encoder_only_ok=False):
     """Load ``ckpt['model']`` into ``model`` strictly, or raise a one-line ``CheckpointError``.
 
     Loading goes through ``fastmae.load_official_checkpoint`` (which knows the official format).
-    On a mismatch the message names the checkpoint's model (from its args) when it has one, else
-    the first mismatching entry, instead of PyTorch's multi-line ``load_state_dict`` report.
+    On a mismatch the message names the checkpoint's model (from its args, else from its shapes)
+    when it has one, else the first mismatching entry, instead of PyTorch's multi-line
+    ``load_state_dict`` report.
 
     The fixed sin-cos tables ``pos_embed`` and ``decoder_pos_embed`` (not trainable; the model
     builds them for its own grid) are taken from the checkpoint only when their shapes match, so
     a checkpoint trained at another ``--input-size`` loads.
+
+    Args:
+        encoder_only_ok: accept an encoder-only checkpoint (the official ``mae_pretrain_vit_*.pth``
+            layout): its encoder is loaded strictly and the decoder and ``mask_token`` keep their
+            initialisation. Otherwise such a file, like a fine-tuned ViT, is refused by name.
+    Returns:
+        The names of ``model``'s entries that were not loaded: ``[]`` for a full MAE, the decoder's
+        and ``mask_token`` for an encoder-only checkpoint (for the caller's warning).
     """
+    info = inspect_checkpoint(ckpt)
+    kind = info.kind if info else None
+    if kind == "vit":
+        raise CheckpointError(f"{without_decoder(path, kind)}: {model_name} starts from an MAE checkpoint, "
+                              "with a decoder or encoder-only (as the official mae_pretrain_vit_*.pth)")
+    encoder_only = kind == "mae_encoder"
+    if encoder_only and not encoder_only_ok:
+        raise CheckpointError(f"{without_decoder(path, kind)}: a checkpoint with a decoder is needed, such as "
+                              f"the official {OFFICIAL_WITH_DECODER}")
     expected = model.state_dict()
+    wanted = [k for k in expected if not (encoder_only and is_decoder_key(k))]
     state = {k: v for k, v in ckpt["model"].items()
              if k not in FIXED_TABLES or k not in expected or v.shape == expected[k].shape}
     try:
-        fastmae.load_official_checkpoint({"model": state}, model=model, strict=False)
-        missing = [k for k in expected if k not in state and k not in FIXED_TABLES]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the encoder-only warning: the command says it in its words
+            fastmae.load_official_checkpoint({"model": state}, model=model, strict=False,
+                                             encoder_only=encoder_only)
+        missing = [k for k in wanted if k not in state and k not in FIXED_TABLES]
         unexpected = [k for k in ckpt["model"] if k not in expected]
         if not missing and not unexpected:
-            return
+            return [k for k in expected if k not in wanted]
     except (RuntimeError, KeyError, ValueError):
         pass
-    saved_name = checkpoint_args(ckpt).get("model")
-    if saved_name and saved_name != model_name:
-        raise CheckpointError(
-            f"{path} holds a {saved_name} model, not {model_name} (pass --model {saved_name})")
+    saved_name = checkpoint_args(ckpt).get("model") or (info.factory if info else None)
+    if saved_name and fastmae.MODELS.get(saved_name) is not fastmae.MODELS.get(model_name):
+        holds = f"the encoder of a {saved_name}" if encoder_only else f"a {saved_name} model"
+        raise CheckpointError(f"{path} holds {holds}, not {model_name} (pass --model {saved_name})")
     state = ckpt["model"]
-    missing = [k for k in expected if k not in state]
+    missing = [k for k in wanted if k not in state]
     unexpected = [k for k in state if k not in expected]
     reshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape
                 and k not in FIXED_TABLES]

@@ -14,7 +14,9 @@ continued, with ``--resume`` of a checkpoint inside it.
 
 ``--resume`` of a checkpoint with optimizer state continues that run: the options that shape
 training (model, data, optimisation, seed) come from the checkpoint unless passed again, and a
-warning names those passed with another value. Ctrl-C prints the command that resumes. Resuming a
+warning names those passed with another value. A checkpoint of weights only starts a new run from
+them; an encoder-only one (the official mae_pretrain_vit_*.pth) initialises the encoder, and the
+decoder trains from scratch, with a warning; a fine-tuned ViT is refused. Ctrl-C prints the command that resumes. Resuming a
 finished run says so and writes nothing. A resume rewrites ``log.txt`` to the epochs before the
 one it starts from. A checkpoint from another ``--input-size`` resumes: the fixed sin-cos position
 tables are rebuilt for the new grid. With ``--data``, files that fail Pillow's check at the scan
@@ -301,7 +303,13 @@ def param_groups(model, weight_decay):
 
 def _restore(run, args, ckpt, model, optimizer, scaler, console):
     """Restore what ``--resume`` holds; returns the first epoch to train."""
-    load_model_state(model, ckpt, run.resume, run.model)
+    left = load_model_state(model, ckpt, run.resume, run.model, encoder_only_ok=True)
+    if left:  # an encoder-only file: a new run, its decoder trained from scratch
+        console.warn(f"{run.resume} holds the encoder only: the decoder and mask_token start from their "
+                     f"initialisation ({count(len(left), 'entry', 'entries')} not loaded), so the loss starts "
+                     "as an untrained decoder's")
+        console.say(f"initialised the encoder of {run.model} from {run.resume}; training from epoch 0")
+        return 0
     if not _continues(ckpt):
         console.say(f"initialised {run.model} from the weights in {run.resume}; training from epoch 0")
         return 0

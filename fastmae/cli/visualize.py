@@ -2,6 +2,11 @@
 
 Panels: the original, the masked input (removed patches grey), the reconstruction and the
 reconstruction pasted around the visible patches. Written per image as PNGs plus one grid.
+
+The checkpoint needs a decoder: a full MAE (what ``fastmae pretrain`` writes, or the official
+mae_visualize_vit_base.pth / mae_visualize_vit_large.pth). An encoder-only file (the official
+mae_pretrain_vit_*.pth) or a fine-tuned ViT is refused with one line saying so. Without --model, the
+model is the checkpoint's args.model, else the factory whose shapes fit its weights.
 """
 
 import os
@@ -10,8 +15,9 @@ import torch
 from PIL import Image
 
 import fastmae
+from fastmae.checkpoints import OFFICIAL_WITH_DECODER
 from fastmae.cli.argtypes import positive_int, ratio, seed
-from fastmae.cli.checkpoint import load_checkpoint, load_model_state
+from fastmae.cli.checkpoint import inspect_checkpoint, load_checkpoint, load_model_state, without_decoder
 from fastmae.cli.data import resize_normalized
 from fastmae.cli.errors import UsageError
 from fastmae.cli.images import grid, open_image, output_names
@@ -32,10 +38,10 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=seed, default=2,
                         help="seed of the masking noise (the official demo uses 2)")
     parser.add_argument("--model", help="model name; default: the checkpoint's args.model, else "
-                        "the model whose parameter shapes match the checkpoint")
+                        "the factory whose parameter shapes match the checkpoint")
     parser.add_argument("--input-size", type=positive_int,
-                        help="image side; default: the checkpoint's args.input_size, else the "
-                        "model's default")
+                        help="image side; default: the checkpoint's args.input_size, else the side "
+                        "its position table was built for")
     parser.add_argument("--norm-pix-loss", action="store_true", help="treat the model as trained "
                         "with norm-pix loss (default: the checkpoint's args.norm_pix_loss)")
     parser.add_argument("--backend", default="auto", choices=fastmae.ops.BACKENDS,
@@ -43,32 +49,28 @@ def add_arguments(parser):
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
 
 
-def infer_model_name(state):
-    """The first model in ``fastmae.MODELS`` whose parameters have the shapes in ``state``.
-
-    Candidates are built on the meta device: no memory, no initialisation work.
-    """
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
-    for name in fastmae.MODELS:
-        with torch.device("meta"):
-            candidate = fastmae.create_model(name)
-        if {k: tuple(v.shape) for k, v in candidate.state_dict().items()} == shapes:
-            return name
-    return None
-
-
 def build_model(ckpt, args):
     """The checkpoint's model, loaded and in eval mode, with name and size resolved from ``args``,
-    then the checkpoint's stored args, then its parameter shapes."""
+    then the checkpoint's stored args, then its parameter shapes (``fastmae.inspect_state_dict``:
+    the factory they fit and the image side of the position table).
+
+    A checkpoint without a decoder (encoder-only, or a fine-tuned ViT) is refused before any model
+    is built: it cannot reconstruct.
+    """
     saved = checkpoint_args(ckpt)
-    name = args.model or saved.get("model") or infer_model_name(ckpt["model"])
+    info = inspect_checkpoint(ckpt)
+    if info is not None and info.kind != "mae":
+        raise UsageError(f"{without_decoder(args.checkpoint, info.kind)}: reconstructions need a checkpoint "
+                         f"with a decoder, such as the official {OFFICIAL_WITH_DECODER}")
+    name = args.model or saved.get("model") or (info.factory if info else None)
     if name is None:
-        raise UsageError(f"cannot tell which model {args.checkpoint} holds; pass --model")
+        why = "no fastmae factory has its shapes" if info else "its weights are in no official MAE layout"
+        raise UsageError(f"cannot tell which model {args.checkpoint} holds ({why}); pass --model")
     if name not in fastmae.MODELS:
         raise UsageError(f"unknown model '{name}'; available: {', '.join(fastmae.MODELS)}")
     kwargs = {"norm_pix_loss": args.norm_pix_loss or bool(saved.get("norm_pix_loss", False)),
               "backend": args.backend}
-    size = args.input_size or saved.get("input_size")
+    size = args.input_size or saved.get("input_size") or (info.img_size if info else None)
     if size:
         kwargs["img_size"] = size
     try:
