@@ -196,7 +196,8 @@ def implementation_extra(op: str, sh: MAEShape, before: bool = False) -> int:
 
     decoder_input: the mask-token partials, ``[programs, Dd]`` float32, written then summed.
     encoder_input: the cls partials, ``[cdiv(N, 64), D]`` float32, written then summed.
-    masked_mse_loss: the ``[2, programs]`` float32 partials, written and read, and two scalars.
+    masked_mse_loss: the forward's ``[2, programs]`` float32 partials, written and read, and two scalars
+    (written by the forward, read by the backward).
     The other ops move exactly their minimal bytes (each input read once, each output written once).
     """
     from fastmae.kernels import _common, decoder_input, encoder_input, masked_mse_loss
@@ -212,9 +213,13 @@ def implementation_extra(op: str, sh: MAEShape, before: bool = False) -> int:
     if op == "encoder_input":
         return 2 * -(-n // encoder_input._BWD_N_PER_PROG) * sh.embed_dim * 4
     if op == "masked_mse_loss":
-        rows = n * sh.num_masked
-        programs = -(-rows // masked_mse_loss._blocks(rows, sh.patch_dim)[0])
-        return 2 * (2 * 2 * programs * 4 + 8)  # forward and backward launches each read / write them
+        # the launch geometry from the kernel's own arguments, on meta tensors (shapes only)
+        pred = torch.empty((n, sh.num_masked, sh.patch_dim), dtype=torch.bfloat16, device="meta")
+        imgs = torch.empty((n, sh.in_chans, *sh.img_size), dtype=torch.bfloat16, device="meta")
+        ids_masked = torch.empty((n, sh.num_masked), dtype=torch.int64, device="meta")
+        programs, _, _ = masked_mse_loss._launch_args(pred, imgs, None, ids_masked, sh.patch_size, False)
+        # forward: the partials written and read, loss and inv_den written; backward: both scalars read
+        return 2 * programs * 4 * 2 + 8 + 8
     return 0
 
 
