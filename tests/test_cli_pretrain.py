@@ -44,6 +44,11 @@ def log_lines(out):
     return (out / "log.txt").read_text().splitlines()
 
 
+def trajectory(out):
+    """The log's lines without ``data_wait`` (a timing): what a bitwise resume must reproduce."""
+    return [{k: v for k, v in json.loads(line).items() if k != "data_wait"} for line in log_lines(out)]
+
+
 def test_trains_and_writes_every_output(tmp_path, capsys):
     out = tmp_path / "run"
     code, stdout, err = run(capsys, base_args(out, "--save-every", "1", "--blr", "2e-3"))
@@ -51,9 +56,10 @@ def test_trains_and_writes_every_output(tmp_path, capsys):
     assert sorted(os.listdir(out)) == ["checkpoint-0.pth", "checkpoint-1.pth", "checkpoint-last.pth",
                                        "log.txt", "reconstructions.png"]
     lines = [json.loads(line) for line in log_lines(out)]
-    assert [sorted(line) for line in lines] == [["epoch", "train_loss", "train_lr"]] * 2
-    assert [line["epoch"] for line in lines] == [0, 1]
+    assert [sorted(line) for line in lines] == [["data_wait", "epoch", "train_loss", "train_lr"]] * 2
+    assert [line["epoch"] for line in lines] == [0, 1] and all(line["data_wait"] >= 0 for line in lines)
     assert "img/s" in stdout and "done: 2 epochs" in stdout
+    assert stdout.count("data_wait ") == 2  # once per epoch, in the epoch line
     # Our checkpoints load with plain weights_only=True: args is a dict of plain values.
     ckpt = torch.load(out / "checkpoint-last.pth", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["args"]["model"] == "mae_vit_micro_patch4"
@@ -162,7 +168,7 @@ def test_interrupt_names_the_resume_command_which_continues_bitwise(tmp_path, ca
     code, stdout, err = run(capsys, shlex.split(command)[1:])
     assert code == 0, err
     assert "resumed from" in stdout and err == ""  # a bare resume warns about nothing
-    assert log_lines(resumed) == log_lines(straight)  # every epoch's loss and lr, to the last bit
+    assert trajectory(resumed) == trajectory(straight)  # every epoch's loss and lr, to the last bit
     a = torch.load(straight / "checkpoint-last.pth", weights_only=True)
     b = torch.load(resumed / "checkpoint-last.pth", weights_only=True)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
@@ -371,7 +377,7 @@ def _truncated_checkpoint(path):
 
 @pytest.mark.parametrize("extra, message", [
     (["--data", "{tmp}/missing"], "data directory not found: {tmp}/missing"),
-    (["--data", "{tmp}/tiny.pth"], "--data {tmp}/tiny.pth is not a directory"),
+    (["--data", "{tmp}/tiny.pth"], "{tmp}/tiny.pth is not a directory"),
     (["--data", "{tmp}/empty"], "no .jpg/.jpeg/.png images in data directory {tmp}/empty"),
     (["--data", "{tmp}/corrupt"], "none of the 2 image files in {tmp}/corrupt can be read"),
     (["--num-images", "6"], "--batch-size 8 is larger than the data (6 images)"),
@@ -429,12 +435,12 @@ def test_resume_of_another_run_into_an_existing_run_is_refused(tmp_path, capsys)
 def test_resume_from_an_older_checkpoint_rewrites_the_later_log_lines(tmp_path, capsys):
     out = tmp_path / "run"
     assert run(capsys, base_args(out, "--epochs", "3", "--save-every", "1"))[0] == 0
-    old = log_lines(out)
+    old = trajectory(out)
     code, _, err = run(capsys, base_args(out, "--epochs", "3", "--resume",
                                          str(out / "checkpoint-0.pth")))
     assert code == 0, err
     # Epochs 1 and 2 retrained once each: no duplicate lines, the same values (a CPU run is exact).
-    assert log_lines(out) == old
+    assert trajectory(out) == old
 
 
 def test_resume_at_another_input_size_rebuilds_the_fixed_position_tables(tmp_path, capsys):

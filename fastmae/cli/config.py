@@ -16,6 +16,7 @@ import torch
 from fastmae.cli import distributed
 from fastmae.cli.distributed import DistInfo
 from fastmae.cli.rundir import holds_run
+from fastmae.data import default_num_workers
 
 DEFAULT_OUTPUT_DIR = os.path.join("output", "pretrain")
 
@@ -115,7 +116,8 @@ def resolve(args, dist, device, stored=None):
     if options["amp"] is None:
         options["amp"] = _default_amp(device)
     if options["num_workers"] is None:
-        options["num_workers"] = 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
+        # CPU: the training process needs the cores itself (and the demo's images are tiny)
+        options["num_workers"] = 0 if device.type == "cpu" else default_num_workers()
     if options["output_dir"] is None:
         options["output_dir"] = _default_output_dir(options["resume"], dist)
     return RunConfig(**options, device=device, dist=dist)

@@ -1,6 +1,7 @@
 """One pretraining epoch, as the official ``engine_pretrain.train_one_epoch``: per-iteration lr,
 gradient accumulation, autocast and an optional fp16 ``GradScaler``, a stop on a non-finite loss,
-and a progress line every few iterations."""
+and a progress line every few iterations. Batches come from ``fastmae.data`` (ragged uint8 crops)
+and become the model's input on the device in one ``resized_crop`` launch."""
 
 import contextlib
 import math
@@ -8,10 +9,14 @@ import time
 
 import torch
 
-from fastmae.cli.data import iterate
+import fastmae.data as fd
 from fastmae.cli.distributed import sum_across
 from fastmae.cli.errors import CLIError
 from fastmae.cli.lr_sched import lr_at, set_lr
+
+
+class DataFailure(CLIError):
+    """No image of the data could be decoded (a ``fastmae.data.DataError`` while training)."""
 
 
 class NonFiniteLoss(CLIError):
@@ -49,9 +54,13 @@ class Progress:
 def train_one_epoch(model, loader, optimizer, scaler, run, epoch, console):
     """Train ``model`` for ``epoch`` over ``loader`` as the ``RunConfig`` ``run`` says.
 
+    ``loader`` is a ``fastmae.data.CropLoader``; each batch goes to the model as
+    ``fastmae.data.to_model_input`` makes it: on the run's device, in the autocast dtype (float32
+    without autocast), through ``resized_crop`` on the run's backend.
+
     Returns:
         ``{'lr': mean, 'loss': mean, 'skipped': images that failed to decode and were replaced,
-        over all ranks, 'seconds': wall time}``.
+        over all ranks, 'seconds': wall time, 'data_wait': seconds this process waited for batches}``.
 
     The loss is averaged over all ranks at every iteration (one scalar all-reduce), so every rank
     sees the same value and a non-finite loss stops all of them together.
@@ -65,15 +74,16 @@ def train_one_epoch(model, loader, optimizer, scaler, run, epoch, console):
     progress = Progress(iters, run.batch_size * dist.world_size, run.print_freq, console.say)
     loss_sum = lr_sum = 0.0
     skipped = 0
-    for step, (imgs, bad) in enumerate(iterate(loader)):  # imgs: [B, C, H, W], bad: [B] (CPU)
-        bad = bad[bad >= 0].tolist()  # a CPU tensor from the loader: no device sync
+    for step, batch in enumerate(_batches(loader)):  # RaggedBatch: uint8 crops on the host
+        bad = batch.skipped[batch.skipped >= 0].tolist()  # host-side bookkeeping: no device sync
         for index in bad:
-            warn_decode_failure(loader.dataset, index, console.warn)
+            warn_decode_failure(loader.source, index, console.warn)
+        imgs = fd.to_model_input(batch, run.device, run.amp_dtype or torch.float32,
+                                 backend=run.backend)  # [B, 3, S, S]
         if step % accum == 0:
             lr = lr_at(step / iters + epoch, run.lr, run.min_lr, run.warmup_epochs, run.epochs)
             set_lr(optimizer, lr)
         update = (step + 1) % accum == 0
-        imgs = imgs.to(run.device, non_blocking=True)
         # Skip DDP's gradient all-reduce on micro-steps that only accumulate.
         sync = contextlib.nullcontext() if update or not dist.enabled else model.no_sync()
         with sync:
@@ -97,13 +107,28 @@ def train_one_epoch(model, loader, optimizer, scaler, run, epoch, console):
         skipped += int(bad_count)
         progress.update(epoch, step, loss_value, loss_sum / (step + 1), lr)
     return {"lr": lr_sum / iters, "loss": loss_sum / iters, "skipped": skipped,
-            "seconds": progress.elapsed()}
+            "seconds": progress.elapsed(), "data_wait": loader.wait.seconds}
 
 
-def warn_decode_failure(dataset, index, warn):
-    """Warn once per file (per process) that image ``index`` failed to decode and was replaced."""
-    if index not in dataset.warned:
-        dataset.warned.add(index)
-        name = getattr(dataset.images, "files", None)
+def _batches(loader):
+    """Iterate ``loader``; a ``fastmae.data.DataError`` (from a worker, its traceback in the message)
+    becomes a one-line :class:`DataFailure`."""
+    try:
+        yield from loader
+    except fd.DataError as e:
+        last = str(e).strip().splitlines()[-1]
+        raise DataFailure(last.split("DataError: ", 1)[-1]) from None
+
+
+_WARNED: dict = {}  # id(source) -> indices already warned about, in this process
+
+
+def warn_decode_failure(source, index, warn):
+    """Warn once per file (per process) that image ``index`` of ``source`` failed to decode and was
+    replaced by the next one that decodes."""
+    warned = _WARNED.setdefault(id(source), set())
+    if index not in warned:
+        warned.add(index)
+        name = getattr(source, "files", None)
         warn(f"cannot decode image {name[index] if name else index}: replaced by the next image "
              "that decodes (warned once per file)")

@@ -9,9 +9,9 @@ import torch
 from PIL import Image, ImageDraw
 
 from fastmae.cli.errors import UsageError
+from fastmae.data.pillow_path import to_normalized_tensor
+from fastmae.reference import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def imagenet_stats():
@@ -20,6 +20,12 @@ def imagenet_stats():
     mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device="cpu").view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device="cpu").view(3, 1, 1)
     return mean, std
+
+
+def resize_normalized(img, size):
+    """Evaluation transform: bicubic resize to ``size`` ``(H, W)`` (no crop), then ImageNet-normalise:
+    ``[3, H, W]`` float32 on the CPU (the demo panels of ``visualize`` and ``pretrain``)."""
+    return to_normalized_tensor(img.convert("RGB").resize((size[1], size[0]), Image.BICUBIC))
 
 
 def open_image(path, error=UsageError):

@@ -45,11 +45,10 @@ from fastmae.cli.checkpoint import (load_checkpoint, load_model_state, remove_st
                                     rng_state, set_rng_state)
 from fastmae.cli.config import DEFAULT_OUTPUT_DIR, changed_options, resolve, resume_command
 from fastmae.cli.console import Console, count
-from fastmae.cli.data import (Augmented, DataError, ImageFolder, ProceduralImages, build_loader,
-                              resize_normalized)
+import fastmae.data as fd
 from fastmae.cli.engine import NonFiniteLoss, train_one_epoch
 from fastmae.cli.errors import Interrupted, UsageError
-from fastmae.cli.images import grid
+from fastmae.cli.images import grid, resize_normalized
 from fastmae.cli.lr_sched import last_step_epoch, lr_at
 from fastmae.cli.panels import TITLES, panel_rows
 from fastmae.cli.rundir import check_output_dir, save_epoch, truncate_log
@@ -70,11 +69,15 @@ def add_arguments(p):
 
     data = p.add_argument_group("data")
     data.add_argument("--data", help="directory of .jpg/.jpeg/.png images, searched recursively "
-                      "(ImageFolder layout or flat); default: the embedded procedural set")
+                      "(ImageFolder layout or flat), or WebDataset tar shards: a directory of .tar "
+                      "files or a brace pattern such as shards/train-{000000..000146}.tar (pip "
+                      "install -e \".[shards]\"); default: the embedded procedural set")
     data.add_argument("--num-images", type=positive_int, default=2048,
                       help="size of the procedural set (ignored with --data)")
     data.add_argument("--num-workers", type=nonnegative_int,
-                      help="data loader processes; default 0 on CPU, min(8, cores) on CUDA")
+                      help="data loader processes (persistent across epochs); default: the cores this "
+                      "process may use, shared by the processes of the node, one left for training "
+                      "(fastmae.data.default_num_workers); 0 on CPU")
 
     optim = p.add_argument_group("optimisation")
     optim.add_argument("--batch-size", type=positive_int, default=64,
@@ -158,7 +161,7 @@ def _train(args, dist, device, console):
                 f"({count(dist.world_size, 'process', 'processes')}, amp {run.amp}): building the "
                 f"model and the optimizer{scanning}{compiling}...")
     _seed_everything(run.seed + dist.rank)
-    images, dataset, loader = _build_data(run, console)
+    images, loader = _build_data(run, console)
     model = _build_model(run).to(device)
     optimizer = make_optimizer(model, run)
     scaler = torch.amp.GradScaler(device.type) if run.amp == "fp16" else None
@@ -187,8 +190,7 @@ def _train(args, dist, device, console):
     losses, skipped, t0 = [], 0, time.perf_counter()
     try:
         for epoch in range(start_epoch, run.epochs):
-            loader.sampler.set_epoch(epoch)
-            dataset.set_epoch(epoch)
+            loader.set_epoch(epoch)
             try:
                 stats = train_one_epoch(model, loader, optimizer, scaler, run, epoch, console)
             except NonFiniteLoss as e:
@@ -206,7 +208,7 @@ def _train(args, dist, device, console):
             skipped += stats["skipped"]
             note = f", {count(stats['skipped'], 'undecodable image')} replaced" if stats["skipped"] else ""
             console.say(f"epoch [{epoch}] done in {stats['seconds']:.1f}s: train_loss "
-                        f"{stats['loss']:.4f} train_lr {stats['lr']:.3e}{note}")
+                        f"{stats['loss']:.4f} train_lr {stats['lr']:.3e}{note}; {loader.wait.summary()}")
     except KeyboardInterrupt:
         raise Interrupted(_interrupted(run, args, saved) if dist.is_main else "") from None
 
@@ -257,18 +259,34 @@ def _seed_everything(seed):
 
 
 def _build_data(run, console):
-    """The images (procedural or ``--data``), their augmented dataset and this rank's loader."""
+    """The images (procedural, a folder or tar shards) and this rank's ``fastmae.data`` loader."""
     dist = run.dist
-    # --data is scanned once, by rank 0 (warnings included), and the file list sent to the others.
-    images = (distributed.from_main(lambda: ImageFolder(run.data, console.warn), dist) if run.data
-              else ProceduralImages(run.num_images, size=2 * run.input_size))
-    dataset = Augmented(images, (run.input_size, run.input_size), run.seed)
-    loader = build_loader(dataset, run.batch_size, run.seed, run.num_workers, dist.world_size,
-                          dist.rank, pin_memory=run.device.type == "cuda")
+    try:
+        if run.data is None:
+            images = fd.ProceduralImages(run.num_images, size=2 * run.input_size)
+        elif fd.is_shard_spec(run.data):
+            images = fd.open_source(run.data)
+        else:  # scanned once, by rank 0 (warnings included), and the file list sent to the others
+            images = distributed.from_main(lambda: _scan(run.data, console.warn), dist)
+        loader = fd.build_loader(images, run.batch_size, run.input_size, run.seed, world_size=dist.world_size,
+                                 rank=dist.rank, num_workers=run.num_workers, pin_memory=run.device.type == "cuda")
+    except fd.DataError as e:
+        raise UsageError(str(e)) from None
+    except ValueError as e:  # a batch larger than this rank's share of the data
+        raise UsageError(f"--batch-size {run.batch_size} is {str(e).split(' is ', 1)[-1]}".replace(
+            "; use ", "; use --batch-size ")) from None
     if run.accum_iter > len(loader):
         raise UsageError(f"--accum-iter {run.accum_iter} is more than the {len(loader)} "
                          "iterations of an epoch: no optimizer step would run")
-    return images, dataset, loader
+    return images, loader
+
+
+def _scan(data, warn):
+    """``--data`` as a ``fastmae.data.ImageFolder``, its errors as one-line ``UsageError``s (on rank 0)."""
+    try:
+        return fd.ImageFolder(data, warn=warn)
+    except fd.DataError as e:
+        raise UsageError(str(e)) from None
 
 
 def _build_model(run):
@@ -343,14 +361,17 @@ def _save_reconstructions(model, images, run, num=8):
     """Rank 0: the demo panels for the first ``num`` images, as ``OUT/reconstructions.png``."""
     size = (run.input_size, run.input_size)
     device = next(model.parameters()).device
-    decoded = []
-    for i in range(len(images)):
-        if len(decoded) == num:
-            break
-        try:
-            decoded.append(resize_normalized(images.image(i), size))
-        except DataError:
-            continue  # already warned about during training
+    if hasattr(images, "first_images"):  # tar shards: a stream, no random access
+        decoded = [resize_normalized(img, size) for img in images.first_images(num)]
+    else:
+        decoded = []
+        for i in range(len(images)):
+            if len(decoded) == num:
+                break
+            try:
+                decoded.append(resize_normalized(images.image(i), size))
+            except fd.DataError:
+                continue  # already warned about during training
     imgs = torch.stack(decoded).to(device)
     path = os.path.join(run.output_dir, "reconstructions.png")
     grid(panel_rows(model, imgs, run.mask_ratio, run.seed), TITLES).save(path)

@@ -89,6 +89,7 @@ def save_epoch(run, model, optimizer, scaler, epoch, rngs, stats):
     save_checkpoint(ckpt, run.last_path)
     if epoch % run.save_every == 0 or epoch + 1 == run.epochs:
         link_atomically(run.last_path, os.path.join(run.output_dir, f"checkpoint-{epoch}.pth"))
-    line = {"train_lr": stats["lr"], "train_loss": stats["loss"], "epoch": epoch}
+    line = {"train_lr": stats["lr"], "train_loss": stats["loss"], "epoch": epoch,
+            "data_wait": round(stats["data_wait"], 3)}  # seconds this rank waited for batches
     with open(run.log_path, "a", encoding="utf-8") as f:
         f.write(json.dumps(line) + "\n")

@@ -18,9 +18,8 @@ import fastmae
 from fastmae.checkpoints import OFFICIAL_WITH_DECODER
 from fastmae.cli.argtypes import positive_int, ratio, seed
 from fastmae.cli.checkpoint import inspect_checkpoint, load_checkpoint, load_model_state, without_decoder
-from fastmae.cli.data import resize_normalized
 from fastmae.cli.errors import UsageError
-from fastmae.cli.images import grid, open_image, output_names
+from fastmae.cli.images import grid, open_image, output_names, resize_normalized
 from fastmae.cli.panels import NORM_PIX_NOTE, PANELS, TITLES, panel_rows
 from fastmae.cli.runtime import check_backend, check_keeps_patch, parse_device
 from fastmae.official import checkpoint_args

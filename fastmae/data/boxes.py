@@ -11,8 +11,8 @@ torch's global one (:func:`sample_rng`, or any object with numpy's ``uniform``/`
 2. otherwise the central crop: the whole image when its ratio is inside ``ratio``, else the
    largest centred box at the nearest allowed ratio.
 
-Given the same numpy generator, ``fastmae.cli.data.random_resized_crop_box`` draws the same box (it
-returns it as ``(left, top, right, bottom)``): the algorithm is the same.
+This is the algorithm the command line's loader used before the input pipeline moved here (the
+box and flip are drawn in the same order from the same kind of generator).
 """
 
 from __future__ import annotations

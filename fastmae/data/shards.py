@@ -108,6 +108,26 @@ class Shards:
     def __len__(self) -> int:
         return self.num_samples
 
+    def first_images(self, count: int) -> list:
+        """The first ``count`` images that decode, in shard order, as RGB PIL images (a stream has no
+        random access: for previews such as the pretraining run's reconstructions)."""
+        from webdataset.tariterators import tarfile_samples
+
+        images = []
+        for url in self.urls:
+            for sample in tarfile_samples([{"url": url}]):
+                name = next((k for k in _IMAGE_SUFFIXES if k in sample), None)
+                if name is None:
+                    continue
+                try:
+                    with Image.open(io.BytesIO(sample[name])) as im:
+                        images.append(im.convert("RGB"))
+                except Exception:  # noqa: BLE001 - a sample that does not decode is skipped, as in training
+                    continue
+                if len(images) == count:
+                    return images
+        return images
+
 
 class ShardCrops(torch.utils.data.IterableDataset):
     """Crop samples streamed from :class:`Shards`: this rank's share, split across its workers.
@@ -121,7 +141,7 @@ class ShardCrops(torch.utils.data.IterableDataset):
         self.shards, self.spec, self.seed, self.shuffle = shards, spec, seed, shuffle
         self.batch_size, self.world_size, self.rank = batch_size, world_size, rank
         self.batches = shards.num_samples // (world_size * batch_size)  # per rank and epoch
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._epoch = torch.zeros(1, dtype=torch.int64, device="cpu").share_memory_()
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch[0] = int(epoch)

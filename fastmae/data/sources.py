@@ -37,7 +37,7 @@ class ProceduralImages:
     """An embedded, download-free image set: gradients, stripe textures and filled shapes.
 
     Image ``i`` is drawn from a generator seeded by ``(seed, i)``, so the set is the same on every
-    machine (and, pixel for pixel, the set ``fastmae.cli.data.ProceduralImages`` draws). The structure
+    machine (pixel for pixel the set the command line has always trained on: a test holds its hash). The structure
     (smooth backgrounds, sharp-edged shapes, periodic textures) makes masked patches predictable from
     visible ones, so a small MAE's loss falls within minutes.
 
