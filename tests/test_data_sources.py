@@ -31,7 +31,7 @@ def test_procedural_images_never_change(size, seed):
 
 
 def _drawn(monkeypatch, index, size=64):
-    """Render image ``index`` and record what it drew: (has stripes, kind of the first shape)."""
+    """Render image ``index`` and record what it drew: (has stripes, kind of the last shape drawn)."""
     calls, sin_arrays = [], []
     for kind, method in enumerate(("ellipse", "rectangle", "polygon")):
         original = getattr(ImageDraw.ImageDraw, method)
@@ -49,12 +49,12 @@ def _drawn(monkeypatch, index, size=64):
     monkeypatch.setattr(sources, "np", types.SimpleNamespace(**{**vars(np), "sin": sin}))
     ProceduralImages(100, size).image(index)
     monkeypatch.undo()
-    return any(sin_arrays), calls[0]
+    return any(sin_arrays), calls[-1]
 
 
-def test_procedural_labels_are_stripes_and_first_shape(monkeypatch):
-    # label = 3 * has_stripes + kind of the first shape (0 ellipse, 1 rectangle, 2 triangle), checked
-    # against what the renderer actually draws for the same image
+def test_procedural_labels_are_stripes_and_topmost_shape(monkeypatch):
+    # label = 3 * has_stripes + kind of the shape drawn last, on top of the others (0 ellipse,
+    # 1 rectangle, 2 triangle), checked against what the renderer actually draws for the same image
     images = ProceduralImages(100, 64)
     for i in range(30):
         stripes, kind = _drawn(monkeypatch, i)

@@ -1,4 +1,4 @@
-"""The ``fastmae`` command line: ``pretrain``, ``visualize``, ``mask`` and ``export``.
+"""The ``fastmae`` command line: ``pretrain``, ``visualize``, ``mask``, ``export`` and ``probe``.
 
 Errors the user can act on print as one line, ``fastmae: error: ...``, and exit with 2 (bad
 arguments or inputs) or 1 (a failure while running); Ctrl-C exits with 130; no traceback.
@@ -18,10 +18,11 @@ from fastmae.cli.errors import CLIError, UsageError
 # Each command: its module ``fastmae.cli.<name>`` (``add_arguments(parser)``, ``run(args)``) and
 # its one-line help. Modules are imported when the parser is built, not at ``import fastmae.cli``.
 COMMANDS = {
-    "pretrain": "MAE pretraining (default: a tiny model on an embedded image set, ~1 min on 2 CPU cores)",
+    "pretrain": "MAE pretraining (default: a tiny model on an embedded image set, ~5 min on 2 CPU cores)",
     "visualize": "the official demo's panels (original, masked, reconstruction, + visible)",
     "mask": "the masking lesson: MaskGenerator masks written as PNGs",
     "export": "a checkpoint's weights only, for timm, Hugging Face (ViTMAEForPreTraining) or as an encoder",
+    "probe": "the official linear probe on a checkpoint's frozen encoder, against random initialisations",
 }
 
 

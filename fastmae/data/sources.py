@@ -41,8 +41,9 @@ class ProceduralImages:
     (smooth backgrounds, sharp-edged shapes, periodic textures) makes masked patches predictable from
     visible ones, so a small MAE's loss falls within minutes.
 
-    Labels, for probing what a model learned: ``label(i) = 3 * has_stripes + kind`` of the first shape
-    drawn (0 ellipse, 1 rectangle, 2 triangle): 6 classes, read from the same draws as the pixels.
+    Labels, for probing what a model learned (``fastmae probe``): ``label(i) = 3 * has_stripes +
+    kind`` of the topmost shape, the last one drawn, which no other covers (0 ellipse, 1 rectangle,
+    2 triangle): 6 classes, read from the same draws as the pixels.
     """
 
     classes = tuple(f"{texture}-{shape}" for texture in ("plain", "stripes")
@@ -78,9 +79,12 @@ class ProceduralImages:
         return plan
 
     def label(self, index: int) -> int:
-        """``3 * has_stripes + kind of the first shape`` (0 ellipse, 1 rectangle, 2 triangle)."""
-        plan = self._plan(index)
-        return 3 * (plan["stripes"] is not None) + plan["shapes"][0][0]
+        """``3 * has_stripes + kind of the topmost shape`` (0 ellipse, 1 rectangle, 2 triangle)."""
+        return self._label(self._plan(index))
+
+    @staticmethod
+    def _label(plan: dict) -> int:
+        return 3 * (plan["stripes"] is not None) + plan["shapes"][-1][0]  # the last drawn is on top
 
     def image(self, index: int) -> Image.Image:
         """The ``index``-th image as a PIL RGB image of ``size`` x ``size``."""
@@ -105,7 +109,7 @@ class ProceduralImages:
             else:
                 angles = extra + np.array([0, 2, 4]) * math.pi / 3
                 draw.polygon([(cx + r * math.cos(a), cy + r * math.sin(a)) for a in angles], fill=fill)
-        img.info["label"] = 3 * (plan["stripes"] is not None) + plan["shapes"][0][0]  # spares a second plan
+        img.info["label"] = self._label(plan)  # spares a second plan
         return img
 
     open = image  # already decoded: nothing to defer

@@ -1,0 +1,185 @@
+"""``fastmae probe``: the official linear probe on a checkpoint's frozen encoder, beside the same
+probe on randomly initialised encoders of the same shape, reporting held-out top-1.
+
+The probe is ``fastmae.linear_probe`` (``fastmae.linprobe``: the official ``main_linprobe.py``
+recipe, BatchNorm without affine before the head, LARS, 90 epochs; its features are computed once
+from the images as given). The features are the cls token after the encoder's last norm, as the
+official probe reads them; the images are resized as the official evaluation does (shorter side to
+``input size / 0.875``, bicubic, centre crop, ImageNet normalisation).
+
+Data:
+
+- by default the embedded procedural set of the default ``fastmae pretrain`` run, with its labels
+  (``fastmae.data.ProceduralImages.label``: stripes or not, times the kind of the topmost shape; 6
+  classes). The probe trains on the run's own images (``--num-images``, seed 0) and is tested on a
+  quarter as many drawn with seed 1, which neither the pretraining nor the probe has seen;
+- ``--data DIR``: an ImageFolder layout (one directory of images per class); a seeded
+  ``--holdout`` fraction is the test split.
+
+The random encoders (``--random-inits``, default 3) start as pretraining starts (the MAE's
+initialisation, one seed each); their spread says how large a gap the data can show by chance.
+"""
+
+import math
+import time
+
+import torch
+from PIL import Image
+
+import fastmae
+import fastmae.data as fd
+from fastmae.cli.argtypes import nonnegative_int, positive_int, ratio, seed
+from fastmae.cli.checkpoint import inspect_checkpoint, load_checkpoint
+from fastmae.cli.console import count
+from fastmae.cli.errors import UsageError
+from fastmae.cli.runtime import parse_device
+from fastmae.data.pillow_path import to_normalized_tensor
+from fastmae.linprobe import linear_probe
+from fastmae.vit import VisionTransformer
+
+EVAL_CROP = 0.875  # the official evaluation: Resize(size / 0.875) then CenterCrop(size)
+
+
+def add_arguments(parser):
+    parser.add_argument("--checkpoint", required=True,
+                        help="a fastmae or official MAE checkpoint: a full MAE, encoder-only, or a "
+                        "fine-tuned ViT (its head is not used)")
+    parser.add_argument("--data", help="an ImageFolder directory (one sub-directory of images per "
+                        "class); default: the embedded procedural set with its 6 labels")
+    parser.add_argument("--num-images", type=positive_int, default=2048,
+                        help="procedural set: the training images (those of the default pretraining "
+                        "run); a quarter as many new ones are the test split")
+    parser.add_argument("--holdout", type=ratio, default=0.2,
+                        help="--data: the fraction of the images held out for testing")
+    parser.add_argument("--epochs", type=positive_int, default=90, help="probe epochs (official: 90)")
+    parser.add_argument("--warmup-epochs", type=nonnegative_int, default=10,
+                        help="linear lr warmup epochs (official: 10)")
+    parser.add_argument("--batch-size", type=positive_int, default=256,
+                        help="probe batch (capped at the training split; official: 16384)")
+    parser.add_argument("--random-inits", type=nonnegative_int, default=3,
+                        help="randomly initialised encoders of the same shape to probe as the baseline")
+    parser.add_argument("--seed", type=seed, default=0,
+                        help="the split, the heads' init and batch order, and the random encoders")
+    parser.add_argument("--device", help="where the encoders run: cpu, cuda or cuda:N (default: CUDA "
+                        "when available); the heads train on the CPU")
+
+
+def run(args):
+    """Probe the checkpoint and the random encoders; print one line each. Returns the exit code."""
+    if args.warmup_epochs >= args.epochs:
+        raise UsageError(f"--warmup-epochs {args.warmup_epochs} must be less than --epochs {args.epochs}")
+    device = parse_device(args.device)
+    ckpt = load_checkpoint(args.checkpoint)
+    encoder = _encoder(ckpt, args.checkpoint)
+    size = encoder.patch_embed.img_size[0]  # square: _encoder checks it
+    train, test, classes, source = _data(args, size)
+    num_train = train[0].shape[0]
+    batch = min(args.batch_size, num_train)
+    print(f"probing {args.checkpoint} ({encoder.embed_dim}-d cls features) on {source}: "
+          f"{num_train} training and {test[0].shape[0]} test images, {len(classes)} classes (chance "
+          f"{100 / len(classes):.1f}%); {args.epochs} epochs of LARS, batch {batch}")
+
+    def probe(model):
+        t0 = time.perf_counter()
+        result = linear_probe(model.to(device), *train, test=test, num_classes=len(classes),
+                              epochs=args.epochs, warmup_epochs=args.warmup_epochs,
+                              batch_size=args.batch_size, seed=args.seed)
+        return result, time.perf_counter() - t0
+
+    result, seconds = probe(encoder)
+    print(f"pretrained encoder: top-1 {result.top1:.1f}% (train {result.train_top1:.1f}%) [{seconds:.1f}s]")
+    if args.random_inits:
+        random = [probe(_random_like(encoder, args.seed + 1 + k))[0].top1 for k in range(args.random_inits)]
+        mean = sum(random) / len(random)
+        spread = f" ({min(random):.1f}-{max(random):.1f}%)" if len(random) > 1 else ""
+        print(f"random encoders ({count(len(random), 'init', 'inits')}): top-1 {mean:.1f}% mean{spread}")
+        print(f"pretraining: {result.top1 - mean:+.1f} points of top-1 over random initialisation")
+    return 0
+
+
+def _encoder(ckpt, path):
+    """The checkpoint's encoder as a ``fastmae.VisionTransformer`` without a head, in eval mode."""
+    info = inspect_checkpoint(ckpt)
+    if info is None:
+        raise UsageError(f"{path} holds no encoder in an official layout (cls_token, pos_embed, "
+                         "patch_embed, blocks, norm)")
+    if info.img_size is None:
+        raise UsageError(f"{path}: its position table ({info.num_patches} patches) is not a square "
+                         "grid; the probe needs square images")
+    try:
+        return VisionTransformer.from_checkpoint(ckpt["model"], num_classes=0, global_pool=False).eval()
+    except ValueError as e:
+        raise UsageError(f"cannot probe {path}: {e}") from None
+
+
+def _random_like(encoder, seed_value):
+    """A fresh encoder of ``encoder``'s shape, initialised as MAE pretraining initialises it
+    (``MaskedAutoencoderViT``'s own init, drawn from ``seed_value``), the global RNG untouched."""
+    attn = encoder.blocks[0].attn
+    config = dict(img_size=encoder.patch_embed.img_size[0], patch_size=encoder.patch_embed.patch_size,
+                  in_chans=encoder.in_chans, embed_dim=encoder.embed_dim, depth=len(encoder.blocks),
+                  num_heads=attn.num_heads, mlp_ratio=encoder.blocks[0].mlp.fc1.out_features / encoder.embed_dim,
+                  decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=1)  # the decoder is dropped
+    with torch.random.fork_rng(devices=[]):  # the ViT's own init draws too, then is overwritten
+        torch.manual_seed(seed_value)
+        mae = fastmae.MaskedAutoencoderViT(**config)
+        return VisionTransformer.from_checkpoint(mae.state_dict(), num_classes=0, num_heads=attn.num_heads,
+                                                 global_pool=False).eval()
+
+
+def _data(args, size):
+    """``(train, test, classes, description)``: train and test as ``(images [N, 3, S, S], labels [N])``."""
+    if args.data is None:
+        make = lambda n, s: fd.ProceduralImages(n, size=2 * size, seed=s)  # noqa: E731 - as the default run
+        fit, held = make(args.num_images, 0), make(max(1, args.num_images // 4), 1)
+        return (_tensors(fit, range(len(fit)), size), _tensors(held, range(len(held)), size),
+                fit.classes, f"the procedural set ({2 * size} px)")
+    if args.num_images != 2048:
+        raise UsageError("--num-images applies to the procedural set only, not to --data")
+    try:
+        folder = fd.ImageFolder(args.data, warn=lambda m: print(f"warning: {m}"))
+    except fd.DataError as e:
+        raise UsageError(str(e)) from None
+    unlabelled = sum(folder.label(i) < 0 for i in range(len(folder)))
+    if unlabelled:
+        raise UsageError(f"--data {args.data}: {count(unlabelled, 'image')} outside a class sub-directory; "
+                         "the probe needs one sub-directory of images per class")
+    if folder.num_classes < 2:
+        raise UsageError(f"--data {args.data}: the probe needs at least 2 classes (sub-directories), "
+                         f"found {folder.num_classes}")
+    order = torch.randperm(len(folder), generator=torch.Generator().manual_seed(args.seed)).tolist()
+    n_test = max(1, round(len(folder) * args.holdout))
+    if len(folder) - n_test < 2:
+        raise UsageError(f"--data {args.data}: {count(len(folder), 'image')} leave fewer than 2 for training")
+    return (_tensors(folder, order[n_test:], size), _tensors(folder, order[:n_test], size),
+            folder.classes, args.data)
+
+
+def _tensors(source, indices, size):
+    """The images ``indices`` of ``source`` through :func:`eval_transform`, and their labels; images
+    that do not decode are left out with one warning."""
+    images, labels, bad = [], [], 0
+    for i in indices:
+        try:
+            images.append(eval_transform(source.image(i), size))
+        except fd.DataError:
+            bad += 1
+            continue
+        labels.append(source.label(i))
+    if bad:
+        print(f"warning: left out {count(bad, 'image')} that could not be decoded")
+    if not images:
+        raise UsageError("no image of the split could be decoded")
+    return torch.stack(images), torch.tensor(labels)
+
+
+def eval_transform(img, size):
+    """The official evaluation transform: the shorter side to ``size / 0.875`` (bicubic), the centre
+    ``size`` x ``size`` crop, ImageNet normalisation: ``[3, size, size]`` float32."""
+    w, h = img.size
+    short = int(size / EVAL_CROP)
+    scale = short / min(w, h)
+    w2, h2 = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.convert("RGB").resize((w2, h2), Image.BICUBIC)
+    left, top = (w2 - size) // 2, (h2 - size) // 2
+    return to_normalized_tensor(img.crop((left, top, left + size, top + size)))
