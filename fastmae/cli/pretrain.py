@@ -1,7 +1,8 @@
 """``fastmae pretrain``: MAE pretraining as the official ``main_pretrain.py``.
 
-With no arguments it trains a tiny MAE on the embedded procedural image set: 12 epochs of 2048
-images, about a minute on 2 CPU cores, the loss falling from about 1.1 to 0.34. Under
+With no arguments it trains a tiny MAE on the embedded procedural image set: 60 epochs of 2048
+images, about 5 minutes on 2 CPU cores, the loss falling from about 1.1 to 0.23 (long enough for
+``fastmae probe`` to find its encoder better than a random one; 30 epochs are not). Under
 ``torchrun`` it runs data-parallel (DDP). Rank 0 writes ``OUT/checkpoint-last.pth`` every epoch,
 ``OUT/checkpoint-<epoch>.pth`` every ``--save-every`` epochs and at the end (hard links to that
 epoch's checkpoint-last where the file system allows: no second copy on disk), one JSON line per
@@ -84,7 +85,7 @@ def add_arguments(p):
                        help="images per process per iteration")
     optim.add_argument("--accum-iter", type=positive_int, default=1,
                        help="iterations per optimizer step")
-    optim.add_argument("--epochs", type=positive_int, default=12, help="epochs to train in all")
+    optim.add_argument("--epochs", type=positive_int, default=60, help="epochs to train in all")
     optim.add_argument("--warmup-epochs", type=nonnegative_float, default=1,
                        help="epochs of linear lr warmup before the cosine decay")
     optim.add_argument("--blr", type=positive_float, default=1e-2,
