@@ -1,4 +1,4 @@
-"""fastmae.data sources: the procedural set (pixels unchanged from the CLI's, plus labels) and image folders."""
+"""fastmae.data sources: the procedural set (its pixels held by a hash, and its labels) and image folders."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The README's claim about the default run: ``fastmae pretrain`` with no options, then ``fastmae probe``
 on its checkpoint, and the pretrained encoder's held-out top-1 above every random initialisation's.
 
-It is the whole default run (about 5 minutes on 2 CPU cores, more than the rest of the suite), so it
+It is the whole default run (about 5 minutes on 2 CPU cores; the rest of the suite takes 3 to 6), so it
 runs only when asked: ``FASTMAE_DEFAULT_RUN=1 python -m pytest tests/test_probe_default_run.py``.
 The bar is the best of the random encoders, not a margin chosen after seeing the figures; the README
 states the margin measured.

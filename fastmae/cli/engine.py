@@ -6,6 +6,7 @@ and become the model's input on the device in one ``resized_crop`` launch."""
 import contextlib
 import math
 import time
+import weakref
 
 import torch
 
@@ -78,8 +79,8 @@ def train_one_epoch(model, loader, optimizer, scaler, run, epoch, console):
         bad = batch.skipped[batch.skipped >= 0].tolist()  # host-side bookkeeping: no device sync
         for index in bad:
             warn_decode_failure(loader.source, index, console.warn)
-        imgs = fd.to_model_input(batch, run.device, run.amp_dtype or torch.float32,
-                                 backend=run.backend)  # [B, 3, S, S]
+        # float32 as the official loader's, under autocast too: the loss target is the image itself
+        imgs = fd.to_model_input(batch, run.device, torch.float32, backend=run.backend)  # [B, 3, S, S]
         if step % accum == 0:
             lr = lr_at(step / iters + epoch, run.lr, run.min_lr, run.warmup_epochs, run.epochs)
             set_lr(optimizer, lr)
@@ -120,13 +121,13 @@ def _batches(loader):
         raise DataFailure(last.split("DataError: ", 1)[-1]) from None
 
 
-_WARNED: dict = {}  # id(source) -> indices already warned about, in this process
+_WARNED = weakref.WeakKeyDictionary()  # source -> indices already warned about, in this process
 
 
 def warn_decode_failure(source, index, warn):
     """Warn once per file (per process) that image ``index`` of ``source`` failed to decode and was
     replaced by the next one that decodes."""
-    warned = _WARNED.setdefault(id(source), set())
+    warned = _WARNED.setdefault(source, set())
     if index not in warned:
         warned.add(index)
         name = getattr(source, "files", None)

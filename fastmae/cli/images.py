@@ -13,7 +13,6 @@ from fastmae.data.pillow_path import to_normalized_tensor
 from fastmae.reference import IMAGENET_MEAN, IMAGENET_STD
 
 
-
 def imagenet_stats():
     """ImageNet ``(mean, std)`` as ``[3, 1, 1]`` float32 tensors, on the CPU whatever the default
     device is (images are decoded and normalised on the CPU)."""

@@ -39,6 +39,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 import fastmae
+import fastmae.data as fd
 from fastmae.cli import distributed
 from fastmae.cli.argtypes import (nonnegative_float, nonnegative_int, positive_float, positive_int,
                                   ratio, seed)
@@ -46,7 +47,6 @@ from fastmae.cli.checkpoint import (load_checkpoint, load_model_state, remove_st
                                     rng_state, set_rng_state)
 from fastmae.cli.config import DEFAULT_OUTPUT_DIR, changed_options, resolve, resume_command
 from fastmae.cli.console import Console, count
-import fastmae.data as fd
 from fastmae.cli.engine import NonFiniteLoss, train_one_epoch
 from fastmae.cli.errors import Interrupted, UsageError
 from fastmae.cli.images import grid, resize_normalized
@@ -274,6 +274,8 @@ def _build_data(run, console):
     except fd.DataError as e:
         raise UsageError(str(e)) from None
     except ValueError as e:  # a batch larger than this rank's share of the data
+        if not str(e).startswith("batch_size "):
+            raise
         raise UsageError(f"--batch-size {run.batch_size} is {str(e).split(' is ', 1)[-1]}".replace(
             "; use ", "; use --batch-size ")) from None
     if run.accum_iter > len(loader):
