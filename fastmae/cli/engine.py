@@ -79,8 +79,10 @@ def train_one_epoch(model, loader, optimizer, scaler, run, epoch, console):
         bad = batch.skipped[batch.skipped >= 0].tolist()  # host-side bookkeeping: no device sync
         for index in bad:
             warn_decode_failure(loader.source, index, console.warn)
-        # float32 as the official loader's, under autocast too: the loss target is the image itself
-        imgs = fd.to_model_input(batch, run.device, torch.float32, backend=run.backend)  # [B, 3, S, S]
+        # In the autocast dtype under --amp, as the input pipeline issue asks (half the bytes): the loss
+        # target is then the bf16/fp16 image, where the official loader's is float32 (README).
+        imgs = fd.to_model_input(batch, run.device, run.amp_dtype or torch.float32,
+                                 backend=run.backend)  # [B, 3, S, S]
         if step % accum == 0:
             lr = lr_at(step / iters + epoch, run.lr, run.min_lr, run.warmup_epochs, run.epochs)
             set_lr(optimizer, lr)
