@@ -85,3 +85,18 @@ def cpu_default_device():
     torch.set_default_device("cpu")
     yield
     torch.set_default_device(before)
+
+
+@pytest.fixture
+def without_webdataset(monkeypatch):
+    """Imports of ``webdataset`` (the ``shards`` extra) fail, as where it is not installed."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_webdataset(name, *args, **kwargs):
+        if name == "webdataset" or name.startswith("webdataset."):
+            raise ImportError("No module named 'webdataset'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_webdataset)

@@ -53,17 +53,7 @@ def test_tar_shards_as_data(tmp_path, capsys):
     assert line["epoch"] == 0 and line["train_loss"] > 0
 
 
-def test_tar_shards_without_the_extra_is_one_line(tmp_path, capsys, monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_webdataset(name, *args, **kwargs):
-        if name == "webdataset" or name.startswith("webdataset."):
-            raise ImportError("No module named 'webdataset'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_webdataset)
+def test_tar_shards_without_the_extra_is_one_line(tmp_path, capsys, without_webdataset):
     shards = tmp_path / "shards"
     shards.mkdir()
     (shards / "train-000000.tar").write_bytes(b"")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 import io
 import tarfile
 
@@ -92,14 +91,6 @@ def test_shard_errors(tmp_path):
         fd.Shards(str(tmp_path / "empty"))
 
 
-def test_a_clear_error_without_the_extra(monkeypatch):
-    real_import = builtins.__import__
-
-    def no_webdataset(name, *args, **kwargs):
-        if name == "webdataset" or name.startswith("webdataset."):
-            raise ImportError("No module named 'webdataset'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_webdataset)
+def test_a_clear_error_without_the_extra(without_webdataset):
     with pytest.raises(fd.DataError, match=r'pip install -e "\.\[shards\]"'):
         require_webdataset()
