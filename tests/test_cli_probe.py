@@ -17,7 +17,8 @@ import fastmae
 import fastmae.data as fd
 from fastmae.cli import main
 from fastmae.cli.checkpoint import save_checkpoint
-from fastmae.cli.probe import _random_like, _stratified_split, eval_transform
+from fastmae.cli.images import eval_transform
+from fastmae.cli.probe import _random_like, _stratified_split
 from fastmae.data import ProceduralImages
 from fastmae.vit import VisionTransformer
 

@@ -27,6 +27,21 @@ def resize_normalized(img, size):
     return to_normalized_tensor(img.convert("RGB").resize((size[1], size[0]), Image.BICUBIC))
 
 
+EVAL_CROP = 0.875  # the official evaluation: Resize(size / 0.875) then CenterCrop(size)
+
+
+def eval_transform(img, size):
+    """The official evaluation transform: the shorter side to ``size / 0.875`` (bicubic), the centre
+    ``size`` x ``size`` crop, ImageNet normalisation: ``[3, size, size]`` float32."""
+    w, h = img.size
+    short = int(size / EVAL_CROP)
+    scale = short / min(w, h)
+    w2, h2 = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.convert("RGB").resize((w2, h2), Image.BICUBIC)
+    left, top = (w2 - size) // 2, (h2 - size) // 2
+    return to_normalized_tensor(img.crop((left, top, left + size, top + size)))
+
+
 def open_image(path, error=UsageError):
     """Open ``path`` as an RGB PIL image, or raise a one-line ``error`` naming it.
 

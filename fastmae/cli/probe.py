@@ -30,7 +30,6 @@ initialisation, one seed each); their spread says how large a gap the data can s
 import time
 
 import torch
-from PIL import Image
 
 import fastmae
 import fastmae.data as fd
@@ -38,13 +37,10 @@ from fastmae.cli.argtypes import nonnegative_int, positive_int, ratio, seed
 from fastmae.cli.checkpoint import inspect_checkpoint, load_checkpoint
 from fastmae.cli.console import Console, count
 from fastmae.cli.errors import UsageError
+from fastmae.cli.images import eval_transform
 from fastmae.cli.runtime import parse_device
-from fastmae.data.pillow_path import to_normalized_tensor
 from fastmae.linprobe import linear_probe
 from fastmae.vit import VisionTransformer
-
-EVAL_CROP = 0.875  # the official evaluation: Resize(size / 0.875) then CenterCrop(size)
-
 
 def add_arguments(parser):
     parser.add_argument("--checkpoint", required=True,
@@ -216,15 +212,3 @@ def _tensors(source, indices, size, split, warn):
     if not images:
         raise UsageError(f"no image of the {split} split could be decoded")
     return torch.stack(images), torch.tensor(labels)
-
-
-def eval_transform(img, size):
-    """The official evaluation transform: the shorter side to ``size / 0.875`` (bicubic), the centre
-    ``size`` x ``size`` crop, ImageNet normalisation: ``[3, size, size]`` float32."""
-    w, h = img.size
-    short = int(size / EVAL_CROP)
-    scale = short / min(w, h)
-    w2, h2 = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.convert("RGB").resize((w2, h2), Image.BICUBIC)
-    left, top = (w2 - size) // 2, (h2 - size) // 2
-    return to_normalized_tensor(img.crop((left, top, left + size, top + size)))

@@ -45,6 +45,11 @@ def require_webdataset():
     return webdataset
 
 
+def _image_key(sample: dict) -> str | None:
+    """The key of a WebDataset sample's image (``jpg``, ``png``, ...), or None when it has none."""
+    return next((k for k in _IMAGE_SUFFIXES if k in sample), None)
+
+
 def is_shard_spec(spec: str) -> bool:
     """Whether ``--data spec`` names shards: a ``.tar`` path or pattern, or a directory with ``.tar`` files."""
     if spec.endswith(".tar") or ("{" in spec and "}" in spec):
@@ -116,7 +121,7 @@ class Shards:
         images = []
         for url in self.urls:
             for sample in tarfile_samples([{"url": url}]):
-                name = next((k for k in _IMAGE_SUFFIXES if k in sample), None)
+                name = _image_key(sample)
                 if name is None:
                     continue
                 try:
@@ -185,7 +190,7 @@ class ShardCrops(torch.utils.data.IterableDataset):
             passes += 1
 
     def _crop(self, sample, key, url):
-        name = next((k for k in _IMAGE_SUFFIXES if k in sample), None)
+        name = _image_key(sample)
         if name is None:
             return None
         what = f"{sample.get('__key__')}.{name} in {url}"
