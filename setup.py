@@ -1,8 +1,11 @@
 """Packaging for fastmae.
 
-Two packages: ``fastmae`` (pure PyTorch) and ``fastmae.kernels`` (Triton), whose source lives in the
-top-level ``kernels/`` directory. ``kernels/`` uses relative imports only, so it is never imported as
-a top-level ``kernels`` package (a different PyPI project has that name).
+Two packages: ``fastmae`` (pure PyTorch) and ``fastmae.kernels`` (Triton). The kernels' source is the
+top-level ``kernels/`` folder, which has no ``__init__.py``: a regular package there would shadow
+Hugging Face's ``kernels`` (which transformers imports) for anything run from the repository root.
+``fastmae/kernels`` is a symbolic link to that folder, so ``fastmae.kernels`` is a namespace
+subpackage found the same way from a source checkout, an editable install (with or without build
+isolation) and a wheel (which holds copies of the files). The kernel modules use relative imports only.
 """
 
 from setuptools import setup
@@ -15,7 +18,6 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["fastmae", "fastmae.cli", "fastmae.data", "fastmae.integrations", "fastmae.kernels"],
-    package_dir={"fastmae": "fastmae", "fastmae.kernels": "kernels"},
     install_requires=[
         "torch>=2.6",
         "numpy",

@@ -25,7 +25,7 @@ import torch
 from . import _validate as check
 from .backends import BACKENDS, get_backend, resolve_backend, use_backend
 from .backends import check_name as check_backend_name
-from . import kernels as _kernel_package  # no Triton import until a kernel is used
+from .kernel_modules import kernels as _kernel_modules  # no Triton import until a kernel is used
 from . import reference, torch_ops
 
 __all__ = [
@@ -46,9 +46,8 @@ __all__ = [
 ]
 
 def _kernels():
-    # fastmae.kernels imports Triton only when a kernel is first used, so fastmae works without Triton.
-    # A plain module attribute, not importlib, so that torch.compile traces the call (no graph break).
-    return _kernel_package
+    # Triton is imported only when a kernel is first used, so fastmae works without Triton.
+    return _kernel_modules
 
 
 def _contiguous(*ts):

@@ -69,6 +69,30 @@ def pytest_configure(config):
     )
 
 
+# CI installs every optional extra and sets FASTMAE_REQUIRE_EXTRAS=1: a test that would skip for a
+# missing extra (its reason names "extra") fails there instead, so the interop, shard and TIFF tests
+# provably run in CI.
+REQUIRE_EXTRAS = os.environ.get("FASTMAE_REQUIRE_EXTRAS") == "1"
+
+
+def _fail_a_skip_for_a_missing_extra(report):
+    if REQUIRE_EXTRAS and report.skipped and "extra" in str(report.longrepr):
+        report.outcome = "failed"
+        report.longrepr = f"FASTMAE_REQUIRE_EXTRAS=1, yet skipped for a missing extra: {report.longrepr}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_a_skip_for_a_missing_extra(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    _fail_a_skip_for_a_missing_extra(outcome.get_result())
+
+
 @pytest.fixture(autouse=True)
 def _fresh_seed(request):
     """Fresh random inputs per test, reproducible from the test's name (printed on failure)."""

@@ -258,7 +258,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, train
     if "--out" not in argv:
         argv += ["--out", str(tmp_path / "out")]
     if "hf" in argv:
-        pytest.importorskip("transformers")  # without it, the first line names the extra instead
+        # without it, the first line names the extra instead (tested elsewhere)
+        pytest.importorskip("transformers", reason="needs transformers, the optional extra: pip install -e '.[interop]'")
     before = sorted(p.name for p in tmp_path.rglob("*"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -25,7 +25,7 @@ import pytest
 import torch
 import triton
 
-from fastmae.kernels import KERNEL_MODULES
+from fastmae.kernel_modules import KERNEL_MODULES
 from tools.kernel_specs import compile_specs
 from tools.throughput import tools_missing
 

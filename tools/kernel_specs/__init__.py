@@ -29,7 +29,7 @@ from __future__ import annotations
 import importlib
 import inspect
 
-from fastmae.kernels import KERNEL_MODULES
+from fastmae.kernel_modules import KERNEL_MODULES
 
 # The headline shape: ViT-B/16 at 224 px, batch 256, mask ratio 0.75.
 N, C, IMG, PATCH = 256, 3, 224, 16
@@ -56,7 +56,7 @@ def spec(name: str, kernel, types: dict, constexprs: dict, aligned, num_warps: i
 
 
 def compile_specs(module: str) -> list[dict]:
-    """The specs of kernel module ``module`` (a name in ``fastmae.kernels.KERNEL_MODULES``)."""
+    """The specs of kernel module ``module`` (a name in ``fastmae.kernel_modules.KERNEL_MODULES``)."""
     if module not in KERNEL_MODULES:
         raise ValueError(f"unknown kernel module {module!r}; choose one of {KERNEL_MODULES}")
     return importlib.import_module(f"{__name__}.{module}").compile_specs()
