@@ -2,7 +2,7 @@
 
     python -m tools.kernel_resources [--arch 90 80] [--json]      (or: python benchmarks/kernel_resources.py)
 
-Every module in ``fastmae.kernels.KERNEL_MODULES`` has its kernels at ViT-B/16 shapes listed by
+Every module in ``fastmae.kernel_modules.KERNEL_MODULES`` has its kernels at ViT-B/16 shapes listed by
 ``tools.kernel_specs.<module>.compile_specs()``. Each spec is compiled with ``triton.compile`` for ``sm_<arch>`` with the
 specialisation the JIT gives aligned tensors (pointer and int arguments named in ``"aligned"`` marked
 divisible by 16), then read back from the cubin with the CUDA tools that ship in the triton wheel
@@ -197,7 +197,7 @@ def collect(archs) -> list[dict]:
     Compiles run one after another (Triton caches them between runs); the CUDA tools then run in
     parallel threads, since they are separate processes.
     """
-    from fastmae.kernels import KERNEL_MODULES
+    from fastmae.kernel_modules import KERNEL_MODULES
 
     from .kernel_specs import compile_specs as specs_of
 
