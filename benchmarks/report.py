@@ -26,11 +26,13 @@ from typing import NamedTuple
 BENCH_STEPS = ("ops", "data", "train_step")  # the script's benchmark steps, in run order
 MAX_SUMMARY_CHARS = 10_000  # the GPU machine returns the last 12,000 characters of output
 MAX_LISTED = 20  # failing test ids or benchmarks named in the summary (all are in the results file)
-# pytest's verbose and -rfE lines: "tests/x.py::t[a] PASSED [ 5%]", "[gw1] [ 5%] FAILED tests/x.py::t[a]",
-# "FAILED tests/x.py::t[a] - AssertionError", "ERROR tests/x.py - ImportError" (collection)
-_STATUS = re.compile(r"\b(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
-_TEST_ID = re.compile(r"(\S+\.py(?:::\S+)?)")
-_SUMMARY = re.compile(r"\d+ (passed|failed|errors?|skipped|deselected)\b.* in [\d.]+s")
+# pytest's verbose and -rfE lines: "tests/x.py::t[a] PASSED [ 5%]" (id first), "[gw1] [ 5%] FAILED
+# tests/x.py::t[a]" (pytest-xdist), "FAILED tests/x.py::t[a] - AssertionError", "ERROR tests/x.py - ..."
+# (collection); anchored, so a captured log line that says ERROR is not a test.
+_STATUSES = "PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS"
+_ID_FIRST = re.compile(rf"^(\S+\.py(?:::\S+)?) ({_STATUSES})\b")
+_STATUS_FIRST = re.compile(rf"^(?:\[gw\d+\] \[\s*\d+%\] )?({_STATUSES}) (\S+\.py(?:::\S+)?)")
+_SUMMARY = re.compile(r"(\d+ (passed|failed|errors?|skipped|deselected|xfailed|xpassed)|no tests ran)\b.* in [\d.]+s")
 
 
 def _read(path: Path) -> str:
@@ -80,9 +82,10 @@ def pytest_log(workdir: Path, name: str) -> dict:
     log = _read(workdir / f"{name}.log")
     status: dict[str, str] = {}
     for line in log.splitlines():
-        found, test = _STATUS.search(line), _TEST_ID.search(line)
-        if found and test:
-            status[test.group(1)] = found.group(1)
+        if found := _ID_FIRST.match(line):
+            status[found.group(1)] = found.group(2)
+        elif found := _STATUS_FIRST.match(line):
+            status[found.group(2)] = found.group(1)
     counts: dict[str, int] = {}
     for s in status.values():
         counts[s.lower()] = counts.get(s.lower(), 0) + 1
@@ -182,15 +185,14 @@ def resized_crop_table(rows: list[dict]) -> Table:
 
 
 def data_table(rows: list[dict]) -> Table:
-    """The data pipeline's CPU cost per image (``benchmarks/data_throughput.py``), with its own table."""
+    """The data pipeline's CPU cost per image (``benchmarks/data_throughput.py``; its whole table is
+    in the row, in the results file)."""
     rows, skipped = _complete(rows, ("fastmae_ms", "floor_ms"))
     out = []
     for r in rows:
         out += [f"\n#### Data pipeline, CPU cost per image ({r.get('images', '?')} images, {r.get('size', '?')} px)\n",
                 f"fastmae {r['fastmae_ms']:.2f} ms, decode-only floor {r['floor_ms']:.2f} ms "
                 f"(floor / fastmae {_f(r.get('floor_over_fastmae'), '.2f')})"]
-        if isinstance(r.get("table"), str):
-            out += ["", r["table"]]
     return Table(out, skipped)
 
 
@@ -238,9 +240,9 @@ def step_table(rows: list[dict]) -> Table:
     return Table(out, skipped)
 
 
-# Each table of the summary: the JSONL rows' ``table``, its title and how it is built.
+# Each table of the summary, in its order: the JSONL rows' ``table``, its title and how it is built.
 TABLES = (("ops", "fused ops", ops_tables), ("resized_crop", "resized_crop", resized_crop_table),
-          ("data", "data pipeline", data_table), ("train_step", "training step", step_table))
+          ("train_step", "training step", step_table), ("data", "data pipeline", data_table))
 
 
 def build_tables(rows: list[dict]) -> tuple[list[str], dict]:

@@ -74,6 +74,8 @@ def test_a_cut_pytest_run_still_names_its_failures(tmp_path):
         "[gw1] [  3%] PASSED tests/test_masking_ids.py::test_ids[4]\n"
         "[gw0] [  4%] ERROR tests/test_decoder_input.py::test_grad[bf16]\n"
         "[gw0] [  5%] SKIPPED tests/test_reproducibility.py::test_big\n"
+        "ERROR    fastmae.ops:ops.py:12 a captured log line, not a test\n"
+        "tests/test_patchify.py:88: AssertionError\n"
         "KeyboardInterrupt\n")
     (tmp_path / "kernel_tests.rc").write_text("124\n")
     got = report.pytest_log(tmp_path, "kernel_tests")
@@ -96,12 +98,15 @@ def test_rows_without_their_fields_are_skipped_and_counted_and_the_rest_reported
     rows = [op_row("reference", ms=4.0), op_row("reference-compiled", ms=2.0), op_row("fastmae", ms=0.5), no_shape,
             crop_row("reference", 2_000.0), crop_row("fastmae", 60_000.0), failed_after_timing,
             step_row("reference-eager", 800.0), no_rate, over_budget,
+            {"test": "benchmarks/test_bench_data.py::test_data_throughput", "table": "data", "outcome": "passed",
+             "extra_info": {"fastmae_ms": 2.2, "floor_ms": 1.74, "floor_over_fastmae": 0.79, "images": 8, "size": 224,
+                            "table": "| path | CPU ms / image |"}},
             {"test": "benchmarks/test_bench_new.py::test_new", "table": "new", "outcome": "passed", "extra_info": {}}]
     write_run(tmp_path, rows, extra_lines=['{"test": "benchmarks/test_bench_train_step.py::test_tr'])  # cut by a kill
     rep, text = summary_of(tmp_path)
 
     b = rep["benchmarks"]
-    assert (b["passed"], len(b["failed"]), b["cut_lines"]) == (9, 1, 1)
+    assert (b["passed"], len(b["failed"]), b["cut_lines"]) == (10, 1, 1)
     assert b["failed"][0]["test"] == failed_after_timing["test"]
     assert list(b["skipped"].values()) == [[over_budget["test"]]]
     assert rep["tables"]["ops"] == {"rows": 4, "skipped": 1}
@@ -110,11 +115,12 @@ def test_rows_without_their_fields_are_skipped_and_counted_and_the_rest_reported
     assert b["other_tables"] == ["new"]
 
     assert "### GPU report" in text and "driver 570.1" in text and "bf16 GEMM 700 TFLOP/s" in text
-    assert "Benchmarks: 9 passed, 1 failed, 1 skipped" in text and failed_after_timing["test"] in text
+    assert "Benchmarks: 10 passed, 1 failed, 1 skipped" in text and failed_after_timing["test"] in text
     assert "1 fused ops row(s) skipped" in text and "1 training step row(s) skipped" in text
     assert "| decoder_input | fwdbwd | 130.5 | 0.500 | 261 | 4 | 4.000 | 2.000 | 8.0x | 4.0x | 300 |" in text
     assert "| 256 | 375 x 500 | 224 x 224 | bfloat16 | 60,000 | 4.267 | 50 | 2,000 | 30.0x |" in text
     assert "| mae_vit_base_patch16 | reference-eager | 256 | 800.0 | 320.0 | 30.0% |" in text
+    assert "fastmae 2.20 ms, decode-only floor 1.74 ms (floor / fastmae 0.79)" in text
     assert "1 line(s) of bench.jsonl cut off" in text and "Rows of no table here: new" in text
 
 
