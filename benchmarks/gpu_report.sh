@@ -8,7 +8,8 @@
 #    property tests last) on CUDA with real compiles, in parallel, a per-test timeout, verbose (a cut
 #    run still names its failures);
 # 4. the per-op benchmarks at the headline shape (report scope), 5. resized_crop and the data
-#    pipeline, 6. the training-step arms: each benchmark appends its line to bench.jsonl as it ends;
+#    pipeline, 6. the training-step arms (and any benchmark file the steps before do not name): each
+#    benchmark appends its line to bench.jsonl as it ends;
 # 7. python3 -m benchmarks.report: ONE results file and its markdown summary (benchmarks/results/).
 # With $OUT set, the results file, the summary and logs.tar.gz (every log, env.json and bench.jsonl,
 # refreshed after each step) are copied there. The summary is printed last. Exit code 0 when the
@@ -130,6 +131,11 @@ deliver
 
 export TRITON_INTERPRET=0  # the benchmarks never run under the interpreter (CPU: the torch backend)
 mapfile -t OP_FILES < <(grep -l "mark.bench_op" benchmarks/test_bench_*.py)  # the per-op benchmarks
+DATA_FILES=(benchmarks/test_bench_resized_crop.py benchmarks/test_bench_data.py)
+REST=()  # the training step, and any benchmark file none of the steps before names
+for f in benchmarks/test_bench_*.py; do
+    case " ${OP_FILES[*]} ${DATA_FILES[*]} " in *" $f "*) ;; *) REST+=("$f") ;; esac
+done
 # Plugins the benchmarks do not need: hypothesis costs seconds to import, and the unraisable-exception
 # check runs gc.collect() five times at exit (over 10 s with torch loaded on a busy 2-core machine).
 ARGS=(--benchmark-only -q -rfEs -p no:cacheprovider -p no:hypothesispytest -p no:unraisableexception
@@ -143,12 +149,11 @@ bounded "$T" ops $PY -m pytest "${OP_FILES[@]}" "${ARGS[@]}" --bench-budget "$(b
 deliver
 T=$(share $DATA_W $(( DATA_W + TRAIN_W )))
 step "resized_crop and the data pipeline (${T}s)"
-bounded "$T" data $PY -m pytest benchmarks/test_bench_resized_crop.py benchmarks/test_bench_data.py "${ARGS[@]}" \
-    --bench-budget "$(budget "$T" 10)"
+bounded "$T" data $PY -m pytest "${DATA_FILES[@]}" "${ARGS[@]}" --bench-budget "$(budget "$T" 10)"
 deliver
 T=$(share $TRAIN_W $TRAIN_W)
-step "training-step benchmarks (${T}s)"
-bounded "$T" train_step $PY -m pytest benchmarks/test_bench_train_step.py "${ARGS[@]}" --bench-budget "$(budget "$T" 30)"
+step "training-step benchmarks (${T}s): ${REST[*]}"
+bounded "$T" train_step $PY -m pytest "${REST[@]}" "${ARGS[@]}" --bench-budget "$(budget "$T" 30)"
 deliver
 
 step "report: python3 -m benchmarks.report"
