@@ -311,7 +311,8 @@ def summary_markdown(report: dict) -> str:
     gemm = f"; bf16 GEMM {_f(env.get('gemm_tflops'), '.0f')} TFLOP/s" if report["kind"] == "gpu" else ""
     lines = [f"### {report['label']}", "",
              f"{env.get('device', 'environment not measured')} (driver {env.get('driver') or '-'}), "
-             f"torch {env.get('torch')}, triton {env.get('triton')}, CUDA {env.get('cuda')}, Python {env.get('python')}; "
+             f"torch {env.get('torch')}, triton {env.get('triton')}, CUDA {env.get('cuda')}, "
+             f"Python {env.get('python')}; "
              f"commit {(git['commit'] or '?')[:10]}{' (dirty)' if git['dirty'] else ''}, {report['date']}. "
              f"Copy bandwidth measured in the same run: {_f(env.get('copy_gbps'), '.0f')} GB/s{gemm}.", "",
              f"Install: {report['install'] or 'no record'}"]

@@ -80,7 +80,8 @@ def test_a_cut_pytest_run_still_names_its_failures(tmp_path):
     (tmp_path / "kernel_tests.rc").write_text("124\n")
     got = report.pytest_log(tmp_path, "kernel_tests")
     assert got["counts"] == {"passed": 2, "failed": 1, "error": 1, "skipped": 1}
-    assert got["failed"] == ["tests/test_patchify.py::test_patchify[b-2]", "tests/test_decoder_input.py::test_grad[bf16]"]
+    assert got["failed"] == ["tests/test_patchify.py::test_patchify[b-2]",
+                             "tests/test_decoder_input.py::test_grad[bf16]"]
     assert got["summary"] is None and got["rc"] == 124 and "time limit" in report.rc_note(got["rc"])
 
 
@@ -206,7 +207,8 @@ def test_the_report_delivers_on_the_cpu_with_a_failed_install_and_a_failing_benc
     result, summary = out / delivered[0], out / delivered[1]
     assert result.suffix == ".json" and summary.suffix == ".md" and (results / result.name).exists()
     with tarfile.open(out / "logs.tar.gz") as tar:
-        assert {"./env.json", "./install.log", "./kernel_tests.log", "./bench.jsonl", "./steps.log"} <= set(tar.getnames())
+        archived = set(tar.getnames())
+    assert {"./env.json", "./install.log", "./kernel_tests.log", "./bench.jsonl", "./steps.log"} <= archived
     assert run.stdout.rstrip().endswith(summary.read_text().rstrip())  # the summary is printed last
 
     assert "install failed (exit 3, install.log): fastmae imported from the source tree" in run.stderr
