@@ -151,6 +151,8 @@ def ops_tables(rows: list[dict]) -> Table:
                        f"| {_f(fast.get('effective_gbps'), '.0f')} | {_f(fast.get('pct_of_copy_bw'), '.0f')} "
                        f"| {_f(ref.get('median_ms'), '.3f')} | {_f(comp.get('median_ms'), '.3f')} "
                        f"| {_f(vs[0], '.1f', 'x')} | {_f(vs[1], '.1f', 'x')} | {_f(fast.get('peak_mem_mb'), '.0f')} |")
+    if rows:
+        out.append(f"\nTiming: {rows[0].get('timer') or '-'}; median of {rows[0].get('rounds') or '?'} rounds.")
     if any(r["op"] == "encoder_input" for r in rows):
         out.append("\nencoder_input's references run the official encoder order (`encoder_input_official_ref`).")
     return Table(out, skipped)

@@ -27,7 +27,8 @@ SHAPE = {"model": "mae_vit_base_patch16", "N": 256, "C": 3, "H": 224, "W": 224, 
 def op_row(provider, mode="fwdbwd", ms=1.0, **extra):
     info = {"op": "decoder_input", "variant": "decoder_input", "provider": provider, "mode": mode, "dtype": "bf16",
             "shape": SHAPE, "median_ms": ms, "minimal_bytes": 130.5e6, "effective_gbps": 130.5 / ms,
-            "pct_of_copy_bw": 4.0, "peak_mem_mb": 300.0, **extra}
+            "pct_of_copy_bw": 4.0, "peak_mem_mb": 300.0, "rounds": 10,
+            "timer": "CUDA events around the call, host queued ahead, L2 flushed before each call", **extra}
     return {"test": f"benchmarks/test_bench_decoder_input.py::test_decoder_input[{provider}-{mode}]", "table": "ops",
             "outcome": "passed", "when": "call", "extra_info": info}
 
@@ -119,6 +120,7 @@ def test_rows_without_their_fields_are_skipped_and_counted_and_the_rest_reported
     assert "Benchmarks: 10 passed, 1 failed, 1 skipped" in text and failed_after_timing["test"] in text
     assert "1 fused ops row(s) skipped" in text and "1 training step row(s) skipped" in text
     assert "| decoder_input | fwdbwd | 130.5 | 0.500 | 261 | 4 | 4.000 | 2.000 | 8.0x | 4.0x | 300 |" in text
+    assert "Timing: CUDA events around the call, host queued ahead, L2 flushed before each call; median of 10" in text
     assert "| 256 | 375 x 500 | 224 x 224 | bfloat16 | 60,000 | 4.267 | 50 | 2,000 | 30.0x |" in text
     assert "| mae_vit_base_patch16 | reference-eager | 256 | 800.0 | 320.0 | 30.0% |" in text
     assert "fastmae 2.20 ms, decode-only floor 1.74 ms (floor / fastmae 0.79)" in text
