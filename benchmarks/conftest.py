@@ -1,10 +1,16 @@
-"""Benchmark session set-up: scope, time budget, the parametrisation, and the figures after the run.
+"""Benchmark session set-up: scope, time budget, order, the parametrisation, the results as they come,
+and the figures after the run.
 
-Options (or FASTMAE_BENCH_SCOPE, _BUDGET_S, _CPU_COMPILE=1): ``--bench-scope`` (auto: full on CUDA, cpu
-without), ``--bench-budget``, ``--bench-cpu-compile``. Never under the Triton interpreter: on CPU the
-fastmae provider is the torch backend, single-threaded (FASTMAE_BENCH_THREADS overrides): on a shared
-2-core machine an OpenMP region that wakes a descheduled worker stalls ~15 ms, drowning every figure.
+Options (or FASTMAE_BENCH_SCOPE, _BUDGET_S, _CPU_COMPILE=1, _JSONL): ``--bench-scope`` (auto: full on
+CUDA, cpu without), ``--bench-budget``, ``--bench-cpu-compile``, ``--bench-jsonl`` (one line per
+benchmark appended as it ends: a killed session keeps all but the case it was in). Never under the
+Triton interpreter: on CPU the fastmae provider is the torch backend, single-threaded
+(FASTMAE_BENCH_THREADS overrides): on a shared 2-core machine an OpenMP region that wakes a
+descheduled worker stalls ~15 ms, drowning every figure. ``FASTMAE_BENCH_FAIL_AFTER_TIMING=TEXT``
+makes every benchmark whose test id contains TEXT raise once its timing is done, before its test
+stores a figure: what the GPU report's own check uses to show such a failure is counted, not fatal.
 """
+import json
 import os
 import time
 
@@ -12,7 +18,7 @@ import pytest
 import torch
 
 from . import harness, op_bench, train_step
-from .report import e2e_table, ops_tables
+from .report import ops_tables, step_table
 
 _START = time.monotonic()
 
@@ -28,6 +34,9 @@ def pytest_addoption(parser):
     group.addoption("--bench-cpu-compile", action="store_true",
                     default=os.environ.get("FASTMAE_BENCH_CPU_COMPILE") == "1",
                     help="run the compiled training-step arms on CPU too (inductor: 30-50 s per arm on 2 cores)")
+    group.addoption("--bench-jsonl", default=os.environ.get("FASTMAE_BENCH_JSONL"),
+                    help="append one JSON line per benchmark to this file as it ends (test id, table, outcome, "
+                         "skip reason or error, the figures of its extra_info)")
 
 
 def pytest_configure(config):
@@ -63,14 +72,21 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("e2e", params)
 
 
+def run_order(item) -> tuple:
+    """Where a benchmark runs: every op at the first (headline) shape, then resized_crop, the data
+    pipeline, the training step, then the ops at the other shapes; by op within a shape."""
+    case = item.callspec.params.get("op_case") if hasattr(item, "callspec") else None
+    if case is not None:
+        return (0 if case.rank == 0 else 4, case.rank, op_bench.OP_ORDER.index(case.op))
+    later = ("test_bench_resized_crop", "test_bench_data", "test_bench_train_step")
+    name = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
+    return (1 + later.index(name) if name in later else 5, 0, 0)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """Every op at the first (headline) shape before any op at the next; other benchmarks after."""
-    def key(item):
-        case = item.callspec.params.get("op_case") if hasattr(item, "callspec") else None
-        return (case.rank, op_bench.OP_ORDER.index(case.op)) if case else (float("inf"), 0)
-
-    items[:] = sorted(items, key=key)  # stable: variants, providers and passes keep their order
+    """The ``run_order``; stable: variants, providers, passes and arms keep their order."""
+    items[:] = sorted(items, key=run_order)
 
 
 def pytest_runtest_setup(item):
@@ -95,6 +111,55 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _fail_after_timing(request):
+    """``FASTMAE_BENCH_FAIL_AFTER_TIMING``: the module docstring's injected failure."""
+    text = os.environ.get("FASTMAE_BENCH_FAIL_AFTER_TIMING")
+    if not text or text not in request.node.nodeid or "benchmark" not in request.fixturenames:
+        return
+    bench = request.getfixturevalue("benchmark")
+    timed = bench.pedantic
+
+    def pedantic(*args, **kwargs):
+        timed(*args, **kwargs)
+        raise RuntimeError(f"failure injected after the timing (FASTMAE_BENCH_FAIL_AFTER_TIMING={text!r})")
+
+    bench.pedantic = pedantic
+
+
+def _table(item) -> str:
+    """Which table of the report a benchmark's figures belong to: ``ops`` for a ``bench_op`` benchmark,
+    else its module's name without ``test_bench_`` (``resized_crop``, ``data``, ``train_step``)."""
+    if item.get_closest_marker("bench_op"):
+        return "ops"
+    return item.module.__name__.rsplit(".", 1)[-1].removeprefix("test_bench_")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With ``--bench-jsonl``: one line per benchmark, when its test body ends (or its setup skips or
+    fails it); the file is opened, appended and closed each time."""
+    outcome = yield
+    path = item.config.getoption("--bench-jsonl")
+    report = outcome.get_result()
+    if not path or "benchmark" not in getattr(item, "fixturenames", ()):
+        return
+    if not (report.when == "call" or report.when == "setup" and not report.passed):
+        return
+    row = {"test": item.nodeid, "table": _table(item), "outcome": report.outcome, "when": report.when}
+    if report.skipped and isinstance(report.longrepr, tuple):
+        row["reason"] = report.longrepr[2].removeprefix("Skipped: ")
+    elif report.failed:
+        row["error"] = call.excinfo.exconly()[:300] if call.excinfo else "failed"
+    bench = getattr(item, "funcargs", {}).get("benchmark")
+    stats = getattr(getattr(bench, "stats", None), "stats", None)
+    if stats is not None and stats.data:  # rounds timed (none when the call raised in the first)
+        row["host_median_s"] = stats.median  # pytest-benchmark's clock: flush and spin included
+    row["extra_info"] = dict(bench.extra_info) if bench is not None else {}
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row, default=str) + "\n")
+
+
 def pytest_terminal_summary(terminalreporter):
     """The figures (pytest-benchmark's own table times each call on the host clock, L2 flush and on
     CUDA the ~1 ms spin included: not the figures)."""
@@ -104,7 +169,7 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("fastmae per-op: median_ms of the call alone (not pytest-benchmark's table)")
         write(f"device {first['device']}, copy bandwidth {first['copy_gbps']:.0f} GB/s, "
               f"torch {first['torch']}, triton {first['triton']}")
-        write("\n".join(ops_tables(op_bench.RESULTS)))
+        write("\n".join(ops_tables(op_bench.RESULTS).lines))
     if train_step.RESULTS:
         terminalreporter.section("fastmae end-to-end")
-        write("\n".join(e2e_table(list(train_step.RESULTS.values()))))
+        write("\n".join(step_table(list(train_step.RESULTS.values())).lines))

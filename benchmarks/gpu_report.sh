@@ -1,80 +1,171 @@
 #!/usr/bin/env bash
-# The GPU report in one command (CUDA, no network; torch, triton, pytest, pytest-benchmark preinstalled):
+# The GPU report in one call (CUDA, no network; torch, triton, pytest, pytest-benchmark preinstalled,
+# pytest-xdist and pytest-timeout used where present):
 #     bash benchmarks/gpu_report.sh
-# offline install -> the test suite on CUDA (real compiles) and the bytes-model tests -> per-op and
-# training-step benchmarks -> ONE results file under benchmarks/results/ and its markdown summary.
-# Without CUDA the same steps write a CPU report. ONE deadline, FASTMAE_REPORT_DEADLINE_S (560) s from
-# the start: each step gets a share of the time left (tests 25%, per-op benchmarks 45% of the rest, the
-# training step the rest; RESERVE_S kept for the report), then SIGINT (pytest still writes its summary
-# and JSON) and SIGKILL GRACE_S later; --bench-budget skips what would start too late (listed).
-#   FASTMAE_REPORT_SCOPE=full  the whole per-op grid (~30 min)   FASTMAE_REPORT_WORKDIR=DIR  keep the logs
-#   FASTMAE_REPORT_SKIP_INSTALL=1  no pip install: fastmae imported from the source tree
+# 1. the environment (GPU, driver, versions, copy bandwidth, bf16 GEMM rate), measured and written first;
+# 2. the offline install; when it fails, the run goes on from the source tree, with one line saying so;
+# 3. the kernel test files (those that use helpers.requires_kernels, as CI names them; whole-model and
+#    property tests last) on CUDA with real compiles, in parallel, a per-test timeout, verbose (a cut
+#    run still names its failures);
+# 4. the per-op benchmarks at the headline shape (report scope), 5. resized_crop and the data
+#    pipeline, 6. the training-step arms (and any benchmark file the steps before do not name): each
+#    benchmark appends its line to bench.jsonl as it ends;
+# 7. python3 -m benchmarks.report: ONE results file and its markdown summary (benchmarks/results/).
+# With $OUT set, the results file, the summary and logs.tar.gz (every log, env.json and bench.jsonl,
+# refreshed after each step) are copied there. The summary is printed last. Exit code 0 when the
+# report was written (failures are in it), 2 when it was not.
+# ONE deadline, FASTMAE_REPORT_DEADLINE_S (520) s from the start, RESERVE_S kept for the report: each
+# step's limit is its weight's part of the seconds left when it starts (a step that ends early leaves
+# its time to the next), at least FLOOR_S; at its limit a step gets SIGINT (pytest still prints what
+# it has), then SIGKILL; --bench-budget skips a benchmark that would start too late (counted in the
+# summary). Without CUDA the same steps write a CPU report.
+#   FASTMAE_REPORT_SCOPE=full        the whole per-op grid (~30 min)
+#   FASTMAE_REPORT_WORKDIR=DIR       the logs there (default: a new temporary folder)
+#   FASTMAE_REPORT_RESULTS_DIR=DIR   the results file and summary there (default: benchmarks/results)
+#   FASTMAE_REPORT_SKIP_INSTALL=1    no install: fastmae imported from the source tree
+#   FASTMAE_REPORT_INSTALL_CMD=CMD   the install command (default: the offline pip install -e below)
+#   FASTMAE_REPORT_TESTS="ARGS"      pytest arguments for step 3 instead of the kernel test files
+#   FASTMAE_REPORT_BENCH_K=EXPR      only the benchmarks that pytest -k EXPR selects, in steps 4-6
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 START=$(date +%s)
-DEADLINE_S=${FASTMAE_REPORT_DEADLINE_S:-560}
-RESERVE_S=20  # the report itself
-GRACE_S=10    # SIGINT -> SIGKILL
+DEADLINE_S=${FASTMAE_REPORT_DEADLINE_S:-520}
+RESERVE_S=15  # the report, the copy to $OUT
+FLOOR_S=20    # Python, torch and pytest start in well under that
+# Weights of the steps after the install: ~120 s kernel tests, ~145 s per-op, ~50 s data, ~170 s training step.
+TESTS_W=25 OPS_W=30 DATA_W=10 TRAIN_W=35
 WORK=${FASTMAE_REPORT_WORKDIR:-$(mktemp -d "${TMPDIR:-/tmp}/fastmae-report.XXXXXX")}
+RESULTS_DIR=${FASTMAE_REPORT_RESULTS_DIR:-benchmarks/results}
+PY=${PYTHON:-python3}
 mkdir -p "$WORK"
-PY=${PYTHON:-python}
 
-step() { echo "[$(( $(date +%s) - START ))s] $*" >&2; }
-# PCT percent of the seconds left before the deadline (less the reserve), at least MIN.
-share() { local s=$(( (START + DEADLINE_S - RESERVE_S - $(date +%s)) * $1 / 100 )); echo $(( s > $2 ? s : $2 )); }
-# bounded SECONDS NAME CMD...: run CMD for at most SECONDS; output to $WORK/NAME.log, exit code to NAME.rc.
+step() { echo "[$(( $(date +%s) - START ))s] $*" | tee -a "$WORK/steps.log" >&2; }
+# Seconds left before the deadline, less the report's reserve.
+left() { echo $(( START + DEADLINE_S - RESERVE_S - $(date +%s) )); }
+# share WEIGHT REST: a step's seconds, WEIGHT / REST of those left (REST: its weight and the later
+# steps'), at least FLOOR_S (when that many are left).
+share() {
+    local l s
+    l=$(left)
+    s=$(( l * $1 / $2 ))
+    (( s < FLOOR_S )) && s=$(( l < FLOOR_S ? l : FLOOR_S ))
+    echo $(( s > 0 ? s : 0 ))
+}
+# bounded SECONDS NAME CMD...: CMD for at most SECONDS (never past the deadline): SIGINT at the limit less
+# a grace period, SIGKILL at the limit; output to $WORK/NAME.log, exit code to $WORK/NAME.rc.
 bounded() {
-    local total=$1 name=$2
+    local total=$1 name=$2 l grace
     shift 2
-    timeout --signal=INT --kill-after="$GRACE_S" "$(( total > 2 * GRACE_S ? total - GRACE_S : GRACE_S ))" \
-        "$@" >"$WORK/$name.log" 2>&1
+    l=$(left)
+    (( total > l )) && total=$l
+    if (( total < 2 )); then
+        step "$name: not run, no time left before the deadline"
+        return
+    fi
+    grace=$(( total / 4 > 10 ? 10 : (total / 4 > 0 ? total / 4 : 1) ))
+    # stderr of the group dropped: bash's "Killed" line when timeout kills its own process group
+    { timeout --signal=INT --kill-after="$grace" "$(( total - grace ))" "$@" >"$WORK/$name.log" 2>&1; } 2>/dev/null
     echo $? >"$WORK/$name.rc"
-    tail -n 3 "$WORK/$name.log" >&2
+    tail -n 2 "$WORK/$name.log" | cut -c1-200 >&2
+}
+# What exists so far, to $OUT: logs.tar.gz (every file of $WORK), then the results file and summary.
+deliver() {
+    [ -n "${OUT:-}" ] || return 0
+    mkdir -p "$OUT"
+    tar -czf "$OUT/logs.tar.gz.part" -C "$WORK" . && mv -f "$OUT/logs.tar.gz.part" "$OUT/logs.tar.gz"
+    local f
+    for f in "$@"; do cp -f "$f" "$OUT/"; done
 }
 
+step "environment: python3 -m benchmarks.harness (deadline ${DEADLINE_S}s, work dir $WORK)"
+bounded 60 env $PY -m benchmarks.harness --json "$WORK/env.json"
+deliver
+
 if [ "${FASTMAE_REPORT_SKIP_INSTALL:-0}" = 1 ]; then
-    step "install skipped (FASTMAE_REPORT_SKIP_INSTALL=1): fastmae is imported from the source tree"
-    echo skipped >"$WORK/install.rc"
+    INSTALL="skipped (FASTMAE_REPORT_SKIP_INSTALL=1): fastmae imported from the source tree"
 else
-    step "install (offline): pip install -e . --no-deps --no-build-isolation --no-index"
-    bounded 90 install $PY -m pip install -e . --no-deps --no-build-isolation --no-index \
-        --disable-pip-version-check
-    if [ "$(cat "$WORK/install.rc")" -ne 0 ]; then
-        step "ABORT: the offline install failed (log: $WORK/install.log). It needs a setuptools that"
-        step "builds editable wheels (>= 70.1, or older with 'wheel'). FASTMAE_REPORT_SKIP_INSTALL=1 skips it."
-        exit 2
+    CMD=${FASTMAE_REPORT_INSTALL_CMD:-"$PY -m pip install -e . --no-deps --no-build-isolation --no-index"}
+    step "install: $CMD"
+    bounded 90 install bash -c "$CMD"
+    RC=$(cat "$WORK/install.rc" 2>/dev/null || echo none)
+    if [ "$RC" = 0 ]; then
+        INSTALL="installed: $CMD"
+    else
+        INSTALL="install failed (exit $RC, install.log): fastmae imported from the source tree"
     fi
 fi
+if [ "${INSTALL%%:*}" != installed ]; then
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # fastmae/kernels links to kernels/: no build needed
+    INSTALL="$INSTALL (PYTHONPATH=$PWD)"
+fi
+echo "$INSTALL" >"$WORK/install.txt"
+step "$INSTALL"
 
-if $PY -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
-    DEVICE=cuda SCOPE=${FASTMAE_REPORT_SCOPE:-report}
-    export TRITON_INTERPRET=0  # real compiles; tests/helpers.py then picks the GPU itself
+DEVICE=$($PY -c "import json, sys; print(json.load(open(sys.argv[1]))['device_type'])" "$WORK/env.json" 2>/dev/null \
+    || { $PY -c "import torch, sys; sys.exit(not torch.cuda.is_available())" && echo cuda || echo cpu; })
+if [ "$DEVICE" = cuda ]; then
+    SCOPE=${FASTMAE_REPORT_SCOPE:-report}
+    export TRITON_INTERPRET=0  # real compiles; tests/conftest.py puts the tests' tensors on the GPU
 else
-    DEVICE=cpu SCOPE=cpu
+    SCOPE=cpu
     unset TRITON_INTERPRET  # tests/conftest.py turns the interpreter on
 fi
-echo "$DEVICE" >"$WORK/device.txt"
-step "device: $DEVICE, benchmark scope: $SCOPE, deadline ${DEADLINE_S}s, work dir: $WORK"
 
-T=$(share 25 60)
-step "test suite (${T}s): pytest tests/"
-bounded "$T" tests $PY -m pytest tests/ -q -rfE -p no:cacheprovider
-step "bytes-model tests: pytest benchmarks/test_bytes_model.py"
-bounded 60 bytes_model $PY -m pytest benchmarks/test_bytes_model.py -q -rfE -p no:cacheprovider
+T=$(share $TESTS_W $(( TESTS_W + OPS_W + DATA_W + TRAIN_W )))
+if [ -n "${FASTMAE_REPORT_TESTS:-}" ]; then
+    read -r -a TESTS <<<"$FASTMAE_REPORT_TESTS"
+else
+    LAST=(tests/test_model_triton.py tests/test_hf_integration.py tests/test_properties.py)  # whole model, properties
+    mapfile -t TESTS < <(grep -l requires_kernels tests/test_*.py | grep -v -x -F "${LAST[@]/#/-e}";
+                         grep -l requires_kernels "${LAST[@]}" 2>/dev/null)
+fi
+X=()
+if $PY -c "import xdist" 2>/dev/null; then
+    W=$(( $(nproc) / 2 > 8 ? 8 : $(nproc) / 2 ))
+    (( W >= 2 )) && X+=(-n "$W")
+fi
+$PY -c "import pytest_timeout" 2>/dev/null && X+=(--timeout "$(( T / 2 > 30 ? T / 2 : 30 ))")
+step "kernel tests on $DEVICE (${T}s): pytest ${TESTS[*]} ${X[*]}"
+bounded "$T" kernel_tests $PY -m pytest "${TESTS[@]}" -v -rfE -p no:cacheprovider "${X[@]}"
+deliver
 
 export TRITON_INTERPRET=0  # the benchmarks never run under the interpreter (CPU: the torch backend)
-ARGS=(--benchmark-only -q -rs -p no:cacheprovider --bench-scope "$SCOPE" --benchmark-columns=min,median,rounds)
-T=$(share 45 60)  # --bench-budget leaves room for the last benchmark started in time (a compile: ~30 s)
-step "per-op benchmarks (${T}s)"
-bounded "$T" ops $PY -m pytest benchmarks/ "${ARGS[@]}" --ignore=benchmarks/test_bench_train_step.py \
-    --ignore=benchmarks/test_bytes_model.py --bench-budget $(( T > 50 ? T - 40 : 10 )) --benchmark-json="$WORK/ops.json"
-T=$(share 100 60)
-step "training-step benchmarks (${T}s)"
-bounded "$T" e2e $PY -m pytest benchmarks/test_bench_train_step.py "${ARGS[@]}" \
-    --bench-budget $(( T > 40 ? T - 30 : 10 )) --benchmark-json="$WORK/e2e.json"
+mapfile -t OP_FILES < <(grep -l "mark.bench_op" benchmarks/test_bench_*.py)  # the per-op benchmarks
+DATA_FILES=(benchmarks/test_bench_resized_crop.py benchmarks/test_bench_data.py)
+REST=()  # the training step, and any benchmark file none of the steps before names
+for f in benchmarks/test_bench_*.py; do
+    case " ${OP_FILES[*]} ${DATA_FILES[*]} " in *" $f "*) ;; *) REST+=("$f") ;; esac
+done
+# Plugins the benchmarks do not need: hypothesis costs seconds to import, and the unraisable-exception
+# check runs gc.collect() five times at exit (over 10 s with torch loaded on a busy 2-core machine).
+ARGS=(--benchmark-only -q -rfEs -p no:cacheprovider -p no:hypothesispytest -p no:unraisableexception
+      --bench-scope "$SCOPE" --bench-jsonl "$WORK/bench.jsonl" --benchmark-columns=min,median,rounds
+      ${FASTMAE_REPORT_BENCH_K:+-k "$FASTMAE_REPORT_BENCH_K"})
+# budget SECONDS SLACK: the --bench-budget of a step of SECONDS, room left for the last case started in time
+budget() { echo $(( $1 - ($1 / 3 < $2 ? $1 / 3 : $2) )); }
+T=$(share $OPS_W $(( OPS_W + DATA_W + TRAIN_W )))
+step "per-op benchmarks, scope $SCOPE, headline shape first (${T}s)"
+bounded "$T" ops $PY -m pytest "${OP_FILES[@]}" "${ARGS[@]}" --bench-budget "$(budget "$T" 30)"
+deliver
+T=$(share $DATA_W $(( DATA_W + TRAIN_W )))
+step "resized_crop and the data pipeline (${T}s)"
+bounded "$T" data $PY -m pytest "${DATA_FILES[@]}" "${ARGS[@]}" --bench-budget "$(budget "$T" 10)"
+deliver
+T=$(share $TRAIN_W $TRAIN_W)
+step "training-step benchmarks (${T}s): ${REST[*]}"
+bounded "$T" train_step $PY -m pytest "${REST[@]}" "${ARGS[@]}" --bench-budget "$(budget "$T" 30)"
+deliver
 
-step "report"
-$PY -m benchmarks.report --workdir "$WORK" --out benchmarks/results
+step "report: python3 -m benchmarks.report"
+$PY -m benchmarks.report --workdir "$WORK" --out "$RESULTS_DIR" >"$WORK/report.log" 2>&1
 RC=$?
-step "done in $(( $(date +%s) - START ))s; raw logs in $WORK"
-exit $RC
+RESULT=$(sed -n 's/^results file: //p' "$WORK/report.log" | tail -n 1)
+if [ "$RC" -ne 0 ] || [ -z "$RESULT" ]; then
+    deliver
+    tail -n 20 "$WORK/report.log"
+    step "the report failed (exit $RC): the raw results are in ${OUT:+$OUT/}logs.tar.gz"
+    exit 2
+fi
+deliver "$RESULT" "${RESULT%.json}.md"
+step "done in $(( $(date +%s) - START ))s: $RESULT and its .md${OUT:+, copied to $OUT with logs.tar.gz}"
+cat "${RESULT%.json}.md"

@@ -1,4 +1,5 @@
 """The benchmark environment (device, copy bandwidth, GEMM rate, versions, bf16 peak) and the timer.
+``python3 -m benchmarks.harness --json PATH`` writes the environment alone (the GPU report's first step).
 
 Timing: on CUDA every round runs its setup (e.g. the forward before a backward) and synchronises,
 untimed; a 256 MB write flushes the L2 cache, a ~1 ms GPU spin lets the host queue the call, two CUDA
@@ -7,11 +8,15 @@ ahead. The median is the figure (pytest-benchmark's statistics are host-clock ti
 included). On CPU: wall clock. Warm-up calls (Triton JIT, ``torch.compile``) come first.
 """
 
+import argparse
+import json
 import os
 import platform
 import statistics
+import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -162,3 +167,32 @@ def measure(benchmark, env: BenchEnv, target, setup=_nothing, *, rounds: int, wa
             env.sync()
             out["peak_mem_mb"] = (torch.cuda.max_memory_allocated(env.device) - base) / 1e6
     return out
+
+
+def _driver_version() -> str | None:
+    """The NVIDIA driver's version (``nvidia-smi``), None where there is none."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.splitlines()[0].strip() if out.strip() else None
+
+
+def main(argv=None) -> dict:
+    """``python3 -m benchmarks.harness --json PATH``: the environment every result is stored with
+    (``make_env``'s ``info``, the driver added), written to PATH and printed on one line."""
+    ap = argparse.ArgumentParser(description="measure the benchmark environment (device, versions, copy "
+                                             "bandwidth, bf16 GEMM rate) and write it as JSON")
+    ap.add_argument("--json", type=Path, required=True, help="where to write it")
+    args = ap.parse_args(argv)
+    info = {**make_env().info, "driver": _driver_version()}
+    args.json.write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+    gemm = f", bf16 GEMM {info['gemm_tflops']:.0f} TFLOP/s" if info["gemm_tflops"] else ""
+    print(f"{info['device']} (driver {info['driver'] or '-'}), torch {info['torch']}, triton {info['triton']}, "
+          f"CUDA {info['cuda']}, Python {info['python']}; copy {info['copy_gbps']:.0f} GB/s{gemm}")
+    return info
+
+
+if __name__ == "__main__":
+    main()

@@ -1,12 +1,18 @@
-"""Collect one ``gpu_report.sh`` run into ONE results file and print its markdown summary.
+"""Collect one ``gpu_report.sh`` run into ONE results file and its markdown summary; print the summary.
 
-    python -m benchmarks.report --workdir DIR --out benchmarks/results
+    python3 -m benchmarks.report --workdir DIR --out benchmarks/results
 
-``DIR``: what the script left (``install.rc``, ``device.txt``, ``{tests,bytes_model,ops,e2e}.{rc,log}``,
-``{ops,e2e}.json`` from pytest-benchmark). Missing pieces are reported missing, a JSON file cut off by a
-kill is listed as corrupt. The file, ``<UTC time>-<gpu|cpu>-<device>.json``: environment (device,
-driver, versions, git commit, date), test summaries, every benchmark figure (each result's
-``extra_info``), skipped benchmarks with reasons, the summary. A CPU run is labelled: not speed claims.
+``DIR``, what the script left: ``env.json`` (``python3 -m benchmarks.harness``), ``install.txt`` (one
+line: how fastmae was made importable), ``<step>.log`` and ``<step>.rc`` per step (``kernel_tests``
+and the benchmark steps), ``bench.jsonl`` (one line per benchmark as it ended, ``benchmarks/conftest.py``).
+Written to ``--out``: ``<UTC time>-<gpu|cpu>-<device>.json`` (environment, git commit, install, each
+step's exit code, the kernel tests' counts and failing ids, every benchmark row, the counts of failed
+and skipped benchmarks and of rows a table could not use, the summary) and the summary beside it as
+``.md``. A CPU run is labelled: not speed claims.
+
+Nothing a run leaves makes it fail: a missing piece is reported missing, a line cut off by a kill is
+counted, a row without the fields its table needs is skipped and counted, and each table is built
+on its own (a table that cannot be built is one line saying why; the others stand).
 """
 
 import argparse
@@ -15,6 +21,18 @@ import json
 import re
 import subprocess
 from pathlib import Path
+from typing import NamedTuple
+
+BENCH_STEPS = ("ops", "data", "train_step")  # the script's benchmark steps, in run order
+MAX_SUMMARY_CHARS = 10_000  # the GPU machine returns the last 12,000 characters of output
+MAX_LISTED = 20  # failing test ids or benchmarks named in the summary (all are in the results file)
+# pytest's verbose and -rfE lines: "tests/x.py::t[a] PASSED [ 5%]" (id first), "[gw1] [ 5%] FAILED
+# tests/x.py::t[a]" (pytest-xdist), "FAILED tests/x.py::t[a] - AssertionError", "ERROR tests/x.py - ..."
+# (collection); anchored, so a captured log line that says ERROR is not a test.
+_STATUSES = "PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS"
+_ID_FIRST = re.compile(rf"^(\S+\.py(?:::\S+)?) ({_STATUSES})\b")
+_STATUS_FIRST = re.compile(rf"^(?:\[gw\d+\] \[\s*\d+%\] )?({_STATUSES}) (\S+\.py(?:::\S+)?)")
+_SUMMARY = re.compile(r"(\d+ (passed|failed|errors?|skipped|deselected|xfailed|xpassed)|no tests ran)\b.* in [\d.]+s")
 
 
 def _read(path: Path) -> str:
@@ -23,46 +41,98 @@ def _read(path: Path) -> str:
 
 
 def _rc(path: Path) -> int | None:
-    """An exit code the script recorded, None when missing (or ``skipped``)."""
+    """An exit code the script recorded, None when missing."""
     text = _read(path).strip()
     return int(text) if text.lstrip("-").isdigit() else None
 
 
 def _run(*cmd: str) -> str | None:
-    """A command's stdout, or None when it cannot run (no git, no driver tools)."""
+    """A command's stdout, or None when it cannot run (no git)."""
     try:
         return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=20).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
 
 
-def _tests(workdir: Path, name: str) -> dict:
-    """A pytest run: its exit code, last summary line and ``FAILED`` / ``ERROR`` lines (``-rfE``)."""
-    log = _read(workdir / f"{name}.log").splitlines()
-    summary = [ln.strip("= ") for ln in log if re.search(r"\d+ (passed|failed|error)", ln)]
-    return {"rc": _rc(workdir / f"{name}.rc"), "summary": summary[-1] if summary else "not run",
-            "failed": [ln for ln in log if ln.startswith(("FAILED", "ERROR"))]}
-
-
-def _benchmarks(path: Path, corrupt: list[str]) -> list[dict]:
-    """Each benchmark's ``extra_info`` (and its name); a file that is not valid JSON goes to ``corrupt``."""
-    if not path.exists():
-        return []
-    try:
-        data = json.loads(_read(path))
-    except json.JSONDecodeError as err:
-        corrupt.append(f"{path.name}: {err}")
-        return []
-    return [{**b.get("extra_info", {}), "name": b.get("name")} for b in data.get("benchmarks", [])]
-
-
 def _f(x, spec: str, suffix: str = "") -> str:
-    """A table cell: ``x`` formatted with ``spec`` and ``suffix``, ``-`` for None."""
-    return "-" if x is None else format(x, spec) + suffix
+    """A table cell: ``x`` formatted with ``spec`` and ``suffix``, ``-`` for None or a non-number."""
+    if x is None or isinstance(x, bool) or not isinstance(x, (int, float)):
+        return "-"
+    return format(x, spec) + suffix
 
 
-def ops_tables(rows: list[dict]) -> list[str]:
+def _get(row: dict, field: str):
+    """``row[field]``, ``a.b`` reading into a nested dict; None when absent."""
+    for key in field.split("."):
+        row = row.get(key) if isinstance(row, dict) else None
+    return row
+
+
+def rc_note(rc: int | None) -> str:
+    """An exit code as the summary says it (``timeout`` gives 124 at the time limit, 137 for a kill)."""
+    if rc is None:
+        return "not run"
+    return {0: "exit 0", 124: "cut at its time limit (exit 124)", 137: "killed at its time limit (exit 137)"}.get(
+        rc, f"exit {rc}")
+
+
+def pytest_log(workdir: Path, name: str) -> dict:
+    """A pytest step from its verbose log: exit code, pytest's last summary line (absent when the run
+    was cut), and per test id its last status; the counts and failing ids come from those."""
+    log = _read(workdir / f"{name}.log")
+    status: dict[str, str] = {}
+    for line in log.splitlines():
+        if found := _ID_FIRST.match(line):
+            status[found.group(1)] = found.group(2)
+        elif found := _STATUS_FIRST.match(line):
+            status[found.group(2)] = found.group(1)
+    counts: dict[str, int] = {}
+    for s in status.values():
+        counts[s.lower()] = counts.get(s.lower(), 0) + 1
+    summaries = [ln.strip("= ") for ln in log.splitlines() if _SUMMARY.search(ln)]
+    return {"rc": _rc(workdir / f"{name}.rc"), "ran": bool(log), "summary": summaries[-1] if summaries else None,
+            "counts": counts, "failed": [t for t, s in status.items() if s in ("FAILED", "ERROR")]}
+
+
+def read_rows(path: Path) -> tuple[list[dict], int]:
+    """The benchmark rows of a JSONL file and the number of lines that are not a JSON object (a line
+    cut off by a kill)."""
+    rows, bad = [], 0
+    for line in _read(path).splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            bad += 1
+    return rows, bad
+
+
+class Table(NamedTuple):
+    """A table's markdown lines and how many of its rows lacked a field it needs."""
+
+    lines: list[str]
+    skipped: int = 0
+
+
+def _complete(rows: list[dict], fields: tuple[str, ...]) -> tuple[list[dict], int]:
+    """The rows that have every one of ``fields`` (``a.b`` nested), and how many did not."""
+    kept = [r for r in rows if all(_get(r, f) is not None for f in fields)]
+    return kept, len(rows) - len(kept)
+
+
+OPS_FIELDS = ("op", "variant", "provider", "mode", "dtype", "shape.model", "shape.N", "shape.mask_ratio",
+              "median_ms", "minimal_bytes")
+
+
+def ops_tables(rows: list[dict]) -> Table:
     """One table per (model, batch, mask, dtype): each op and pass, fastmae against the two references."""
+    rows, skipped = _complete(rows, OPS_FIELDS)
     groups: dict = {}
     for r in rows:
         s = r["shape"]
@@ -74,100 +144,221 @@ def ops_tables(rows: list[dict]) -> list[str]:
                 "| op | pass | MB (minimal) | fastmae ms | GB/s | % copy BW | reference ms | compiled ms "
                 "| vs eager | vs compiled | peak MB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for (variant, mode), by in cells.items():
-            fast, ref, comp = by.get("fastmae") or {}, by.get("reference") or {}, by.get("reference-compiled") or {}
+            fast, ref, comp = (by.get(p) or {} for p in ("fastmae", "reference", "reference-compiled"))
             ms = fast.get("median_ms")
             vs = [r["median_ms"] / ms if ms and r else None for r in (ref, comp)]
             out.append(f"| {variant} | {mode} | {(fast or ref or comp)['minimal_bytes'] / 1e6:.1f} | {_f(ms, '.3f')} "
                        f"| {_f(fast.get('effective_gbps'), '.0f')} | {_f(fast.get('pct_of_copy_bw'), '.0f')} "
                        f"| {_f(ref.get('median_ms'), '.3f')} | {_f(comp.get('median_ms'), '.3f')} "
                        f"| {_f(vs[0], '.1f', 'x')} | {_f(vs[1], '.1f', 'x')} | {_f(fast.get('peak_mem_mb'), '.0f')} |")
+    if rows:
+        out.append(f"\nTiming: {rows[0].get('timer') or '-'}; median of {rows[0].get('rounds') or '?'} rounds.")
     if any(r["op"] == "encoder_input" for r in rows):
         out.append("\nencoder_input's references run the official encoder order (`encoder_input_official_ref`).")
-    return out
+    return Table(out, skipped)
 
 
-def e2e_table(rows: list[dict]) -> list[str]:
-    """The training-step arms: images/s, step time, MFU, peak memory, fused-op share, fast / reference."""
+RESIZED_CROP_FIELDS = ("provider", "images", "image_hw", "out_side", "dtype", "median_ms", "images_per_s")
+
+
+def resized_crop_table(rows: list[dict]) -> Table:
+    """images/s of ``resized_crop`` per case (images, source size, output side, dtype): fastmae's op
+    against the per-image reference loop."""
+    rows, skipped = _complete(rows, RESIZED_CROP_FIELDS)
     if not rows:
-        return []
-    out = ["\n#### Training step (forward, backward, AdamW)\n",
-           "| model | arm | batch | images/s | step ms | MFU | % of measured GEMM | peak GB | fused-op share "
-           "| fast / ref | peak mem fast / ref |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        return Table([], skipped)
+    cases: dict = {}
     for r in rows:
-        mfu, share = r.get("mfu"), r.get("fused_ops_share")
-        out.append(f"| {r['model']} | {r['arm']} | {r['batch']} | {r['images_per_s']:.1f} | {r['step_ms']:.1f} "
-                   f"| {_f(mfu and 100 * mfu, '.1f', '%')} | {_f(r.get('pct_of_measured_gemm'), '.1f')} "
-                   f"| {_f(r.get('peak_mem_gb'), '.1f')} | {_f(share and 100 * share, '.1f', '%')} "
-                   f"| {_f(r.get('speedup_vs_reference'), '.2f', 'x')} | {_f(r.get('peak_mem_vs_reference'), '.2f')} |")
-    r, peak = rows[0], rows[0].get("peak_bf16_tflops_spec")
+        key = (r["images"], tuple(r["image_hw"]), r["out_side"], r["dtype"])
+        cases.setdefault(key, {})[r["provider"]] = r
+    out = ["\n#### resized_crop (crop, antialiased bicubic resize, flip, normalise: one launch per batch)\n",
+           "| images | source H x W | output | dtype | fastmae images/s | fastmae ms | GB/s | reference images/s "
+           "| fastmae / reference |", "|---:|---|---:|---|---:|---:|---:|---:|---:|"]
+    for (n, (h, w), side, dtype), by in cases.items():
+        fast, ref = by.get("fastmae") or {}, by.get("reference") or {}
+        ratio = fast["images_per_s"] / ref["images_per_s"] if fast and ref else None
+        out.append(f"| {n} | {h} x {w} | {side} x {side} | {dtype} | {_f(fast.get('images_per_s'), ',.0f')} "
+                   f"| {_f(fast.get('median_ms'), '.3f')} | {_f(fast.get('effective_gbps'), '.0f')} "
+                   f"| {_f(ref.get('images_per_s'), ',.0f')} | {_f(ratio, '.1f', 'x')} |")
+    first = rows[0]
+    out.append(f"\n{first.get('device', '?')}; torch {first.get('torch', '?')}; RandomResizedCrop boxes "
+               "(scale 0.2-1), half flipped; time per batch on the benchmark's clock.")
+    return Table(out, skipped)
+
+
+def data_table(rows: list[dict]) -> Table:
+    """The data pipeline's CPU cost per image (``benchmarks/data_throughput.py``; its whole table is
+    in the row, in the results file)."""
+    rows, skipped = _complete(rows, ("fastmae_ms", "floor_ms"))
+    out = []
+    for r in rows:
+        out += [f"\n#### Data pipeline, CPU cost per image ({r.get('images', '?')} images, {r.get('size', '?')} px)\n",
+                f"fastmae {r['fastmae_ms']:.2f} ms, decode-only floor {r['floor_ms']:.2f} ms "
+                f"(floor / fastmae {_f(r.get('floor_over_fastmae'), '.2f')})"]
+    return Table(out, skipped)
+
+
+# The training-step figures, shown when any row has them: (header, field, format, scale, suffix).
+STEP_FIGURES = (("images/s", "images_per_s", ".1f", 1, ""), ("step ms", "step_ms", ".1f", 1, ""),
+                ("MFU", "mfu", ".1f", 100, "%"), ("% of measured GEMM", "pct_of_measured_gemm", ".1f", 1, ""),
+                ("peak GB", "peak_mem_gb", ".1f", 1, ""), ("fused-op share", "fused_ops_share", ".1f", 100, "%"),
+                ("fast / ref", "speedup_vs_reference", ".2f", 1, "x"),
+                ("peak mem fast / ref", "peak_mem_vs_reference", ".2f", 1, ""))
+# Conditions every row states; one value for all rows goes under the table, values that differ become columns.
+STEP_CONDITIONS = ("device", "torch", "triton", "amp", "mask_ratio", "norm_pix_loss", "attention", "optimizer")
+# Fields that are neither a figure nor a condition worth a column (bookkeeping, or said by the arm's name).
+STEP_BOOKKEEPING = {"test", "table", "outcome", "when", "timer", "backend", "compiled", "device_type", "cuda",
+                    "python", "fastmae_backend", "scope", "sm"}
+
+
+def step_table(rows: list[dict]) -> Table:
+    """Every training-step row that arrived, in run order, whatever its arm: the row's own fields say
+    what it is. Each figure of ``STEP_FIGURES`` any row has is a column; a condition (a text or
+    true/false field) that differs between rows is a column, one that all rows share is said once
+    under the table."""
+    rows, skipped = _complete(rows, ("arm", "images_per_s"))
+    if not rows:
+        return Table([], skipped)
+    figures = [c for c in STEP_FIGURES if any(isinstance(r.get(c[1]), (int, float)) for r in rows)]
+    said = {"model", "arm", "batch", *(c[1] for c in STEP_FIGURES)} | STEP_BOOKKEEPING
+    conditions = list(STEP_CONDITIONS) + sorted({k for r in rows for k, v in r.items() if k not in said
+                                                 and k not in STEP_CONDITIONS and isinstance(v, (str, bool))})
+    varying = [k for k in conditions if len({json.dumps(r.get(k), default=str) for r in rows}) > 1]
+    shared = [k for k in conditions if k not in varying and rows[0].get(k) is not None]
+    keys = [k for k in ("model", "arm", "batch") if any(k in r for r in rows)] + varying
+    out = ["\n#### Training step (forward, backward, optimizer)\n",
+           "| " + " | ".join(keys + [c[0] for c in figures]) + " |",
+           "|" + "---|" * len(keys) + "---:|" * len(figures)]
+    for r in rows:
+        cells = ["-" if r.get(k) is None else str(r[k]) for k in keys]
+        for _, field, spec, scale, suffix in figures:
+            v = r.get(field)
+            cells.append(_f(v * scale if isinstance(v, (int, float)) and not isinstance(v, bool) else None,
+                            spec, suffix))
+        out.append("| " + " | ".join(cells) + " |")
+    peak = next((r["peak_bf16_tflops_spec"] for r in rows if r.get("peak_bf16_tflops_spec")), None)
     mfu = f"MFU of the data-sheet bf16 peak, {peak:.0f} TFLOP/s" if peak else "no MFU (no known bf16 peak)"
-    out.append(f"\n{r['device']}; torch {r['torch']}, triton {r['triton']}; {r['amp']}; mask {r['mask_ratio']}; "
-               f"norm_pix_loss={r['norm_pix_loss']}; {r['attention']}; {r['optimizer']}; {mfu}.")
-    return out
+    out.append("\n" + "; ".join([f"{k} {rows[0][k]}" for k in shared] + [mfu]) + ".")
+    return Table(out, skipped)
+
+
+# Each table of the summary, in its order: the JSONL rows' ``table``, its title and how it is built.
+TABLES = (("ops", "fused ops", ops_tables), ("resized_crop", "resized_crop", resized_crop_table),
+          ("train_step", "training step", step_table), ("data", "data pipeline", data_table))
+
+
+def build_tables(rows: list[dict]) -> tuple[list[str], dict]:
+    """Every table from the rows of the benchmarks that passed, each on its own: its lines, and per
+    table the rows skipped for missing fields (``error`` where the table could not be built)."""
+    lines, notes = [], {}
+    for name, title, build in TABLES:
+        mine = [{**r.get("extra_info", {}), "test": r.get("test")} for r in rows
+                if r.get("table") == name and r.get("outcome") == "passed"]
+        try:
+            table = build(mine)
+        except Exception as err:  # noqa: BLE001 - one table's bug must not cost the others
+            table = Table([f"\n({title} table not built: {type(err).__name__}: {err})"], len(mine))
+            notes[name] = {"rows": len(mine), "skipped": len(mine), "error": f"{type(err).__name__}: {err}"}
+        else:
+            notes[name] = {"rows": len(mine), "skipped": table.skipped}
+        lines += table.lines
+        if table.skipped:
+            lines.append(f"\n{table.skipped} {title} row(s) skipped: a field the table needs is missing.")
+    return lines, notes
+
+
+def benchmark_counts(rows: list[dict]) -> dict:
+    """Passed, failed (test id and error) and skipped (grouped by reason) benchmarks."""
+    failed = [{"test": r.get("test"), "error": r.get("error")} for r in rows if r.get("outcome") == "failed"]
+    skipped: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("outcome") == "skipped":
+            reason = re.sub(r"\d+ s spent \+ ~\d+ s expected > \d+ s", "…", str(r.get("reason")))
+            skipped.setdefault(reason, []).append(r.get("test"))
+    known = {None, *(t[0] for t in TABLES)}
+    return {"passed": sum(r.get("outcome") == "passed" for r in rows), "failed": failed, "skipped": skipped,
+            "other_tables": sorted({str(r.get("table")) for r in rows if r.get("table") not in known})}
 
 
 def build_report(workdir: Path) -> dict:
     """Everything one run produced, as the results file stores it (``summary_markdown`` added by ``main``)."""
-    corrupt: list[str] = []
-    ops, e2e = _benchmarks(workdir / "ops.json", corrupt), _benchmarks(workdir / "e2e.json", corrupt)
-    first = (ops or e2e or [{}])[0]
-    kind = "gpu" if _read(workdir / "device.txt").strip() == "cuda" else "cpu"
-    env = {k: first.get(k) for k in ("device", "torch", "triton", "cuda", "python", "copy_gbps", "gemm_tflops",
-                                      "sm", "gpu_mem_gib", "timer")}
-    smi = _run("nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader") if kind == "gpu" else None
-    if smi:
-        name, env["driver"] = smi.splitlines()[0].split(", ")[:2]
-        env["device"] = env["device"] or name
-    skipped = [ln.strip() for log in ("ops.log", "e2e.log") for ln in _read(workdir / log).splitlines()
-               if ln.startswith("SKIPPED")]
+    try:
+        env = json.loads(_read(workdir / "env.json") or "{}")
+    except json.JSONDecodeError as err:
+        env = {"error": f"env.json: {err}"}
+    kind = "gpu" if env.get("device_type") == "cuda" else "cpu"
+    rows, bad = read_rows(workdir / "bench.jsonl")
     return {
         "kind": kind, "label": "GPU report" if kind == "gpu" else "CPU report (not a speed claim)",
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "git": {"commit": _run("git", "rev-parse", "HEAD"), "branch": _run("git", "rev-parse", "--abbrev-ref", "HEAD"),
                 "dirty": bool(_run("git", "status", "--porcelain", "--untracked-files=no"))},
-        "environment": env, "install": _read(workdir / "install.rc").strip() or None,
-        "tests": _tests(workdir, "tests"), "bytes_model_tests": _tests(workdir, "bytes_model"),
-        "corrupt_files": corrupt,
-        "benchmark_exit_codes": {"ops": _rc(workdir / "ops.rc"), "train_step": _rc(workdir / "e2e.rc")},
-        "ops": ops, "train_step": e2e, "skipped": skipped,
+        "environment": env, "install": _read(workdir / "install.txt").strip() or None,
+        "kernel_tests": pytest_log(workdir, "kernel_tests"),
+        "benchmark_steps": {name: _rc(workdir / f"{name}.rc") for name in BENCH_STEPS},
+        "benchmarks": {"rows": rows, "cut_lines": bad, **benchmark_counts(rows)},
+        "tables": build_tables(rows)[1],
     }
 
 
+def _listed(items: list[str]) -> str:
+    """At most ``MAX_LISTED`` items, then how many more."""
+    more = len(items) - MAX_LISTED
+    return "; ".join(items[:MAX_LISTED]) + (f"; and {more} more (in the results file)" if more > 0 else "")
+
+
 def summary_markdown(report: dict) -> str:
-    """The run's conditions, test summaries, the per-op tables and the training-step table."""
-    env, git, t, b = report["environment"], report["git"], report["tests"], report["bytes_model_tests"]
-    driver = f" (driver {env.get('driver', '?')})" if report["kind"] == "gpu" else ""
+    """The run's conditions, the failing test ids, the benchmark counts and every table."""
+    env, git, t, b = report["environment"], report["git"], report["kernel_tests"], report["benchmarks"]
+    gemm = f"; bf16 GEMM {_f(env.get('gemm_tflops'), '.0f')} TFLOP/s" if report["kind"] == "gpu" else ""
     lines = [f"### {report['label']}", "",
-             f"{env.get('device')}{driver}, torch {env.get('torch')}, triton {env.get('triton')}, "
-             f"CUDA {env.get('cuda')}, Python {env.get('python')}; commit {(git['commit'] or '?')[:10]}"
-             f"{' (dirty)' if git['dirty'] else ''}, {report['date']}. Copy bandwidth measured in the same run: "
-             f"{_f(env.get('copy_gbps'), '.0f')} GB/s; bf16 GEMM {_f(env.get('gemm_tflops'), '.0f')} TFLOP/s. "
-             f"Timing: {env.get('timer') or '-'}.", "",
-             f"Test suite: {t['summary']} (exit code {t['rc']}{'; cut at its time limit' * (t['rc'] == 124)}). "
-             f"Bytes-model tests: {b['summary']} (exit code {b['rc']})."]
-    if report["corrupt_files"]:
-        lines.append("\nCorrupt benchmark JSON (cut off?), figures missing: " + "; ".join(report["corrupt_files"]))
+             f"{env.get('device', 'environment not measured')} (driver {env.get('driver') or '-'}), "
+             f"torch {env.get('torch')}, triton {env.get('triton')}, CUDA {env.get('cuda')}, "
+             f"Python {env.get('python')}; "
+             f"commit {(git['commit'] or '?')[:10]}{' (dirty)' if git['dirty'] else ''}, {report['date']}. "
+             f"Copy bandwidth measured in the same run: {_f(env.get('copy_gbps'), '.0f')} GB/s{gemm}.", "",
+             f"Install: {report['install'] or 'no record'}"]
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(t["counts"].items())) or "none ran"
+    pytest_says = f"; pytest: {t['summary']}" if t["summary"] else "; no pytest summary line" if t["ran"] else ""
+    lines.append(f"\nKernel tests: {counts} ({rc_note(t['rc'])}){pytest_says}.")
+    if t["failed"]:
+        lines.append(f"Failing tests ({len(t['failed'])}): {_listed(t['failed'])}")
+    skipped = b["skipped"]
+    lines.append(f"\nBenchmarks: {b['passed']} passed, {len(b['failed'])} failed, "
+                 f"{sum(map(len, skipped.values()))} skipped; steps: "
+                 + ", ".join(f"{k} {rc_note(v)}" for k, v in report["benchmark_steps"].items()) + ".")
+    if b["failed"]:
+        lines.append("Failed benchmarks: " + _listed([f"{x['test']} ({str(x['error'])[:100]})" for x in b["failed"]]))
+    for reason, tests in skipped.items():
+        lines.append(f"Skipped ({len(tests)}): {reason}")
+    if b["cut_lines"]:
+        lines.append(f"{b['cut_lines']} line(s) of bench.jsonl cut off (a benchmark killed while writing).")
+    if b["other_tables"]:
+        lines.append(f"Rows of no table here: {', '.join(b['other_tables'])} (in the results file).")
     if report["kind"] == "cpu":
         lines.append("\nCPU run: these figures exercise the suite; they are not speed claims.")
-    lines += ops_tables(report["ops"]) + e2e_table(report["train_step"])
-    if report["skipped"]:
-        lines.append("\nSkipped: " + "; ".join(report["skipped"]))
-    return "\n".join(lines)
+    lines += build_tables(b["rows"])[0]
+    text = "\n".join(lines)
+    if len(text) > MAX_SUMMARY_CHARS:
+        text = text[:MAX_SUMMARY_CHARS] + "\n\n(summary cut here: the whole is in the results file)"
+    return text
 
 
 def main(argv=None) -> Path:
-    """Write the results file, print the summary and the file's path."""
+    """Write the results file and the summary; print the summary and the file's path."""
     ap = argparse.ArgumentParser(description="write one results file from a gpu_report.sh run")
     ap.add_argument("--workdir", type=Path, required=True)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args(argv)
     report = build_report(args.workdir)
     report["summary_markdown"] = summary_markdown(report)
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", (report["environment"]["device"] or "unknown").replace("CPU: ", ""))
+    device = str(report["environment"].get("device") or "unknown").replace("CPU: ", "")
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", device).strip("-").lower()[:40]
     stamp = report["date"].replace(":", "").replace("-", "")
-    path = args.out / f"{stamp}-{report['kind']}-{slug.strip('-').lower()[:40]}.json"
+    path = args.out / f"{stamp}-{report['kind']}-{slug}.json"
     args.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1, default=str) + "\n", encoding="utf-8")
+    path.with_suffix(".md").write_text(report["summary_markdown"] + "\n", encoding="utf-8")
     print(report["summary_markdown"] + f"\n\nresults file: {path}")
     return path
 

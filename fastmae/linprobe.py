@@ -124,7 +124,7 @@ def encoder_features(model, images: torch.Tensor, batch_size: int = 256) -> torc
 def _split(n: int, holdout: float, generator: torch.Generator):
     if not 0.0 < holdout < 1.0:
         raise ValueError(f"holdout must be in (0, 1), got {holdout}")
-    order = torch.randperm(n, generator=generator)
+    order = torch.randperm(n, generator=generator, device="cpu")  # the generator's device, whatever the default
     n_test = max(1, int(round(n * holdout)))
     return order[n_test:], order[:n_test]
 
@@ -161,7 +161,7 @@ def linear_probe(model, images: torch.Tensor, labels: torch.Tensor, *, test: tup
     feats = encoder_features(model, images)
     labels = labels.to(feats.device).long()
     if test is None:
-        train_idx, test_idx = _split(feats.shape[0], holdout, gen)
+        train_idx, test_idx = (i.to(feats.device) for i in _split(feats.shape[0], holdout, gen))
         x_train, y_train, x_test, y_test = feats[train_idx], labels[train_idx], feats[test_idx], labels[test_idx]
     else:
         x_train, y_train = feats, labels
@@ -172,16 +172,18 @@ def linear_probe(model, images: torch.Tensor, labels: torch.Tensor, *, test: tup
         raise ValueError("the probe needs at least 2 training images (BatchNorm in training mode)")
     lr = blr * reference_batch / 256 if lr is None else lr
 
-    with torch.random.fork_rng(devices=[]):  # nn.Linear's default init would draw from the global RNG
+    # Built and initialised on the CPU, where ``gen`` draws (a CUDA default device would put the head
+    # there), under a forked RNG: nn.Linear's default init would draw from the global RNG.
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         head = nn.Sequential(nn.BatchNorm1d(feats.shape[1], affine=False, eps=1e-6), nn.Linear(feats.shape[1], classes))
+        nn.init.trunc_normal_(head[1].weight, std=0.01, generator=gen)
+        nn.init.zeros_(head[1].bias)
     head = head.to(feats.device)
-    nn.init.trunc_normal_(head[1].weight, std=0.01, generator=gen)
-    nn.init.zeros_(head[1].bias)
     opt = LARS(head.parameters(), lr=lr, weight_decay=weight_decay)
     steps = x_train.shape[0] // batch  # drop_last, as the official loader
     for epoch in range(epochs):
         head.train()
-        order = torch.randperm(x_train.shape[0], generator=gen).to(feats.device)
+        order = torch.randperm(x_train.shape[0], generator=gen, device="cpu").to(feats.device)
         for i in range(steps):
             t = epoch + i / steps  # per-iteration schedule: warmup, then half-cosine
             cur = lr * t / warmup_epochs if t < warmup_epochs else min_lr + (lr - min_lr) * 0.5 * (

@@ -1,9 +1,9 @@
-"""Test session set-up: the Triton interpreter on, before anything imports the kernels.
+"""Test session set-up: where there is no GPU, the Triton interpreter on, before anything imports the kernels.
 
 ``TRITON_INTERPRET`` is read when a kernel is decorated, so it must be set before ``fastmae.kernels``
 is imported; with it set, the ``"auto"`` backend runs the kernels on CPU tensors. Tests that mean
-the torch or reference path name their backend explicitly. An explicit ``TRITON_INTERPRET=0`` on a
-CUDA machine runs the same tests on the GPU (``helpers.DEVICE``).
+the torch or reference path name their backend explicitly. On a CUDA machine the interpreter stays
+off unless asked for (``TRITON_INTERPRET=1``): the same tests then run on the GPU (``helpers.DEVICE``).
 """
 
 import os
@@ -11,18 +11,20 @@ import sys
 import zlib
 from pathlib import Path
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch
+
+if not torch.cuda.is_available():  # asks the driver only: no CUDA context is made here
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 # The repository root, for ``tools`` (the kernels' compile specs) whatever directory pytest runs from.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 from helpers import DEVICE, interpreting  # noqa: E402
 
 if DEVICE == "cuda":
-    # The GPU report runs this suite with the interpreter off: tensors the tests create without a
-    # device then land on the GPU, so the kernels compile and run for real.
+    # With the interpreter off on a GPU machine, tensors the tests create without a device land on
+    # the GPU, so the kernels compile and run for real.
     torch.set_default_device("cuda")
     # The bad-input tests expect out-of-range and repeated indices refused; on CUDA that check
     # reads the indices (a sync), so it is opt-in and turned on here.

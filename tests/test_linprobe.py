@@ -17,10 +17,11 @@ from fastmae.linprobe import LARS, encoder_features, linear_probe
 
 
 def labelled_set(n=240, classes=4, noise=0.5, seed=0):
+    # On the CPU, where the generator draws, also when the GPU test run makes CUDA the default device.
     g = torch.Generator().manual_seed(seed)
-    patterns = torch.randn(classes, 3, 32, 32, generator=g)  # one per class
-    labels = torch.arange(n) % classes
-    return patterns[labels] + noise * torch.randn(n, 3, 32, 32, generator=g), labels
+    patterns = torch.randn(classes, 3, 32, 32, generator=g, device="cpu")  # one per class
+    labels = torch.arange(n, device="cpu") % classes
+    return patterns[labels] + noise * torch.randn(n, 3, 32, 32, generator=g, device="cpu"), labels
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.05])
@@ -50,7 +51,7 @@ def test_probe_learns_a_separable_set_and_not_shuffled_labels():
     good = linear_probe(encoder, imgs, labels, **kw)
     assert (good.num_train, good.num_test, good.num_classes, good.lr) == (192, 48, 4, 6.4)
     assert good.top1 >= 90.0, good
-    shuffled = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(1))]
+    shuffled = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(1), device="cpu")]
     bad = linear_probe(encoder, imgs, shuffled, **kw)
     assert bad.top1 <= 50.0, bad
 
@@ -65,6 +66,18 @@ def test_probe_is_seeded_leaves_the_encoder_and_the_global_rng_alone():
     b = linear_probe(encoder, imgs, labels, epochs=3, warmup_epochs=1, seed=5)
     assert a == b and encoder.training
     assert all(v.equal(before[k]) for k, v in encoder.state_dict().items())
+
+
+def test_probe_creates_nothing_on_the_default_device():
+    # The split, the batch order and the head's init draw from the probe's CPU generator, and the head
+    # is built on the CPU then moved to the features' device: a CUDA default device (the GPU test run
+    # sets one) changes nothing. ``meta`` stands in for it here: a tensor made there holds no data.
+    encoder = fastmae.create_model("mae_vit_micro_patch4")
+    imgs, labels = labelled_set(n=40)
+    kw = dict(epochs=2, warmup_epochs=1, batch_size=8)
+    expected = linear_probe(encoder, imgs, labels, **kw)
+    with torch.device("meta"):
+        assert linear_probe(encoder, imgs, labels, **kw) == expected
 
 
 def test_probe_on_a_given_test_split_and_vit_features():
