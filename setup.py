@@ -32,6 +32,8 @@ setup(
         "interop": ["transformers>=5"],
         # WebDataset-style tar shards for fastmae.data
         "shards": ["webdataset"],
+        # fastmae pretrain --log-dir: TensorBoard scalars (torch.utils.tensorboard writes them)
+        "tensorboard": ["tensorboard"],
     },
     entry_points={"console_scripts": ["fastmae=fastmae.cli:main"]},
 )
