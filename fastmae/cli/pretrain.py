@@ -113,7 +113,8 @@ def add_arguments(p):
     run.add_argument("--seed", type=seed, default=0,
                      help="seed of the data order, augmentation and masking (process r adds r)")
     run.add_argument("--resume", help="checkpoint to continue from (fastmae or official); the "
-                     "model, data and optimisation options not passed come from it")
+                     "model, data and optimisation options not passed come from it. A checkpoint of "
+                     "weights only, or a Hugging Face ViTMAE directory, starts a new run from its weights")
     run.add_argument("--output-dir",
                      help="where checkpoints, log.txt and reconstructions.png go; a directory that "
                      "holds a run is only continued, with --resume of a checkpoint inside it. "
