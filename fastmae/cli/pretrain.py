@@ -25,9 +25,12 @@ are skipped with one warning; an image that passes it but fails to decode during
 replaced by the next image that decodes, with one warning per file and a count in the epoch and
 summary lines.
 
-The defaults are that quick demo. The paper's recipe (ViT-L, 800 epochs, effective batch 4096,
-e.g. torchrun on 8 nodes x 8 GPUs): --model mae_vit_large_patch16 --input-size 224 --data DIR
---norm-pix-loss --batch-size 64 --epochs 800 --warmup-epochs 40 --blr 1.5e-4 --weight-decay 0.05
+Defaults follow --model: the image side is the model's own; the demo models (mae_vit_tiny_patch4,
+mae_vit_micro_patch4) take the quick demo's recipe, every other model the paper's (--blr 1.5e-4, 40
+warmup epochs, 800 epochs, --weight-decay 0.05). --norm-pix-loss is off unless passed, as in the
+official main_pretrain.py; the paper's results use it. The paper's ViT-L run (effective batch 4096,
+e.g. torchrun on 8 nodes x 8 GPUs): --model mae_vit_large_patch16 --data DIR --norm-pix-loss
+--batch-size 64. The official main_pretrain.py option names are accepted (see the last line).
 """
 
 import os
