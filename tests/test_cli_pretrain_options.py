@@ -119,7 +119,7 @@ def test_official_names_are_hidden_and_listed_once_at_the_end_of_help(capsys):
 
 
 def test_log_dir_writes_tensorboard_scalars_per_step(tmp_path, capsys):
-    pytest.importorskip("tensorboard", reason='needs tensorboard, the tensorboard extra: pip install -e ".[tensorboard]"')
+    pytest.importorskip("tensorboard", reason='the tensorboard extra: pip install -e ".[tensorboard]"')
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out, logs = tmp_path / "run", tmp_path / "tb"

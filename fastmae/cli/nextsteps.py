@@ -25,4 +25,5 @@ def next_commands(run, images):
     return ["next:",
             f"  {probe}",
             f"  fastmae visualize --checkpoint {ckpt} --images {image}    # reconstructions, as the official demo",
-            f"  fastmae export --checkpoint {ckpt} --format hf --out {out}    # for Hugging Face's ViTMAEForPreTraining"]
+            f"  fastmae export --checkpoint {ckpt} --format hf --out {out}"
+            "    # for Hugging Face's ViTMAEForPreTraining"]

@@ -52,12 +52,12 @@ from fastmae.cli.checkpoint import (load_checkpoint, load_model_state, remove_st
 from fastmae.cli.config import (DEFAULT_OUTPUT_DIR, DEMO_MODELS, DEMO_RECIPE, PAPER_RECIPE, changed_options,
                                 resolve, resume_command)
 from fastmae.cli.console import Console, RunProgress, count, duration
-from fastmae.cli.losscurve import save_loss_curve
-from fastmae.cli.nextsteps import next_commands
 from fastmae.cli.engine import NonFiniteLoss, train_one_epoch
 from fastmae.cli.errors import Interrupted, UsageError
 from fastmae.cli.images import grid, resize_normalized
+from fastmae.cli.losscurve import save_loss_curve
 from fastmae.cli.lr_sched import last_step_epoch, lr_at
+from fastmae.cli.nextsteps import next_commands
 from fastmae.cli.panels import TITLES, panel_rows
 from fastmae.cli.rundir import check_output_dir, check_writable, save_epoch, truncate_log
 from fastmae.cli.runtime import check_backend, check_keeps_patch, parse_device, small_grid_warnings
@@ -166,9 +166,6 @@ def _train(args, dist, device, console):
     stored = checkpoint_args(ckpt) if _continues(ckpt) else {}
     run = resolve(args, dist, device, stored)
     check_output_dir(run)
-    check_tensorboard(args.log_dir)
-    if dist.is_main:
-        check_writable(run.output_dir)
     if ignored_warning(args):
         console.warn(ignored_warning(args))
     if _continues(ckpt) and ckpt["epoch"] + 1 >= run.epochs:
@@ -180,6 +177,10 @@ def _train(args, dist, device, console):
         load_model_state(model, ckpt, run.resume, run.model)
         return model.to(device)
 
+    log_dir = getattr(args, "log_dir", None)
+    check_tensorboard(log_dir)
+    if dist.is_main:
+        check_writable(run.output_dir)
     compiling = "; torch.compile works at the first iteration (minutes)" if run.compile else ""
     scanning = f", scanning {run.data}" if run.data else ""
     if args.data and run.data != args.data:
@@ -202,8 +203,7 @@ def _train(args, dist, device, console):
         model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if run.compile:
         model = torch.compile(model)
-    step_log = StepLogger(args.log_dir, model, optimizer, len(loader), start_epoch, dist, device) \
-        if args.log_dir else None
+    step_log = StepLogger(log_dir, model, optimizer, len(loader), start_epoch, dist, device) if log_dir else None
 
     if dist.is_main:
         os.makedirs(run.output_dir, exist_ok=True)
