@@ -29,9 +29,11 @@ setup(
     extras_require={
         "test": ["pytest", "pytest-benchmark", "hypothesis"],
         # fastmae.integrations.hf and the hf export; apply_fastmae patches the ViTMAE of transformers 5.
-        "interop": ["transformers>=5"],
+        "interop": ["transformers>=5", "accelerate"],  # accelerate: transformers' Trainer (README)
         # WebDataset-style tar shards for fastmae.data
         "shards": ["webdataset"],
+        # fastmae pretrain --log-dir: TensorBoard scalars (torch.utils.tensorboard writes them)
+        "tensorboard": ["tensorboard"],
     },
     entry_points={"console_scripts": ["fastmae=fastmae.cli:main"]},
 )

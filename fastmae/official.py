@@ -22,7 +22,7 @@ import torch
 
 from .checkpoints import OFFICIAL_WITH_DECODER, encoder_of, inspect_state_dict, load_mae_encoder, preview
 
-__all__ = ["checkpoint_args", "load_official_checkpoint", "model_state", "read_checkpoint"]
+__all__ = ["checkpoint_args", "load_official_checkpoint", "model_state", "read_checkpoint", "read_hf_directory"]
 
 
 def read_checkpoint(path: str | os.PathLike):
@@ -41,6 +41,8 @@ def read_checkpoint(path: str | os.PathLike):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(errno.ENOENT, "checkpoint not found", path)
+    if os.path.isdir(path):
+        return read_hf_directory(path)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -54,6 +56,70 @@ def read_checkpoint(path: str | os.PathLike):
         first = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
         raise ValueError(f"cannot read checkpoint {path}: the file is truncated or corrupt "
                          f"({type(e).__name__}{': ' + first if first else ''})") from None
+
+
+HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def read_hf_directory(path: str | os.PathLike) -> dict:
+    """A Hugging Face ViTMAE directory (``fastmae export --format hf``, ``save_pretrained`` of a
+    ``ViTMAEForPreTraining`` or ``ViTMAEModel``, a hub snapshot) as a checkpoint in official names.
+
+    Returns:
+        ``{'model': state_dict, 'args': {'input_size', 'norm_pix_loss', 'mask_ratio'}}``: the weights
+        through ``fastmae.convert.from_hf`` (every layout it knows), the run arguments from
+        ``config.json``.
+    Raises:
+        ValueError: no ``config.json`` of a ViTMAE, no weights file, weights in no ViTMAE layout, or
+            safetensors missing for a ``.safetensors`` file; one line naming ``path``.
+    """
+    import json
+
+    from .convert import from_hf  # fastmae.convert imports this module
+
+    path = os.fspath(path)
+    config_path = os.path.join(path, "config.json")
+    weights = [name for name in HF_WEIGHTS if os.path.exists(os.path.join(path, name))]
+    if not os.path.exists(config_path) or not weights:
+        raise ValueError(f"{path} is a directory, not a checkpoint file; a Hugging Face directory holds "
+                         f"config.json and one of {', '.join(HF_WEIGHTS)}")
+    with open(config_path, encoding="utf-8") as f:
+        config = json.load(f)
+    if config.get("model_type") != "vit_mae":
+        raise ValueError(f"{path} holds a Hugging Face {config.get('model_type')!r} model, not a ViTMAE "
+                         "(config.json: model_type 'vit_mae')")
+    state = _read_hf_weights(path, weights[0])
+    try:
+        state = from_hf(state)
+    except ValueError as e:
+        raise ValueError(f"cannot read {path}: {e}") from None
+    side = config.get("image_size", 224)
+    args = {"input_size": side if isinstance(side, int) else side[0],
+            "norm_pix_loss": bool(config.get("norm_pix_loss", False)),
+            "mask_ratio": float(config.get("mask_ratio", 0.75))}
+    return {"model": state, "args": args}
+
+
+def _read_hf_weights(path, name):
+    """The tensors of the weights file ``name`` in ``path`` (safetensors, sharded or not, or a
+    ``pytorch_model.bin`` read with ``weights_only``)."""
+    full = os.path.join(path, name)
+    if name == "pytorch_model.bin":
+        return read_checkpoint(full)
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise ValueError(f"reading {full} needs safetensors, in the interop extra: "
+                         'pip install -e ".[interop]"') from None
+    if name.endswith(".index.json"):
+        import json
+        with open(full, encoding="utf-8") as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        state = {}
+        for shard in shards:
+            state.update(load_file(os.path.join(path, shard)))
+        return state
+    return load_file(full)
 
 
 def model_state(checkpoint) -> dict:

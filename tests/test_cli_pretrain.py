@@ -54,7 +54,7 @@ def test_trains_and_writes_every_output(tmp_path, capsys):
     code, stdout, err = run(capsys, base_args(out, "--save-every", "1", "--blr", "2e-3"))
     assert code == 0, err
     assert sorted(os.listdir(out)) == ["checkpoint-0.pth", "checkpoint-1.pth", "checkpoint-last.pth",
-                                       "log.txt", "reconstructions.png"]
+                                       "log.txt", "loss.png", "reconstructions.png"]
     lines = [json.loads(line) for line in log_lines(out)]
     assert [sorted(line) for line in lines] == [["data_wait", "epoch", "train_loss", "train_lr"]] * 2
     assert [line["epoch"] for line in lines] == [0, 1] and all(line["data_wait"] >= 0 for line in lines)
@@ -107,8 +107,8 @@ def test_first_line_comes_before_the_slow_set_up(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(pretrain, "make_optimizer", spy)
     assert run(capsys, base_args(tmp_path / "run", "--epochs", "1"))[0] == 0
-    assert printed == ["pretraining mae_vit_micro_patch4 at 16 px on cpu (1 process, amp off): "
-                       "building the model and the optimizer...\n"]
+    assert printed == ["pretraining mae_vit_micro_patch4 at 16 px on cpu (1 process, amp off), 1 epoch at "
+                       f"blr 0.01 (1 warmup), into {tmp_path / 'run'}: building the model and the optimizer...\n"]
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -229,7 +229,7 @@ def test_resume_beside_a_checkpoint_whose_directory_holds_no_run(tmp_path, capsy
     code, _, err = run(capsys, ["pretrain", "--resume", "elsewhere/mine.pth", "--epochs", "2",
                                 "--backend", "torch", "--device", "cpu"])
     assert code == 0, err
-    assert sorted(os.listdir(elsewhere)) == ["checkpoint-1.pth", "checkpoint-last.pth", "log.txt",
+    assert sorted(os.listdir(elsewhere)) == ["checkpoint-1.pth", "checkpoint-last.pth", "log.txt", "loss.png",
                                              "mine.pth", "reconstructions.png"]
     assert not (tmp_path / "output").exists()
 

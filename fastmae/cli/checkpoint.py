@@ -104,7 +104,8 @@ def _alive(pid):
 
 
 def load_checkpoint(path):
-    """Read a checkpoint on the CPU with ``fastmae.official.read_checkpoint`` (weights only).
+    """Read a checkpoint on the CPU with ``fastmae.official.read_checkpoint`` (weights only; a
+    Hugging Face ViTMAE directory is read as ``{'model': official names, 'args': from its config}``).
 
     Returns:
         The checkpoint dict, with a bare state dict wrapped as ``{'model': state_dict}``.

@@ -8,17 +8,29 @@ started, and only options passed on this command line can change it.
 """
 
 import dataclasses
+import inspect
 import os
 import shlex
 
 import torch
 
 from fastmae.cli import distributed
+from fastmae.cli.aliases import IGNORED_DEST
 from fastmae.cli.distributed import DistInfo
+from fastmae.cli.errors import UsageError
 from fastmae.cli.rundir import holds_run
 from fastmae.data import default_num_workers
 
 DEFAULT_OUTPUT_DIR = os.path.join("output", "pretrain")
+
+# The options whose default depends on --model: the image side is the model's own; the small CPU
+# models take the quick demo's recipe, every other model the paper's (He et al. 2021, appendix
+# A.1: base lr 1.5e-4, 40 warmup epochs, 800 epochs; weight decay 0.05 for both, the
+# argparse default). --norm-pix-loss stays off unless passed, as in the official main_pretrain.py,
+# so an official command line trains what it trains there.
+DEMO_MODELS = ("mae_vit_tiny_patch4", "mae_vit_micro_patch4")
+DEMO_RECIPE = {"blr": 1e-2, "warmup_epochs": 1, "epochs": 60}
+PAPER_RECIPE = {"blr": 1.5e-4, "warmup_epochs": 40, "epochs": 800}
 
 # Options that shape the training trajectory: a resume that changes them cannot continue it exactly.
 # On resume, those the command line does not pass come from the checkpoint.
@@ -110,6 +122,11 @@ def resolve(args, dist, device, stored=None):
         for k in TRAJECTORY_OPTIONS:
             if k in stored and k not in passed and not (k == "lr" and lr_passed):
                 options[k] = stored[k]
+    for k, value in model_defaults(options["model"]).items():
+        if options[k] is None:
+            options[k] = value
+    if options["data"] is not None:
+        options["data"] = train_split(options["data"])
     if options["lr"] is None:
         eff_batch = options["batch_size"] * options["accum_iter"] * dist.world_size
         options["lr"] = options["blr"] * eff_batch / 256
@@ -121,6 +138,36 @@ def resolve(args, dist, device, stored=None):
     if options["output_dir"] is None:
         options["output_dir"] = _default_output_dir(options["resume"], dist)
     return RunConfig(**options, device=device, dist=dist)
+
+
+def model_defaults(model):
+    """The defaults of ``--input-size`` (the factory's own image side), ``--blr``,
+    ``--warmup-epochs`` and ``--epochs`` (the demo's recipe for :data:`DEMO_MODELS`, the paper's
+    for the others) for the factory ``model``; a one-line ``UsageError`` for an unknown name."""
+    import fastmae
+
+    if model not in fastmae.MODELS:
+        raise UsageError(f"unknown model '{model}'; available: {', '.join(fastmae.MODELS)}")
+    return {"input_size": factory_img_size(model), **(DEMO_RECIPE if model in DEMO_MODELS else PAPER_RECIPE)}
+
+
+def factory_img_size(model):
+    """The image side the factory ``model`` builds by default, read from its configuration: building
+    it, even on the meta device, takes seconds (the position tables' first meta ``arange``)."""
+    import fastmae
+
+    make = fastmae.MODELS[model]
+    config = inspect.getclosurevars(make).nonlocals.get("config", {})
+    side = config.get("img_size", inspect.signature(fastmae.MaskedAutoencoderViT).parameters["img_size"].default)
+    return side if isinstance(side, int) else side[0]
+
+
+def train_split(data):
+    """``DATA/train`` when ``data`` is a directory holding ``train/`` and ``val/`` (the official
+    ImageNet layout, whose ``train/`` ``main_pretrain.py`` reads), else ``data``."""
+    if all(os.path.isdir(os.path.join(data, part)) for part in ("train", "val")):
+        return os.path.join(data, "train")
+    return data
 
 
 def changed_options(run, args, stored):
@@ -142,7 +189,7 @@ def resume_command(run, args, checkpoint, stored):
         words += ["--output-dir", run.output_dir]
     for name, value in vars(args).items():
         restored = name in TRAJECTORY_OPTIONS and stored.get(name) == getattr(run, name)
-        if (name in ("command", "passed", "resume", "output_dir") or value is None or value is False
+        if (name in ("command", "passed", "resume", "output_dir", IGNORED_DEST) or value is None or value is False
                 or (passed is not None and name not in passed) or restored):
             continue
         flag = "--" + name.replace("_", "-")

@@ -25,9 +25,12 @@ are skipped with one warning; an image that passes it but fails to decode during
 replaced by the next image that decodes, with one warning per file and a count in the epoch and
 summary lines.
 
-The defaults are that quick demo. The paper's recipe (ViT-L, 800 epochs, effective batch 4096,
-e.g. torchrun on 8 nodes x 8 GPUs): --model mae_vit_large_patch16 --input-size 224 --data DIR
---norm-pix-loss --batch-size 64 --epochs 800 --warmup-epochs 40 --blr 1.5e-4 --weight-decay 0.05
+Defaults follow --model: the image side is the model's own; the demo models (mae_vit_tiny_patch4,
+mae_vit_micro_patch4) take the quick demo's recipe, every other model the paper's (--blr 1.5e-4, 40
+warmup epochs, 800 epochs, --weight-decay 0.05). --norm-pix-loss is off unless passed, as in the
+official main_pretrain.py; the paper's results use it. The paper's ViT-L run (effective batch 4096,
+e.g. torchrun on 8 nodes x 8 GPUs): --model mae_vit_large_patch16 --data DIR --norm-pix-loss
+--batch-size 64. The official main_pretrain.py option names are accepted (see the last line).
 """
 
 import os
@@ -41,26 +44,33 @@ from torch.nn.parallel import DistributedDataParallel
 import fastmae
 import fastmae.data as fd
 from fastmae.cli import distributed
+from fastmae.cli.aliases import add_official_aliases, ignored_warning
 from fastmae.cli.argtypes import (nonnegative_float, nonnegative_int, positive_float, positive_int,
                                   ratio, seed)
 from fastmae.cli.checkpoint import (load_checkpoint, load_model_state, remove_stale_temporaries,
                                     rng_state, set_rng_state)
-from fastmae.cli.config import DEFAULT_OUTPUT_DIR, changed_options, resolve, resume_command
-from fastmae.cli.console import Console, count
+from fastmae.cli.config import (DEFAULT_OUTPUT_DIR, DEMO_MODELS, DEMO_RECIPE, PAPER_RECIPE, changed_options,
+                                resolve, resume_command)
+from fastmae.cli.console import Console, RunProgress, count, duration
 from fastmae.cli.engine import NonFiniteLoss, train_one_epoch
 from fastmae.cli.errors import Interrupted, UsageError
 from fastmae.cli.images import grid, resize_normalized
+from fastmae.cli.losscurve import save_loss_curve
 from fastmae.cli.lr_sched import last_step_epoch, lr_at
+from fastmae.cli.nextsteps import next_commands
 from fastmae.cli.panels import TITLES, panel_rows
-from fastmae.cli.rundir import check_output_dir, save_epoch, truncate_log
-from fastmae.cli.runtime import check_backend, check_keeps_patch, parse_device
+from fastmae.cli.rundir import check_output_dir, check_writable, save_epoch, truncate_log
+from fastmae.cli.runtime import check_backend, check_keeps_patch, parse_device, small_grid_warnings
+from fastmae.cli.tblog import StepLogger, check_tensorboard
 from fastmae.official import checkpoint_args
 
 
 def add_arguments(p):
     model = p.add_argument_group("model")
     model.add_argument("--model", default="mae_vit_tiny_patch4", help="a name in fastmae.MODELS")
-    model.add_argument("--input-size", type=positive_int, default=32, help="image side in pixels")
+    model.add_argument("--input-size", type=positive_int,
+                       help="image side in pixels; default: the model's own (32 for the demo models "
+                       f"{' and '.join(DEMO_MODELS)}, 224 for the official ones)")
     model.add_argument("--mask-ratio", type=ratio, default=0.75, help="fraction of patches removed")
     model.add_argument("--norm-pix-loss", action="store_true",
                        help="per-patch normalised pixels as targets")
@@ -85,11 +95,15 @@ def add_arguments(p):
                        help="images per process per iteration")
     optim.add_argument("--accum-iter", type=positive_int, default=1,
                        help="iterations per optimizer step")
-    optim.add_argument("--epochs", type=positive_int, default=60, help="epochs to train in all")
-    optim.add_argument("--warmup-epochs", type=nonnegative_float, default=1,
-                       help="epochs of linear lr warmup before the cosine decay")
-    optim.add_argument("--blr", type=positive_float, default=1e-2,
-                       help="base lr: lr = blr * batch-size * accum-iter * processes / 256")
+    demo, paper = DEMO_RECIPE, PAPER_RECIPE
+    optim.add_argument("--epochs", type=positive_int, help="epochs to train in all; default "
+                       f"{demo['epochs']} for the demo models, {paper['epochs']} (the paper's) for the others")
+    optim.add_argument("--warmup-epochs", type=nonnegative_float,
+                       help="epochs of linear lr warmup before the cosine decay; default "
+                       f"{demo['warmup_epochs']:g} for the demo models, {paper['warmup_epochs']:g} for the others")
+    optim.add_argument("--blr", type=positive_float,
+                       help="base lr: lr = blr * batch-size * accum-iter * processes / 256; default "
+                       f"{demo['blr']:g} for the demo models, {paper['blr']:g} (the paper's) for the others")
     optim.add_argument("--lr", type=positive_float, help="absolute lr (overrides --blr)")
     optim.add_argument("--min-lr", type=nonnegative_float, default=0.0,
                        help="lr at the end of the cosine")
@@ -102,7 +116,8 @@ def add_arguments(p):
     run.add_argument("--seed", type=seed, default=0,
                      help="seed of the data order, augmentation and masking (process r adds r)")
     run.add_argument("--resume", help="checkpoint to continue from (fastmae or official); the "
-                     "model, data and optimisation options not passed come from it")
+                     "model, data and optimisation options not passed come from it. A checkpoint of "
+                     "weights only, or a Hugging Face ViTMAE directory, starts a new run from its weights")
     run.add_argument("--output-dir",
                      help="where checkpoints, log.txt and reconstructions.png go; a directory that "
                      "holds a run is only continued, with --resume of a checkpoint inside it. "
@@ -114,6 +129,10 @@ def add_arguments(p):
     run.add_argument("--print-freq", type=positive_int, default=20,
                      help="progress line every N iterations")
     run.add_argument("--device", help="cuda, cuda:N or cpu; default cuda when available")
+    run.add_argument("--log-dir", help="also write TensorBoard scalars there (train_loss and lr per "
+                     "optimizer step, as the official code); needs the tensorboard extra: pip install "
+                     "-e \".[tensorboard]\"")
+    add_official_aliases(p)
 
 
 def run(args):
@@ -147,6 +166,8 @@ def _train(args, dist, device, console):
     stored = checkpoint_args(ckpt) if _continues(ckpt) else {}
     run = resolve(args, dist, device, stored)
     check_output_dir(run)
+    if ignored_warning(args):
+        console.warn(ignored_warning(args))
     if _continues(ckpt) and ckpt["epoch"] + 1 >= run.epochs:
         console.say(f"the run is complete: {run.resume} has {count(ckpt['epoch'] + 1, 'epoch')} of "
                     f"--epochs {run.epochs}; nothing was trained or written. Its files are in "
@@ -156,14 +177,24 @@ def _train(args, dist, device, console):
         load_model_state(model, ckpt, run.resume, run.model)
         return model.to(device)
 
+    log_dir = getattr(args, "log_dir", None)
+    check_tensorboard(log_dir)
+    if dist.is_main:
+        check_writable(run.output_dir)
     compiling = "; torch.compile works at the first iteration (minutes)" if run.compile else ""
     scanning = f", scanning {run.data}" if run.data else ""
+    if args.data and run.data != args.data:
+        console.say(f"--data {args.data} holds train/ and val/: pretraining on {run.data}, as the official "
+                    "main_pretrain.py does (val/ is left for evaluation)")
     console.say(f"pretraining {run.model} at {run.input_size} px on {device} "
-                f"({count(dist.world_size, 'process', 'processes')}, amp {run.amp}): building the "
-                f"model and the optimizer{scanning}{compiling}...")
+                f"({count(dist.world_size, 'process', 'processes')}, amp {run.amp}), "
+                f"{count(run.epochs, 'epoch')} at blr {run.blr:g} ({run.warmup_epochs:g} warmup), into "
+                f"{run.output_dir}: building the model and the optimizer{scanning}{compiling}...")
     _seed_everything(run.seed + dist.rank)
     images, loader = _build_data(run, console)
     model = _build_model(run).to(device)
+    for warning in small_grid_warnings(model, run.mask_ratio, run.model):
+        console.warn(warning)
     optimizer = make_optimizer(model, run)
     scaler = torch.amp.GradScaler(device.type) if run.amp == "fp16" else None
     start_epoch = _restore(run, args, ckpt, model, optimizer, scaler, console) if ckpt else 0
@@ -172,6 +203,7 @@ def _train(args, dist, device, console):
         model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if run.compile:
         model = torch.compile(model)
+    step_log = StepLogger(log_dir, model, optimizer, len(loader), start_epoch, dist, device) if log_dir else None
 
     if dist.is_main:
         os.makedirs(run.output_dir, exist_ok=True)
@@ -189,11 +221,12 @@ def _train(args, dist, device, console):
     # What Ctrl-C names: the last checkpoint of this run on disk, with its stored arguments.
     saved = (run.resume, ckpt["epoch"], stored) if start_epoch else None
     losses, skipped, t0 = [], 0, time.perf_counter()
+    progress = RunProgress(console, run.epochs, start_epoch, len(loader))
     try:
         for epoch in range(start_epoch, run.epochs):
             loader.set_epoch(epoch)
             try:
-                stats = train_one_epoch(model, loader, optimizer, scaler, run, epoch, console)
+                stats = train_one_epoch(model, loader, optimizer, scaler, run, epoch, progress)
             except NonFiniteLoss as e:
                 kept = (f"the last good checkpoint is {saved[0]}" if saved
                         else "no checkpoint had been written")
@@ -208,19 +241,27 @@ def _train(args, dist, device, console):
             losses.append(stats["loss"])
             skipped += stats["skipped"]
             note = f", {count(stats['skipped'], 'undecodable image')} replaced" if stats["skipped"] else ""
-            console.say(f"epoch [{epoch}] done in {stats['seconds']:.1f}s: train_loss "
-                        f"{stats['loss']:.4f} train_lr {stats['lr']:.3e}{note}; {loader.wait.summary()}")
+            console.say(f"epoch {epoch + 1}/{run.epochs} done in {stats['seconds']:.1f}s: train_loss "
+                        f"{stats['loss']:.4f} train_lr {stats['lr']:.3e}{note}; {loader.wait.summary()}; "
+                        f"ETA {duration(progress.eta(epoch + 1, 0))}")
     except KeyboardInterrupt:
         raise Interrupted(_interrupted(run, args, saved) if dist.is_main else "") from None
+    finally:
+        if step_log is not None:
+            step_log.close()
 
     elapsed = time.perf_counter() - t0
     if dist.is_main:
         recon = _save_reconstructions(raw_model, images, run)
+        curve = save_loss_curve(run.log_path, os.path.join(run.output_dir, "loss.png"),
+                                f"{run.model}, {run.output_dir}")
         seen = len(losses) * len(loader) * run.batch_size * dist.world_size
         note = f", {count(skipped, 'undecodable image')} replaced" if skipped else ""
         console.say(f"done: {count(len(losses), 'epoch')} in {elapsed:.1f}s ({seen / elapsed:,.0f} "
                     f"img/s), train_loss {losses[0]:.4f} -> {losses[-1]:.4f}{note}; wrote "
-                    f"{run.last_path}, {run.log_path}, {recon}")
+                    f"{run.last_path}, {run.log_path}, {recon}, {curve}")
+        for line in next_commands(run, images):
+            console.say(line)
     distributed.barrier(dist)  # every rank leaves together, after rank 0's last file
     return raw_model
 

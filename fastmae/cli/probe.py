@@ -45,7 +45,7 @@ from fastmae.vit import VisionTransformer
 def add_arguments(parser):
     parser.add_argument("--checkpoint", required=True,
                         help="a fastmae or official MAE checkpoint: a full MAE, encoder-only, or a "
-                        "fine-tuned ViT (its head is not used)")
+                        "fine-tuned ViT (its head is not used); or a Hugging Face ViTMAE directory")
     parser.add_argument("--data", help="an ImageFolder directory (one sub-directory of images per "
                         "class); default: the embedded procedural set with its 6 labels")
     parser.add_argument("--num-images", type=positive_int, default=2048,

@@ -8,6 +8,7 @@ JSON line per epoch in ``log.txt`` and, at the end, ``reconstructions.png``.
 
 import json
 import os
+import tempfile
 
 from fastmae.cli.checkpoint import link_atomically, save_checkpoint, write_text_atomically
 from fastmae.cli.errors import UsageError
@@ -59,6 +60,23 @@ def check_output_dir(run):
     if os.path.dirname(os.path.realpath(run.resume)) != os.path.realpath(run.output_dir):
         raise UsageError(f"{run.output_dir} already holds another run than {run.resume}; resume "
                          "a checkpoint inside it or choose another --output-dir")
+
+
+def check_writable(output_dir):
+    """A one-line ``UsageError`` unless a file can be created in ``output_dir`` (or, where it does not
+    exist yet, in its nearest existing parent, where it will be made): found before training, not
+    at the end of the first epoch."""
+    existing = os.path.abspath(output_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UsageError(f"cannot write to --output-dir {output_dir}: {existing} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        where = "" if existing == os.path.abspath(output_dir) else f" (cannot create it in {existing})"
+        raise UsageError(f"cannot write to --output-dir {output_dir}{where}: {e.strerror or e}") from None
 
 
 def truncate_log(run, start_epoch):

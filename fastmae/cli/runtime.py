@@ -50,3 +50,26 @@ def check_keeps_patch(model, mask_ratio):
     except ValueError:
         raise UsageError(f"--mask-ratio {mask_ratio} keeps none of the {num_patches} patches "
                          "(int(patches * (1 - ratio)) is 0); use a smaller --mask-ratio") from None
+
+
+# Below these, MAE has almost nothing to learn from: a 2 x 2 grid with one visible patch predicts
+# three patches from one, whatever the model.
+MIN_GRID_SIDE = 4
+MIN_KEPT = 4
+
+
+def small_grid_warnings(model, mask_ratio, model_name):
+    """Warnings (strings) for a patch grid smaller than 4 x 4 or a mask that keeps fewer than 4
+    patches, naming the options that change them; ``[]`` when neither applies."""
+    h, w = model.patch_embed.grid_size
+    side = model.img_size
+    kept = _validate.len_keep(model.patch_embed.num_patches, mask_ratio)
+    out = []
+    if min(h, w) < MIN_GRID_SIDE:
+        out.append(f"{model_name} at {side[0]} px sees a {h}x{w} patch grid ({model.patch_size} px patches), "
+                   f"fewer than {MIN_GRID_SIDE}x{MIN_GRID_SIDE}: raise --input-size (the model's own is "
+                   "the default) or choose a --model with smaller patches")
+    if kept < MIN_KEPT:
+        out.append(f"--mask-ratio {mask_ratio:g} keeps {kept} of the {h * w} patches, fewer than {MIN_KEPT}: "
+                   "lower --mask-ratio or raise --input-size")
+    return out

@@ -27,7 +27,8 @@ from fastmae.official import checkpoint_args
 
 def add_arguments(parser):
     parser.add_argument("--checkpoint", required=True,
-                        help="a fastmae or official MAE checkpoint (loaded with weights_only)")
+                        help="a fastmae or official MAE checkpoint (loaded with weights_only), or a Hugging Face "
+                        "ViTMAE directory (export --format hf, save_pretrained, a hub snapshot)")
     parser.add_argument("--images", nargs="+", required=True, metavar="IMAGE",
                         help="JPEG/PNG files to reconstruct")
     parser.add_argument("--mask-ratio", type=ratio, default=0.75, help="fraction of patches removed")

@@ -1,0 +1,197 @@
+"""``fastmae pretrain`` as a new user meets it: defaults that fit the model, the official option
+names, the official data layout, the output directory checked first, what the run prints and leaves
+(loss curve, TensorBoard scalars, the next commands). Each test runs the command and checks its exit
+code and the line it prints."""
+
+import importlib.util
+import os
+import tempfile
+
+import pytest
+import torch
+from PIL import Image
+
+from fastmae.cli import main
+
+pytestmark = pytest.mark.usefixtures("cpu_default_device")  # see tests/conftest.py
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(capsys, argv):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def micro(out, *extra):
+    """A quick micro-model run (16 px, 16 images, 1 epoch) on the torch backend."""
+    return ["pretrain", "--model", "mae_vit_micro_patch4", "--input-size", "16", "--num-images", "16",
+            "--batch-size", "8", "--epochs", "1", "--warmup-epochs", "0", "--backend", "torch", "--device",
+            "cpu", "--output-dir", str(out), *extra]
+
+
+# --- defaults that fit the model -----------------------------------------------------------------
+
+@pytest.mark.parametrize("model, first_line", [
+    # The official models: their own 224 px and the paper's recipe (stopped before building the model
+    # by a batch larger than the data, so no ViT is built here).
+    ("mae_vit_large_patch16", "pretraining mae_vit_large_patch16 at 224 px on cpu (1 process, amp off), "
+                              "800 epochs at blr 0.00015 (40 warmup), into {out}"),
+    ("mae_vit_base_patch16", "pretraining mae_vit_base_patch16 at 224 px on cpu (1 process, amp off), "
+                             "800 epochs at blr 0.00015 (40 warmup), into {out}"),
+    # The demo model keeps the demo's recipe.
+    ("mae_vit_tiny_patch4", "pretraining mae_vit_tiny_patch4 at 32 px on cpu (1 process, amp off), "
+                            "60 epochs at blr 0.01 (1 warmup), into {out}"),
+])
+def test_image_size_and_recipe_default_to_the_models(tmp_path, capsys, model, first_line):
+    out = tmp_path / "run"
+    code, stdout, err = run(capsys, ["pretrain", "--model", model, "--num-images", "4", "--batch-size", "8",
+                                     "--device", "cpu", "--output-dir", str(out)])
+    assert code == 2 and "--batch-size 8 is larger than the data (4 images)" in err
+    assert stdout.splitlines()[0].startswith(first_line.format(out=out))
+
+
+def test_small_grid_and_few_kept_patches_are_warned_about(tmp_path, capsys):
+    # 8 px at 4 px patches: a 2x2 grid, and mask ratio 0.75 keeps int(4 * 0.25) = 1 patch.
+    argv = micro(tmp_path / "run", "--num-images", "8")
+    argv[argv.index("--input-size") + 1] = "8"
+    code, _, err = run(capsys, argv)
+    assert code == 0, err
+    lines = err.splitlines()
+    assert lines[0] == ("fastmae: warning: mae_vit_micro_patch4 at 8 px sees a 2x2 patch grid (4 px patches), "
+                        "fewer than 4x4: raise --input-size (the model's own is the default) or choose a --model "
+                        "with smaller patches")
+    assert lines[1] == ("fastmae: warning: --mask-ratio 0.75 keeps 1 of the 4 patches, fewer than 4: lower "
+                        "--mask-ratio or raise --input-size")
+
+
+def test_a_4x4_grid_keeping_4_patches_is_not_warned_about(tmp_path, capsys):
+    code, _, err = run(capsys, micro(tmp_path / "run"))  # 16 px: 4x4, keeps 4
+    assert code == 0 and err == ""
+
+
+# --- the official option names ---------------------------------------------------------------------
+
+def _images(root, n, size=(20, 20)):
+    root.mkdir(parents=True)
+    for i in range(n):
+        Image.new("RGB", size, (i * 40 % 256, 90, 160)).save(root / f"{i}.png")
+
+
+def test_official_command_line_runs_unchanged(tmp_path, capsys):
+    data, out = tmp_path / "imagenet", tmp_path / "run"
+    _images(data / "train" / "n01", 8)
+    _images(data / "val" / "n01", 4)
+    argv = ["pretrain", "--model", "mae_vit_micro_patch4", "--data_path", str(data), "--input_size", "16",
+            "--batch_size", "8", "--accum_iter", "1", "--mask_ratio", "0.75", "--norm_pix_loss",
+            "--blr", "1e-3", "--weight_decay", "0.04", "--min_lr", "1e-6", "--warmup_epochs", "0",
+            "--epochs", "1", "--output_dir", str(out), "--num_workers", "0", "--pin_mem", "--seed", "3",
+            "--device", "cpu", "--backend", "torch"]
+    code, stdout, err = run(capsys, argv)
+    assert code == 0, err
+    assert err == "fastmae: warning: ignoring --pin_mem: host memory is pinned on CUDA\n"
+    ckpt = torch.load(out / "checkpoint-last.pth", weights_only=True)
+    a = ckpt["args"]
+    assert (a["input_size"], a["batch_size"], a["norm_pix_loss"], a["blr"], a["weight_decay"], a["min_lr"],
+            a["warmup_epochs"], a["seed"]) == (16, 8, True, 1e-3, 0.04, 1e-6, 0, 3)
+    # The official ImageNet layout: ROOT/train is the pretraining set, as main_pretrain.py reads it.
+    assert a["data"] == str(data / "train")
+    assert stdout.splitlines()[0] == (f"--data {data} holds train/ and val/: pretraining on {data / 'train'}, as "
+                                      "the official main_pretrain.py does (val/ is left for evaluation)")
+    assert "data " + str(data / "train") + " (8 images)" in stdout
+
+
+def test_official_names_are_hidden_and_listed_once_at_the_end_of_help(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pretrain", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    last = out.rstrip().splitlines()[-1]
+    assert last.startswith("The official main_pretrain.py names are accepted too: --data_path, --batch_size,")
+    assert out.count("--batch_size") == 1 and out.count("--log_dir") == 1
+
+
+def test_log_dir_writes_tensorboard_scalars_per_step(tmp_path, capsys):
+    pytest.importorskip("tensorboard", reason='the tensorboard extra: pip install -e ".[tensorboard]"')
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, logs = tmp_path / "run", tmp_path / "tb"
+    code, _, err = run(capsys, micro(out, "--epochs", "2", "--warmup-epochs", "1", "--log_dir", str(logs)))
+    assert code == 0, err
+    events = EventAccumulator(str(logs))
+    events.Reload()
+    loss, lr = events.Scalars("train_loss"), events.Scalars("lr")
+    # 2 iterations an epoch, one optimizer step each: x = int((iteration / 2 + epoch) * 1000).
+    assert [e.step for e in loss] == [e.step for e in lr] == [0, 500, 1000, 1500]
+    assert lr[0].value == 0.0 and all(e.value > 0 for e in loss)
+
+
+def test_log_dir_without_tensorboard_is_one_line(tmp_path, capsys, monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard"
+                        else find_spec(name, *a))
+    code, stdout, err = run(capsys, micro(tmp_path / "run", "--log-dir", str(tmp_path / "tb")))
+    assert code == 2 and stdout == ""
+    assert err == ('fastmae: error: --log-dir needs tensorboard, the tensorboard extra: pip install -e '
+                   '".[tensorboard]"\n')
+    assert not (tmp_path / "run").exists()
+
+
+# --- the output directory ---------------------------------------------------------------------------
+
+def _unwritable_dir(tmp_path):
+    """A directory this process cannot create files in: a read-only one, or, for root (whom
+    permissions do not stop), /sys where the system mounts it read-only."""
+    if os.geteuid() != 0:
+        path = tmp_path / "locked"
+        path.mkdir()
+        path.chmod(0o500)
+        return str(path)
+    try:
+        with tempfile.TemporaryFile(dir="/sys"):
+            pass
+    except OSError:
+        return "/sys"
+    pytest.skip("running as root, with no read-only directory to test against")
+
+
+def test_unwritable_output_dir_is_refused_before_training(tmp_path, capsys):
+    locked = _unwritable_dir(tmp_path)
+    code, stdout, err = run(capsys, micro(locked))
+    assert code == 2 and stdout == ""
+    assert err == f"fastmae: error: cannot write to --output-dir {locked}: Permission denied\n"
+    code, stdout, err = run(capsys, micro(os.path.join(locked, "run")))
+    assert code == 2 and err == (f"fastmae: error: cannot write to --output-dir {os.path.join(locked, 'run')} "
+                                 f"(cannot create it in {locked}): Permission denied\n")
+
+
+# --- what the run prints and leaves ---------------------------------------------------------------
+
+def test_run_names_its_directory_first_and_its_progress_and_next_commands(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = run(capsys, micro(out, "--epochs", "2", "--print-freq", "1"))
+    assert code == 0, err
+    lines = stdout.splitlines()
+    assert f"into {out}: building the model" in lines[0]
+    progress = [line for line in lines if line.startswith("epoch ") and "] loss " in line]
+    assert [line.split(" loss ")[0] for line in progress] == ["epoch 1/2 [1/2]", "epoch 1/2 [2/2]",
+                                                              "epoch 2/2 [1/2]", "epoch 2/2 [2/2]"]
+    assert all(", ETA " in line for line in progress) and progress[-1].endswith(", ETA 0s")
+    assert [line for line in lines if " done in " in line][0].startswith("epoch 1/2 done in ")
+    ckpt = out / "checkpoint-last.pth"
+    assert lines[-4:] == [
+        "next:",
+        f"  fastmae probe --checkpoint {ckpt} --num-images 16    # its encoder against random ones, on the "
+        "procedural set's 6 labels",
+        f"  fastmae visualize --checkpoint {ckpt} --images IMAGE.jpg    # reconstructions, as the official demo",
+        f"  fastmae export --checkpoint {ckpt} --format hf --out {out}-hf    # for Hugging Face's "
+        "ViTMAEForPreTraining"]
+    with Image.open(out / "loss.png") as im:
+        assert im.size == (640, 400)
