@@ -15,6 +15,7 @@ import torch
 
 from fastmae.cli import distributed
 from fastmae.cli.distributed import DistInfo
+from fastmae.cli.errors import UsageError
 from fastmae.cli.rundir import holds_run
 from fastmae.data import default_num_workers
 
@@ -39,7 +40,8 @@ class RunConfig:
     mask_ratio: float
     norm_pix_loss: bool
     backend: str
-    compile: bool
+    compile: bool  # default: on CUDA
+    compile_mode: str | None  # torch.compile's mode; None: torch's default
     # data
     data: str | None  # None: the procedural set
     num_images: int
@@ -115,6 +117,7 @@ def resolve(args, dist, device, stored=None):
         options["lr"] = options["blr"] * eff_batch / 256
     if options["amp"] is None:
         options["amp"] = _default_amp(device)
+    options["compile"] = _compile_option(options["compile"], options["compile_mode"], device)
     if options["num_workers"] is None:
         # CPU: the training process needs the cores itself (and the demo's images are tiny)
         options["num_workers"] = 0 if device.type == "cpu" else default_num_workers()
@@ -146,11 +149,26 @@ def resume_command(run, args, checkpoint, stored):
                 or (passed is not None and name not in passed) or restored):
             continue
         flag = "--" + name.replace("_", "-")
+        if name == "compile":  # --compile / --no-compile, both passed on purpose
+            words.append(flag if value else "--no-compile")
+            continue
         words += [flag] if value is True else [flag, str(value)]
     command = shlex.join(["fastmae", "pretrain", *words])
     if run.dist.enabled:
         command = command.replace("fastmae", "torchrun <the same torchrun options> -m fastmae", 1)
     return command
+
+
+def _compile_option(compile, mode, device):
+    """``--compile`` resolved: on by default on CUDA, off on the CPU; ``--compile-mode`` needs it."""
+    if mode is not None and compile is False:
+        raise UsageError(f"--compile-mode {mode} needs torch.compile, and --no-compile was passed")
+    if compile is None:
+        compile = device.type == "cuda"
+        if mode is not None and not compile:
+            raise UsageError(f"--compile-mode {mode} needs torch.compile, off on {device.type} unless "
+                             "--compile is passed")
+    return compile
 
 
 def _default_amp(device):
