@@ -168,6 +168,11 @@ def _compile_option(compile, mode, device):
         if mode is not None and not compile:
             raise UsageError(f"--compile-mode {mode} needs torch.compile, off on {device.type} unless "
                              "--compile is passed")
+    if mode is not None:
+        import torch._inductor  # what torch.compile imports anyway (seconds): only with --compile-mode
+        modes = list(torch._inductor.list_mode_options())
+        if mode not in modes:
+            raise UsageError(f"--compile-mode {mode} is not one of this torch's modes: {', '.join(modes)}")
     return compile
 
 

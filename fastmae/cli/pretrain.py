@@ -314,12 +314,9 @@ def add_compile_arguments(group):
                        "use TF32 only where your PyTorch settings say so "
                        "(torch.backends.cuda.matmul.allow_tf32, torch.set_float32_matmul_precision): "
                        "fastmae leaves them as they are")
-    group.add_argument("--compile-mode", choices=COMPILE_MODES,
-                       help="torch.compile's mode (reduce-overhead: CUDA graphs); default torch's")
-
-
-# torch.compile's modes (torch._inductor.list_mode_options()).
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+    group.add_argument("--compile-mode", help="torch.compile's mode: one of your torch's "
+                       "torch._inductor.list_mode_options(), e.g. reduce-overhead (CUDA graphs), "
+                       "max-autotune; default torch's")
 
 
 def make_optimizer(model, run, impl=None):
