@@ -310,7 +310,8 @@ def test_step_unless_keeps_weights_and_state_bitwise_for_every_impl():
             engine.step_unless(opt, torch.tensor(found))
             after = _snapshot(opt)
             if found and first:  # a dropped first step: the fresh (zero) state AdamW starts from
-                assert all(torch.equal(a, b) for a, b in zip(after, before[:1] + [torch.zeros_like(t) for t in after[1:4]]))
+                fresh = before[:1] + [torch.zeros_like(t) for t in after[1:4]]  # weight; exp_avg(_sq), step
+                assert all(torch.equal(a, b) for a, b in zip(after, fresh))
             elif found:
                 assert all(torch.equal(a, b) for a, b in zip(after, before, strict=True)), impl
             else:

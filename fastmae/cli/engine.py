@@ -181,7 +181,7 @@ class NonFiniteGuard:
         value = loss.detach()
         self.record[i, self.LOSS].copy_(value)
         self.stopped.logical_or_(~torch.isfinite(value))
-        return loss * torch.where(self.stopped, float("nan"), 1.0)
+        return loss * torch.where(self.stopped, float("nan"), 1.0).to(loss.dtype)
 
     def step(self, i, optimizer, scaler=None):
         """The optimizer step of iteration ``i``, dropped on the device when any gradient is not
