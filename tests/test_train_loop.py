@@ -201,12 +201,22 @@ def _reads(step):
     return (step + 1) % PRINT_FREQ == 0 or step + 1 == ITERS
 
 
-@pytest.mark.parametrize("impl", ["foreach", "fused"])  # the CPU's default AdamW, and CUDA's
-def test_no_sync_in_a_step_that_prints_nothing(tmp_path, capsys, monkeypatch, impl):
-    for per_iter in _count_syncs(monkeypatch, capsys, tmp_path, impl):
+@pytest.mark.parametrize("amp", ["off", "fp16"])
+def test_no_sync_in_a_step_that_prints_nothing(tmp_path, capsys, monkeypatch, amp):
+    # The fused AdamW, CUDA's default (here on the CPU), and with fp16 the GradScaler.
+    for per_iter in _count_syncs(monkeypatch, capsys, tmp_path, "fused", ["--amp", amp]):
         for step, calls in enumerate(per_iter):
             # A read: one Tensor.tolist() of the iterations' record since the last read.
             assert calls == (["Tensor.tolist"] if _reads(step) else []), (step, calls)
+
+
+def test_foreach_adamw_on_the_cpu_reads_found_inf_on_the_host(tmp_path, capsys, monkeypatch):
+    # The CPU's default AdamW (foreach) cannot take found_inf: on the CPU the loop reads it (a CPU
+    # tensor: nothing to wait for) and steps or not; one read per optimizer step, nothing else.
+    for per_iter in _count_syncs(monkeypatch, capsys, tmp_path, "foreach"):
+        for step, calls in enumerate(per_iter):
+            want = ["aten._local_scalar_dense.default"] + (["Tensor.tolist"] if _reads(step) else [])
+            assert calls == want, (step, calls)
 
 
 def test_sync_counter_sees_a_loss_item(tmp_path, capsys, monkeypatch):
@@ -242,6 +252,16 @@ def _inject_nan(monkeypatch, at_call):
     monkeypatch.setattr(pretrain, "_build_model", build)
 
 
+def _snapshot_each_step(setattr_, snapshots):
+    """Append a snapshot of the optimizer before each of the loop's optimizer steps (dropped or not)."""
+    real = engine.step_unless
+
+    def step_unless(optimizer, found_inf, **kwargs):
+        snapshots.append(_snapshot(optimizer))
+        return real(optimizer, found_inf, **kwargs)
+    setattr_(engine, "step_unless", step_unless)
+
+
 def _snapshot(optimizer):
     """Every parameter and optimizer state tensor, cloned, in a fixed order."""
     out = []
@@ -260,12 +280,11 @@ def test_non_finite_loss_drops_its_update_and_stops_at_the_next_read(tmp_path, c
     _inject_nan(monkeypatch, bad_epoch * ITERS + bad_iter)
     before_step, optimizers = [], []
     real_make_optimizer = pretrain.make_optimizer
+    _snapshot_each_step(monkeypatch.setattr, before_step)
 
     def make_optimizer(model, run, impl_=None):
-        opt = real_make_optimizer(model, run, impl)
-        opt.register_step_pre_hook(lambda o, a, k: before_step.append(_snapshot(o)))
-        optimizers.append(opt)
-        return opt
+        optimizers.append(real_make_optimizer(model, run, impl))
+        return optimizers[-1]
     monkeypatch.setattr(pretrain, "make_optimizer", make_optimizer)
     out = tmp_path / "run"
     code, stdout, err = run(capsys, base_args(out, "--amp", amp))
@@ -299,24 +318,27 @@ def test_first_of_several_non_finite_iterations_is_named(tmp_path, capsys):
     assert error.startswith("fastmae: error: loss is ") and "at epoch 0, iteration 2;" in error
 
 
-def test_step_unless_keeps_weights_and_state_bitwise_for_every_impl():
-    for impl in ("foreach", "fused"):
-        torch.manual_seed(0)
-        model = torch.nn.Linear(4, 3)
-        opt = torch.optim.AdamW(model.parameters(), lr=0.1, **pretrain.optimizer_impl(torch.device("cpu"), impl))
-        for found, first in ((1.0, True), (0.0, True), (1.0, False)):
-            model(torch.randn(2, 4)).sum().backward()
-            before = _snapshot(opt)
-            engine.step_unless(opt, torch.tensor(found))
-            after = _snapshot(opt)
-            if found and first:  # a dropped first step: the fresh (zero) state AdamW starts from
-                fresh = before[:1] + [torch.zeros_like(t) for t in after[1:4]]  # weight; exp_avg(_sq), step
-                assert all(torch.equal(a, b) for a, b in zip(after, fresh))
-            elif found:
-                assert all(torch.equal(a, b) for a, b in zip(after, before, strict=True)), impl
-            else:
-                assert not torch.equal(after[0], before[0])
-            opt.zero_grad()
+@pytest.mark.parametrize("impl,restore", [("fused", None), ("foreach", None), ("foreach", True)])
+def test_step_unless_keeps_weights_and_state_bitwise(impl, restore):
+    # restore=True: the copy-and-restore a non-fused optimizer takes on CUDA, run on the CPU.
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, **pretrain.optimizer_impl(torch.device("cpu"), impl))
+    for found, first in ((1.0, True), (0.0, True), (1.0, False)):
+        model(torch.randn(2, 4)).sum().backward()
+        if found:  # what a dropped step's gradients hold
+            model.weight.grad[0, 0] = float("nan")
+        before = _snapshot(opt)
+        engine.step_unless(opt, torch.tensor(found), restore=restore)
+        after = _snapshot(opt)
+        if found and first and (impl == "fused" or restore):  # a dropped first step: fresh (zero) state
+            fresh = before[:1] + [torch.zeros_like(t) for t in after[1:4]]  # weight; exp_avg(_sq), step
+            assert all(torch.equal(a, b) for a, b in zip(after, fresh))
+        elif found:
+            assert all(torch.equal(a, b) for a, b in zip(after, before, strict=True))
+        else:
+            assert not torch.equal(after[0], before[0])
+        opt.zero_grad()
 
 
 def test_optimizer_defaults_and_a_resume_across_implementations():
@@ -366,9 +388,10 @@ def test_compile_mode_choices_are_torchs():
 def test_prefetcher_yields_to_model_input_on_the_cpu():
     loader = fd.build_loader(fd.ProceduralImages(16, size=24), batch_size=4, size=16, seed=0, num_workers=0)
     loader.set_epoch(0)
-    expected = [(b.index.clone(), fd.to_model_input(b, "cpu", torch.bfloat16)) for b in loader]
+    # The torch backend: the test session's Triton interpreter would take minutes.
+    expected = [(b.index.clone(), fd.to_model_input(b, "cpu", torch.bfloat16, backend="torch")) for b in loader]
     for overlap in (True, False):
-        got = list(fd.Prefetcher(loader, "cpu", torch.bfloat16, overlap=overlap))
+        got = list(fd.Prefetcher(loader, "cpu", torch.bfloat16, backend="torch", overlap=overlap))
         assert len(got) == len(expected) == len(fd.Prefetcher(loader, "cpu"))
         for (batch, imgs), (index, want) in zip(got, expected):
             assert torch.equal(batch.index, index) and torch.equal(imgs, want)
@@ -411,11 +434,11 @@ def _ddp_worker(rank, world_size, port, out):
         return model
     pretrain._build_model = build
     real_make_optimizer, snapshots = pretrain.make_optimizer, []
+    _snapshot_each_step(setattr, snapshots)
 
     def make_optimizer(model, run, impl=None):
         opt = real_make_optimizer(model, run, impl)
-        opt.register_step_pre_hook(lambda o, a, k: snapshots.append(_snapshot(o)))
-        snapshots.append(opt)
+        snapshots.insert(0, opt)
         return opt
     pretrain.make_optimizer = make_optimizer
     # 32 images over 2 ranks at batch 4: 4 iterations an epoch on each.

@@ -93,8 +93,9 @@ def train_one_epoch(model, loader, optimizer, scaler, run, epoch, console, *, re
     first = 0  # the first iteration the guard's record holds
     batches = fd.Prefetcher(_batches(loader), run.device, run.amp_dtype or torch.float32,
                             backend=run.backend, overlap=overlap_copy)
-    t0 = time.perf_counter()
     for step, (batch, imgs) in enumerate(batches):  # RaggedBatch (host), imgs [B, 3, S, S] (device)
+        if step == 0:
+            t0 = time.perf_counter()  # the first batch is in hand: the loader's start-up not counted
         bad = _skipped_indices(batch)
         for index in bad:
             warn_decode_failure(loader.source, index, console.warn)
@@ -116,7 +117,7 @@ def train_one_epoch(model, loader, optimizer, scaler, run, epoch, console, *, re
         lr_sum += lr
         if report_compile and step == 0:
             console.say(f"torch.compile: the first iteration took {time.perf_counter() - t0:.1f}s "
-                        "(compiling the forward and backward)")
+                        "(compiling the forward and backward; not waiting for the device)")
         if not _reads_at(step, iters, run.print_freq):
             continue
         losses, grads_bad, count = guard.read(step - first + 1, dist)  # the one sync
@@ -222,15 +223,17 @@ class NonFiniteGuard:
         return losses, grads_bad, int(sum(skipped))
 
 
-def step_unless(optimizer, found_inf):
-    """``optimizer.step()``, its update dropped on the device where ``found_inf`` (float32 ``[]``)
-    is non-zero: weights and optimizer state stay bitwise as they were, without a host sync.
+def step_unless(optimizer, found_inf, *, restore=None):
+    """``optimizer.step()``, its update dropped where ``found_inf`` (float32 ``[]``) is non-zero:
+    weights and optimizer state stay bitwise as they were.
 
-    A fused optimizer (``fused=True``, one kernel per dtype group) takes ``found_inf`` itself, as
-    under ``GradScaler``. Any other keeps a copy of the weights and state it is about to change and
-    puts it back where ``found_inf`` is set (state a first step creates goes back to zeros, what a
-    fresh ``AdamW`` state holds); its state must live on ``found_inf``'s device (``capturable=True``
-    on CUDA) for this to need no sync.
+    A fused optimizer (``fused=True``, one kernel per dtype group: the default on CUDA) takes
+    ``found_inf`` itself, as under ``GradScaler``: no host sync. On the CPU any other reads
+    ``found_inf`` on the host and steps or not: host memory, nothing to wait for. Elsewhere
+    (``restore``, or forced with ``restore=True``) it keeps a copy of the weights and state the step
+    is about to change and puts it back where ``found_inf`` is set (state a first step creates goes
+    back to zeros, what a fresh ``AdamW`` holds); for that to need no sync the state must live on
+    ``found_inf``'s device (``capturable=True`` on CUDA).
     """
     if optimizer.param_groups and all(g.get("fused") for g in optimizer.param_groups):
         optimizer.grad_scale, optimizer.found_inf = None, found_inf
@@ -238,6 +241,10 @@ def step_unless(optimizer, found_inf):
             optimizer.step()
         finally:
             del optimizer.grad_scale, optimizer.found_inf
+        return
+    if not (found_inf.device.type != "cpu" if restore is None else restore):
+        if not found_inf:
+            optimizer.step()
         return
     params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
     before = [(p.detach().clone(), {k: v.clone() for k, v in optimizer.state[p].items()
