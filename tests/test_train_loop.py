@@ -13,7 +13,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import fastmae._validate
 import fastmae.data as fd
-from fastmae.cli import engine, main, parse_args, pretrain
+from fastmae.cli import config, engine, main, parse_args, pretrain
+from fastmae.cli.distributed import DistInfo
 
 pytestmark = pytest.mark.usefixtures("cpu_default_device")  # see tests/conftest.py
 
@@ -378,6 +379,14 @@ def test_compile_mode_errors_are_one_line(tmp_path, capsys, extra, message):
     code, _, err = run(capsys, base_args(tmp_path / "run", *extra))
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith(f"fastmae: error: {message}"), err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flags", [["--no-compile"], ["--compile", "--compile-mode", "max-autotune"], []])
+def test_resume_command_repeats_the_compile_flags(flags):
+    args = parse_args(base_args("out", *flags))
+    run = config.resolve(args, DistInfo(), torch.device("cpu"), {})
+    command = config.resume_command(run, args, "out/checkpoint-last.pth", run.stored_args())
+    assert (" ".join(flags) in command) if flags else "compile" not in command, command
 
 
 def test_compile_mode_choices_are_torchs():

@@ -145,11 +145,12 @@ def resume_command(run, args, checkpoint, stored):
         words += ["--output-dir", run.output_dir]
     for name, value in vars(args).items():
         restored = name in TRAJECTORY_OPTIONS and stored.get(name) == getattr(run, name)
-        if (name in ("command", "passed", "resume", "output_dir") or value is None or value is False
+        if (name in ("command", "passed", "resume", "output_dir") or value is None
+                or (value is False and name != "compile")  # --no-compile is passed on purpose
                 or (passed is not None and name not in passed) or restored):
             continue
         flag = "--" + name.replace("_", "-")
-        if name == "compile":  # --compile / --no-compile, both passed on purpose
+        if name == "compile":
             words.append(flag if value else "--no-compile")
             continue
         words += [flag] if value is True else [flag, str(value)]
