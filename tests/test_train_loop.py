@@ -234,9 +234,10 @@ def test_sync_counter_sees_a_loss_item(tmp_path, capsys, monkeypatch):
             assert calls.count("aten._local_scalar_dense.default") == 1, (step, calls)
 
 
-def _inject_nan(monkeypatch, at_call):
+def _inject_nan(monkeypatch, at_call, into="loss"):
     """The model's ``at_call``-th forward (counting from 0, over the run) returns a NaN loss whose
-    gradients are the finite loss's: only the loss value tells that the step is bad."""
+    gradients are the finite loss's (only the loss value tells that the step is bad), or with
+    ``into="grads"`` a finite loss whose gradients are NaN."""
     real, calls = pretrain._build_model, [0]
 
     def hook(module, inputs, out):
@@ -244,6 +245,10 @@ def _inject_nan(monkeypatch, at_call):
         if calls[0] - 1 != at_call:
             return out
         loss = out[0]
+        if into == "grads":
+            loss = loss * 1.0
+            loss.register_hook(lambda grad: grad * float("nan"))
+            return (loss, *out[1:])
         return (loss + (torch.full_like(loss, float("nan")) - loss).detach(), *out[1:])
 
     def build(run):
@@ -306,6 +311,26 @@ def test_non_finite_loss_drops_its_update_and_stops_at_the_next_read(tmp_path, c
     assert torch.load(out / "checkpoint-last.pth", weights_only=True)["epoch"] == 0
     assert sorted(os.listdir(out)) == ["checkpoint-0.pth", "checkpoint-last.pth", "log.txt"]  # epoch 0's
     assert f"epoch [{bad_epoch}] [2/4]" in stdout and f"epoch [{bad_epoch}] [4/4]" not in stdout
+
+
+@pytest.mark.parametrize("impl", ["foreach", "fused"])
+def test_non_finite_gradients_without_a_scaler_stop_the_run_too(tmp_path, capsys, monkeypatch, impl):
+    _inject_nan(monkeypatch, ITERS + 2, into="grads")
+    before_step, optimizers = [], []
+    real_make_optimizer = pretrain.make_optimizer
+    _snapshot_each_step(monkeypatch.setattr, before_step)
+
+    def make_optimizer(model, run, impl_=None):
+        optimizers.append(real_make_optimizer(model, run, impl))
+        return optimizers[-1]
+    monkeypatch.setattr(pretrain, "make_optimizer", make_optimizer)
+    out = tmp_path / "run"
+    code, _, err = run(capsys, base_args(out))
+    assert code == 1
+    assert err.strip().splitlines()[-1].startswith("fastmae: error: the gradients are not finite at epoch 1, "
+                                                   "iteration 2 (loss ")
+    assert all(torch.equal(a, b) for a, b in zip(_snapshot(optimizers[0]), before_step[ITERS + 2], strict=True))
+    assert [json.loads(line)["epoch"] for line in (out / "log.txt").read_text().splitlines()] == [0]
 
 
 def test_first_of_several_non_finite_iterations_is_named(tmp_path, capsys):
