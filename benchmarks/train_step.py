@@ -6,6 +6,12 @@ full pred), ``reference-compiled`` (``torch.compile(model)``), ``fastmae-eager``
 autocast, fused AdamW, ``norm_pix_loss=True``, mask 0.75, batch 256 halved until a step fits. CPU:
 float32, ``mae_vit_tiny_patch4`` at batch 16: the fast / reference ratio matters there, not the speed.
 
+The loop arms (``run_loop_arm``, below): whole epochs of ``fastmae pretrain``'s own loop, this device's
+defaults (``loop``) and each of its switches flipped alone: a host sync per step, the batch copied on
+the compute stream, eager / compiled, foreach / fused AdamW. Their ``extra_info`` names the arm
+(``loop_arm``) and every switch (``loop_sync_per_step``, ``loop_copy``, ``loop_compiled``,
+``loop_optimizer``; ``loop_switched`` lists the ones flipped).
+
 Fused-op share: the step's fused ops (``cases.STEP``; for the reference arm the official code they
 replace) alone at the step's shapes and dtypes, forward and backward where the step differentiates,
 L2 flushed, host queued ahead; that time over the step time. The compiled reference fuses that code
@@ -29,6 +35,7 @@ import statistics
 import torch
 
 import fastmae
+import fastmae.data as fd
 
 from .cases import STEP, MAEShape, make_inputs, op_call, shape_for
 from .harness import BenchEnv, measure, peak_bf16_tflops, time_calls
@@ -184,3 +191,114 @@ def run_train_step(benchmark, env: BenchEnv, model: str, arm: str, batch: int) -
     benchmark.group = f"train step {model}"
     benchmark.extra_info.update(info)
     return info
+
+
+# ---------------------------------------------------------------------------------------------------
+# The loop as ``fastmae pretrain`` runs it: loader -> prefetch -> step -> optimizer, one switch at a time.
+#
+# Each arm times whole epochs of ``fastmae.cli.engine.train_one_epoch`` (the procedural images at the
+# model's input size, the default loader workers, a read of the device at the epoch's end only) and
+# differs from ``loop`` (this device's defaults) in one of the switches below. On the CPU the arms run
+# the tiny model: they exercise the code, they are not a speed claim.
+
+LOOP_SWITCHES = ("sync_per_step", "overlap_copy", "compiled", "optimizer")
+
+
+def loop_defaults(is_cuda: bool) -> dict:
+    """What ``fastmae pretrain`` does on a CUDA device or on the CPU."""
+    return {"sync_per_step": False, "overlap_copy": True, "compiled": is_cuda,
+            "optimizer": "fused" if is_cuda else "foreach"}
+
+
+def loop_arms(is_cuda: bool) -> dict[str, dict]:
+    """``arm name -> switches``: ``loop`` (the defaults), then each switch flipped alone."""
+    base = loop_defaults(is_cuda)
+    flipped = {"sync_per_step": True, "overlap_copy": False, "compiled": not base["compiled"],
+               "optimizer": "foreach" if base["optimizer"] == "fused" else "fused"}
+    names = {"sync_per_step": "sync-per-step", "overlap_copy": "copy-on-compute-stream",
+             "compiled": "compiled" if flipped["compiled"] else "eager",
+             "optimizer": f"{flipped['optimizer']}-adamw"}
+    return {"loop": base, **{f"loop-{names[k]}": {**base, k: flipped[k]} for k in LOOP_SWITCHES}}
+
+
+def loop_params(scope: str) -> list[tuple[str, int, int, int]]:
+    """``(model, input size, batch, iterations per epoch)``: ViT-B/16 as the headline on CUDA."""
+    return [("mae_vit_tiny_patch4", 32, 16, 8)] if scope == "cpu" else [("mae_vit_base_patch16", 224, 256, 20)]
+
+
+class SyncEachStep(torch.nn.Module):
+    """``model`` whose every call reads its loss on the host (``.item()``), as a loop that checks the
+    loss on the host each step does; outside ``torch.compile``."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner = model
+
+    def forward(self, *args, **kwargs):
+        out = self.inner(*args, **kwargs)
+        out[0].detach().item()
+        return out
+
+
+class LoopRun:
+    """A model, optimizer and loader set up as ``fastmae pretrain`` sets them up, with ``switches``;
+    ``epoch()`` trains one epoch through ``train_one_epoch``."""
+
+    def __init__(self, env: BenchEnv, model: str, size: int, batch: int, iters: int, switches: dict, out_dir: str):
+        from fastmae.cli import config, parse_args, pretrain
+        from fastmae.cli.console import Console
+        from fastmae.cli.distributed import DistInfo
+
+        torch.manual_seed(0)
+        args = parse_args(["pretrain", "--model", model, "--input-size", str(size), "--batch-size", str(batch),
+                           "--num-images", str(batch * iters), "--print-freq", str(iters), "--norm-pix-loss",
+                           "--backend", env.fastmae_backend, "--device", str(env.device), "--output-dir", out_dir,
+                           "--compile" if switches["compiled"] else "--no-compile"])
+        self.run = config.resolve(args, DistInfo(), env.device, {})
+        model_ = pretrain._build_model(self.run).to(env.device)
+        self.optimizer = pretrain.make_optimizer(model_, self.run, switches["optimizer"])
+        self.model = torch.compile(model_) if switches["compiled"] else model_
+        if switches["sync_per_step"]:
+            self.model = SyncEachStep(self.model)
+        self.scaler = torch.amp.GradScaler(env.device.type) if self.run.amp == "fp16" else None
+        self.loader = fd.build_loader(fd.ProceduralImages(batch * iters, size=size), batch, size, seed=0,
+                                      num_workers=self.run.num_workers, pin_memory=env.is_cuda)
+        self.switches, self.epochs, self.console = switches, 0, Console(False)
+        self.last: dict = {}
+
+    def epoch(self) -> None:
+        from fastmae.cli.engine import train_one_epoch
+
+        self.loader.set_epoch(self.epochs)
+        self.last = train_one_epoch(self.model, self.loader, self.optimizer, self.scaler, self.run, self.epochs,
+                                    self.console, overlap_copy=self.switches["overlap_copy"])
+        self.epochs += 1
+
+
+def run_loop_arm(benchmark, env: BenchEnv, model: str, size: int, batch: int, iters: int, arm: str,
+                 out_dir: str) -> dict:
+    """Time 3 epochs of ``iters`` iterations after one (compilation, worker start-up) untimed."""
+    switches = loop_arms(env.is_cuda)[arm]
+    loop = LoopRun(env, model, size, batch, iters, switches, out_dir)
+    timing = measure(benchmark, env, loop.epoch, rounds=3, warmup=1, flush=False, queue_ahead=False)
+    step_ms = timing["median_ms"] / iters
+    info = {
+        "model": model, "arm": arm, "batch": batch, "input_size": size, "iterations_per_epoch": iters,
+        "step_ms": step_ms, "images_per_s": batch / step_ms * 1e3, "data_wait_s": loop.last["data_wait"],
+        "loop_arm": arm, "loop_sync_per_step": switches["sync_per_step"],
+        "loop_copy": "side stream" if switches["overlap_copy"] and env.is_cuda else "compute stream",
+        "loop_compiled": switches["compiled"], "loop_optimizer": f"AdamW {switches['optimizer']}",
+        "loop_switched": [k for k in LOOP_SWITCHES if switches[k] != loop_defaults(env.is_cuda)[k]],
+        "amp": loop.run.amp, "backend": env.fastmae_backend, "num_workers": loop.run.num_workers,
+        "speed_claim": env.is_cuda, "note": None if env.is_cuda else "CPU, tiny model: not a speed claim",
+        **timing, **env.info,
+    }
+    del loop
+    _release(env, switches["compiled"])
+    LOOP_RESULTS[(model, arm)] = info
+    benchmark.group = f"train loop {model}"
+    benchmark.extra_info.update(info)
+    return info
+
+
+LOOP_RESULTS: dict = {}  # (model, arm) -> result

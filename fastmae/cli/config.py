@@ -51,7 +51,8 @@ class RunConfig:
     mask_ratio: float
     norm_pix_loss: bool
     backend: str
-    compile: bool
+    compile: bool  # default: on CUDA
+    compile_mode: str | None  # torch.compile's mode; None: torch's default
     # data
     data: str | None  # None: the procedural set
     num_images: int
@@ -132,6 +133,7 @@ def resolve(args, dist, device, stored=None):
         options["lr"] = options["blr"] * eff_batch / 256
     if options["amp"] is None:
         options["amp"] = _default_amp(device)
+    options["compile"] = _compile_option(options["compile"], options["compile_mode"], device)
     if options["num_workers"] is None:
         # CPU: the training process needs the cores itself (and the demo's images are tiny)
         options["num_workers"] = 0 if device.type == "cpu" else default_num_workers()
@@ -189,15 +191,36 @@ def resume_command(run, args, checkpoint, stored):
         words += ["--output-dir", run.output_dir]
     for name, value in vars(args).items():
         restored = name in TRAJECTORY_OPTIONS and stored.get(name) == getattr(run, name)
-        if (name in ("command", "passed", "resume", "output_dir", IGNORED_DEST) or value is None or value is False
+        if (name in ("command", "passed", "resume", "output_dir", IGNORED_DEST) or value is None
+                or (value is False and name != "compile")  # --no-compile is passed on purpose
                 or (passed is not None and name not in passed) or restored):
             continue
         flag = "--" + name.replace("_", "-")
+        if name == "compile":
+            words.append(flag if value else "--no-compile")
+            continue
         words += [flag] if value is True else [flag, str(value)]
     command = shlex.join(["fastmae", "pretrain", *words])
     if run.dist.enabled:
         command = command.replace("fastmae", "torchrun <the same torchrun options> -m fastmae", 1)
     return command
+
+
+def _compile_option(compile, mode, device):
+    """``--compile`` resolved: on by default on CUDA, off on the CPU; ``--compile-mode`` needs it."""
+    if mode is not None and compile is False:
+        raise UsageError(f"--compile-mode {mode} needs torch.compile, and --no-compile was passed")
+    if compile is None:
+        compile = device.type == "cuda"
+        if mode is not None and not compile:
+            raise UsageError(f"--compile-mode {mode} needs torch.compile, off on {device.type} unless "
+                             "--compile is passed")
+    if mode is not None:
+        import torch._inductor  # what torch.compile imports anyway (seconds): only with --compile-mode
+        modes = list(torch._inductor.list_mode_options())
+        if mode not in modes:
+            raise UsageError(f"--compile-mode {mode} is not one of this torch's modes: {', '.join(modes)}")
+    return compile
 
 
 def _default_amp(device):

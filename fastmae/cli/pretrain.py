@@ -33,6 +33,7 @@ e.g. torchrun on 8 nodes x 8 GPUs): --model mae_vit_large_patch16 --data DIR --n
 --batch-size 64. The official main_pretrain.py option names are accepted (see the last line).
 """
 
+import argparse
 import os
 import random
 import time
@@ -76,7 +77,7 @@ def add_arguments(p):
                        help="per-patch normalised pixels as targets")
     model.add_argument("--backend", default="auto", choices=fastmae.ops.BACKENDS,
                        help="op implementation passed to the model")
-    model.add_argument("--compile", action="store_true", help="torch.compile the model")
+    add_compile_arguments(model)
 
     data = p.add_argument_group("data")
     data.add_argument("--data", help="directory of .jpg/.jpeg/.png images, searched recursively "
@@ -202,7 +203,7 @@ def _train(args, dist, device, console):
     if dist.enabled:
         model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if run.compile:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=run.compile_mode)
     step_log = StepLogger(log_dir, model, optimizer, len(loader), start_epoch, dist, device) if log_dir else None
 
     if dist.is_main:
@@ -226,7 +227,8 @@ def _train(args, dist, device, console):
         for epoch in range(start_epoch, run.epochs):
             loader.set_epoch(epoch)
             try:
-                stats = train_one_epoch(model, loader, optimizer, scaler, run, epoch, progress)
+                stats = train_one_epoch(model, loader, optimizer, scaler, run, epoch, progress,
+                                        report_compile=run.compile and epoch == start_epoch)
             except NonFiniteLoss as e:
                 kept = (f"the last good checkpoint is {saved[0]}" if saved
                         else "no checkpoint had been written")
@@ -346,10 +348,44 @@ def _build_model(run):
     return model
 
 
-def make_optimizer(model, run):
-    """AdamW as the official recipe: betas (0.9, 0.95), the groups of :func:`param_groups`.
+def add_compile_arguments(group):
+    """``--compile`` / ``--no-compile`` and ``--compile-mode``, and what TF32 is left at."""
+    group.add_argument("--compile", action=argparse.BooleanOptionalAction,
+                       help="torch.compile the model; default on CUDA, off on CPU. float32 matmuls "
+                       "use TF32 only where your PyTorch settings say so "
+                       "(torch.backends.cuda.matmul.allow_tf32, torch.set_float32_matmul_precision): "
+                       "fastmae leaves them as they are")
+    group.add_argument("--compile-mode", help="torch.compile's mode: one of your torch's "
+                       "torch._inductor.list_mode_options(), e.g. reduce-overhead (CUDA graphs), "
+                       "max-autotune; default torch's")
+
+
+def make_optimizer(model, run, impl=None):
+    """AdamW as the official recipe: betas (0.9, 0.95), the groups of :func:`param_groups`;
+    ``impl`` (:func:`optimizer_impl`) ``"fused"`` by default on CUDA, ``"foreach"`` on the CPU.
     (Its first construction imports torch's compiler stack: a second or more.)"""
-    return torch.optim.AdamW(param_groups(model, run.weight_decay), lr=run.lr, betas=(0.9, 0.95))
+    return torch.optim.AdamW(param_groups(model, run.weight_decay), lr=run.lr, betas=(0.9, 0.95),
+                             **optimizer_impl(run.device, impl))
+
+
+def optimizer_impl(device, impl=None):
+    """The AdamW implementation flags: ``"fused"`` (one kernel per dtype group, which drops an update
+    on the device given ``found_inf``; the default on CUDA) or ``"foreach"`` (the default on the
+    CPU; on CUDA capturable, so its state lives on the device and ``engine.step_unless`` restores
+    it without a sync)."""
+    impl = impl or ("fused" if device.type == "cuda" else "foreach")
+    if impl not in ("fused", "foreach"):
+        raise ValueError(f"optimizer impl {impl!r}: expected 'fused' or 'foreach'")
+    fused = impl == "fused"
+    return {"fused": fused, "foreach": not fused, "capturable": not fused and device.type == "cuda"}
+
+
+def load_optimizer_state(optimizer, state):
+    """``optimizer.load_state_dict(state)`` keeping this run's implementation (fused, foreach,
+    capturable): a checkpoint's groups carry the flags of the device that wrote it, and they decide
+    where the loaded ``step`` counters live."""
+    impl = {k: optimizer.param_groups[0][k] for k in ("fused", "foreach", "capturable")}
+    optimizer.load_state_dict({**state, "param_groups": [{**g, **impl} for g in state["param_groups"]]})
 
 
 def param_groups(model, weight_decay):
@@ -376,7 +412,7 @@ def _restore(run, args, ckpt, model, optimizer, scaler, console):
         console.say(f"initialised {run.model} from the weights in {run.resume}; training from epoch 0")
         return 0
     try:
-        optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(optimizer, ckpt["optimizer"])
         # load_state_dict matches parameters by position only: check each moment's shape too.
         fits = all(t.shape == p.shape for p, state in optimizer.state.items()
                    for t in state.values() if t.ndim > 0)

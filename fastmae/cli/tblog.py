@@ -10,7 +10,9 @@ optimizer step post-hook logs it. Reading the loss costs a host sync per optimiz
 
 import importlib.util
 
-from fastmae.cli.distributed import sum_across
+import torch
+
+from fastmae.cli.distributed import all_reduce
 from fastmae.cli.errors import UsageError
 
 NEEDS_TENSORBOARD = '--log-dir needs tensorboard, the tensorboard extra: pip install -e ".[tensorboard]"'
@@ -51,7 +53,10 @@ class StepLogger:
         index = self.calls - 1  # the iteration of this step, counted from start_epoch's first
         epoch, iteration = self.start_epoch + index // self.iters, index % self.iters
         x = int((iteration / self.iters + epoch) * 1000)
-        loss = sum_across([self.loss.item()], self.device, self.dist)[0] / self.dist.world_size
+        loss = self.loss.to(torch.float64)
+        if self.dist.enabled:
+            loss = all_reduce(loss.clone())
+        loss = loss.item() / self.dist.world_size
         if self.writer is not None:
             self.writer.add_scalar("train_loss", loss, x)
             self.writer.add_scalar("lr", optimizer.param_groups[0]["lr"], x)

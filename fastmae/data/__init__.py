@@ -17,6 +17,9 @@ CUDA); :func:`to_model_input` copies it to the device in one non-blocking transf
             ...
         print(loader.wait.summary())                      # data_wait ... (once per epoch)
 
+:class:`Prefetcher` does the same with the next batch's copy and resize on a side CUDA stream,
+while the current step computes (``for batch, imgs in fd.Prefetcher(loader, "cuda", torch.bfloat16)``).
+
 Randomness is a pure function of ``(seed, epoch, sample)``: batches are bitwise the same on every
 run, for any number of workers (folders), with persistent workers, and after a resume at an epoch.
 This package does not import ``fastmae.cli``; it raises :class:`DataError` and ``ValueError``.
@@ -27,6 +30,7 @@ from .boxes import RATIO, SCALE, draw_flip, random_resized_crop_box, sample_rng
 from .crops import Crop, CropDataset, CropSpec, load_crop
 from .loader import (CropLoader, DataWait, build_loader, default_num_workers, default_prefetch_factor, open_source,
                      use_pillow_block_cache, worker_memory_settings)
+from .prefetch import Prefetcher
 from .sampler import EpochSampler
 from .shards import ShardCrops, Shards, is_shard_spec
 from .sources import IMAGE_EXTENSIONS, DataError, ImageFolder, ProceduralImages
@@ -34,7 +38,7 @@ from .synthetic import photo_like, photo_like_jpeg, write_photo_like_jpegs
 
 __all__ = [
     "Crop", "CropDataset", "CropLoader", "CropSpec", "DataError", "DataWait", "EpochSampler", "IMAGE_EXTENSIONS",
-    "ImageFolder", "ProceduralImages", "RATIO", "RaggedBatch", "SCALE", "ShardCrops", "Shards", "build_loader",
+    "ImageFolder", "Prefetcher", "ProceduralImages", "RATIO", "RaggedBatch", "SCALE", "ShardCrops", "Shards", "build_loader",
     "collate_crops", "default_num_workers", "default_prefetch_factor", "draw_flip", "is_shard_spec", "load_crop",
     "open_source", "photo_like", "photo_like_jpeg", "random_resized_crop_box", "sample_rng", "to_model_input",
     "use_pillow_block_cache", "worker_memory_settings", "write_photo_like_jpegs",
