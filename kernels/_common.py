@@ -96,6 +96,20 @@ def image_groups(images: int, blocks: int, num_warps: int, device: torch.device)
     return max(1, min(images, -(-programs // blocks)))
 
 
+def words_aligned(t: torch.Tensor) -> bool:
+    """Whether ``t``'s data starts on a 4-byte boundary (read on the host, no sync).
+
+    A tensor without an address (fake tensors while torch.compile traces, meta tensors) counts its
+    storage as aligned and checks the offset into it, as Inductor does for its own inputs (a compiled
+    graph copies an input whose address turns out misaligned at run time).
+    """
+    from torch._subclasses.fake_tensor import is_fake
+
+    if is_fake(t) or t.device.type == "meta":
+        return bool((t.storage_offset() * t.element_size()) % 4 == 0)
+    return t.data_ptr() % 4 == 0
+
+
 def promoted_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """The dtype torch's type promotion gives ``a + b + ...`` (bf16 tokens + fp32 tables -> fp32)."""
     dtype = tensors[0].dtype
