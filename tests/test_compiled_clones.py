@@ -12,7 +12,9 @@ the output pointer.
 ``tools/trace_triton_ops.py`` traces the fused ops forward and backward on fake CUDA tensors through
 AOTAutograd's functionalisation with Triton shown an sm_90 target, once, in a subprocess (this
 session interprets the kernels); per kernel these tests assert that every clone is of a buffer the
-graph allocated, and that the analysis never gave up.
+graph allocated, and that the analysis never gave up. Up to torch 2.11 the analysis built the TTIR
+with every scalar argument a constant, where a scalar used as a tensor (``MAGIC.to(...)``) does not
+compile: each kernel must build that way too.
 """
 
 from __future__ import annotations
@@ -69,3 +71,10 @@ def test_compiled_graph_clones_no_input(traced, kernel):
         assert launch["clones"], launch
         not_allocated = {arg: src for arg, src in launch["clones"].items() if src != "allocation"}
         assert not_allocated == {}, f"{kernel} clones {not_allocated} before every launch"
+
+
+@pytest.mark.parametrize("kernel", _kernel_names())
+def test_kernel_builds_with_scalars_as_constants(traced, kernel):
+    launches = [launch for launch in traced["launches"] if launch["kernel"] == kernel]
+    assert launches, f"{kernel} is not launched by the traced step"
+    assert [launch["scalars_as_constants"] for launch in launches] == [None] * len(launches)

@@ -93,6 +93,51 @@ def _sm90_target():
         config._active = before
 
 
+_TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int64: "i64",
+                 torch.int32: "i32", torch.uint8: "u8", torch.bool: "i1"}
+
+
+def scalars_as_constants(kernel, args: dict) -> str | None:
+    """Build ``kernel``'s TTIR with every non-tensor argument a constant, as torch's analysis of a
+    kernel's writes did up to torch 2.11 (``args``: tensors, or anything with a ``dtype``, by name):
+    ``None`` when it builds, else the error. A scalar argument a kernel uses as a tensor (``x.to``) fails
+    there, and the analysis then takes every input as written."""
+    import inspect
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource, make_backend
+
+    while not isinstance(kernel, triton.runtime.JITFunction):  # under @triton.autotune: its first config
+        if getattr(kernel, "configs", None):
+            args = {**args, **kernel.configs[0].kwargs}
+        kernel = kernel.fn
+    signature, constants = {}, {}
+    for i, name in enumerate(kernel.arg_names):
+        value = args[name]
+        if hasattr(value, "dtype"):
+            signature[name] = "*" + _TRITON_TYPES[value.dtype]
+        else:
+            signature[name] = "constexpr"
+            constants[(i,)] = value
+    target = GPUTarget("cuda", 90, 32)
+    backend = make_backend(target)
+    options = backend.parse_options({})
+    context = triton._C.libtriton.ir.context()
+    triton._C.libtriton.ir.load_dialects(context)
+    backend.load_dialects(context)
+    src = ASTSource(kernel, signature, constants)
+    codegen = backend.get_codegen_implementation(options)
+    try:
+        if len(inspect.signature(src.make_ir).parameters) == 5:  # Triton >= 3.7 takes the target first
+            src.make_ir(target, options, codegen, backend.get_module_map(), context)
+        else:
+            src.make_ir(options, codegen, backend.get_module_map(), context)
+    except Exception as e:  # a CompilationError names the line
+        return f"{type(e).__name__}: " + " | ".join(line.strip() for line in str(e).strip().splitlines()[-3:])
+    return None
+
+
 _ALLOCATIONS = ("aten.empty", "aten.full", "aten.zeros", "aten.new_empty", "aten.empty_like")
 
 
@@ -108,7 +153,8 @@ def _source(node) -> str:
 def trace() -> dict:
     """``{"use_triton_op", "kernels": sorted kernel names in the joint (forward + backward) graph,
     "opaque_ops": fastmae ops left as opaque calls, "launches": one ``{"kernel", "clones": {argument:
-    source}}`` per kernel launch, "analysis_failures": the analysis' warnings}``."""
+    source}, "scalars_as_constants": None or the error}`` per kernel launch (see
+    :func:`scalars_as_constants`), "analysis_failures": the analysis' warnings}``."""
     device = torch.device("cuda", 0)
     _common._SM_COUNT[device] = 132  # no GPU to ask; only the persistent grid's size depends on it
     n, num, d, dd, pdim = 2, 64, 64, 32, 48  # mae_vit_micro_patch4 at 32 px, mask 0.75: K = 16, M = 48
@@ -147,8 +193,11 @@ def trace() -> dict:
             name = getattr(kernel, "__name__", None) or kernel.fn.__name__
             kernels.add(name)
             args = node.kwargs["kwargs"]
+            values = {**kernel_side_table.get_constant_args(node.kwargs["constant_args_idx"]),
+                      **{a: (v.meta["val"] if isinstance(v, torch.fx.Node) else v) for a, v in args.items()}}
             launches.append({"kernel": name, "clones": {a: _source(args[a])
-                                                        for a in node.kwargs.get("tensors_to_clone", ())}})
+                                                        for a in node.kwargs.get("tensors_to_clone", ())},
+                             "scalars_as_constants": scalars_as_constants(kernel, values)})
         elif str(node.target).startswith("fastmae."):
             opaque.add(str(node.target))
     return {"use_triton_op": _common.USE_TRITON_OP, "kernels": sorted(kernels), "opaque_ops": sorted(opaque),
