@@ -71,7 +71,11 @@ def _jit_view(kernel, args: dict, pointers: dict) -> dict:
     return {"signature": signature, "constexprs": constexprs, "aligned": aligned}
 
 
-HEADLINE = ("masked_mse_loss_fwd_masked_bf16_fp32imgs", "masked_mse_loss_bwd_masked_bf16_fp32imgs",
+# bf16 throughout: what `fastmae pretrain` runs (its input pipeline writes the autocast dtype); bf16
+# pred with float32 images beside it (a loader that normalises on the CPU, as the official one)
+HEADLINE = ("masked_mse_loss_fwd_masked", "masked_mse_loss_bwd_masked",
+            "masked_mse_loss_fwd_full", "masked_mse_loss_bwd_full",
+            "masked_mse_loss_fwd_masked_bf16_fp32imgs", "masked_mse_loss_bwd_masked_bf16_fp32imgs",
             "masked_mse_loss_fwd_full_bf16_fp32imgs", "masked_mse_loss_bwd_full_bf16_fp32imgs",
             "masked_mse_loss_sum_masked")
 
@@ -143,8 +147,8 @@ def compile_specs() -> list[dict]:
             "programs": 1,
             "bytes": programs * 4 * (2 if has_mask else 1) + 8,
         })
-    # the training step's launches (bf16 autocast: pred bf16, images float32; the masked form) and the
-    # full form the model's forward(full_pred=True) runs
+    # the training step's launches (bf16 autocast: pred bf16, images bf16 from the CLI or float32; the
+    # masked form) and the full form the model's forward(full_pred=True) runs
     for spec in specs:
         spec["headline"] = spec["name"] in HEADLINE
     return specs
