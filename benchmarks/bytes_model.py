@@ -266,14 +266,26 @@ def table(sh: MAEShape, dtype, bandwidth: float = NOTES_BANDWIDTH) -> str:
     return "\n".join(lines)
 
 
-def step_rows(sh: MAEShape, amp_dtype=torch.bfloat16) -> list[dict]:
-    """One row per fused op of a training step (``cases.STEP``) under ``amp_dtype`` autocast:
+def _step_dtypes(piece, amp_dtype, imgs_dtype) -> dict:
+    """``piece.dtypes(amp_dtype)`` with the images in ``imgs_dtype`` (``None``: ``amp_dtype``, what
+    ``fastmae pretrain``'s input pipeline writes; ``torch.float32``: a loader that normalises on the CPU,
+    as the official one)."""
+    dtypes = piece.dtypes(amp_dtype)
+    imgs_dtype = imgs_dtype or amp_dtype
+    if piece.op == "patchify_gather":  # its data input is the images
+        dtypes["dtype"] = imgs_dtype
+    return {**dtypes, "imgs_dtype": imgs_dtype}
+
+
+def step_rows(sh: MAEShape, amp_dtype=torch.bfloat16, imgs_dtype=None) -> list[dict]:
+    """One row per fused op of a training step (``cases.STEP``) under ``amp_dtype`` autocast, images in
+    ``imgs_dtype`` (default ``amp_dtype``, the CLI's; see ``_step_dtypes``):
     ``piece``, ``fast`` (op and passes), ``minimal`` bytes, ``implementation`` (what its kernels move,
     ``implementation_extra``), ``before`` (what the fast path moved before issue 10), ``official``
     (the code it replaces) and that code's counted ``reference`` bytes."""
     rows = []
     for piece in STEP:
-        mode, dtypes = "fwdbwd" if piece.backward else "fwd", piece.dtypes(amp_dtype)
+        mode, dtypes = "fwdbwd" if piece.backward else "fwd", _step_dtypes(piece, amp_dtype, imgs_dtype)
         out_dtype = amp_dtype if piece.op == "patchify_gather" else None  # rows written for the GEMM
         minimal = pass_bytes(piece.op, tuple(sorted(piece.variant.items())), sh, False, **dtypes,
                              out_dtype=out_dtype)[mode]
@@ -287,22 +299,22 @@ def step_rows(sh: MAEShape, amp_dtype=torch.bfloat16) -> list[dict]:
     return rows
 
 
-def step_summary(sh: MAEShape, amp_dtype=torch.bfloat16) -> str:
+def step_summary(sh: MAEShape, amp_dtype=torch.bfloat16, imgs_dtype=None) -> str:
     """One line: the fused ops' bytes per training step against their minimal bytes, now and before."""
-    rows = step_rows(sh, amp_dtype)
+    rows = step_rows(sh, amp_dtype, imgs_dtype)
     mini, now, before = (sum(r[key] for r in rows) for key in ("minimal", "implementation", "before"))
     return (f"fused ops per training step: {_mb(now)} MB moved = {now / mini:.3f}x the minimal {_mb(mini)} MB "
             f"(before issue 10: {_mb(before)} MB = {before / mini:.3f}x)")
 
 
-def step_table(sh: MAEShape, amp_dtype=torch.bfloat16, bandwidth: float = NOTES_BANDWIDTH) -> str:
+def step_table(sh: MAEShape, amp_dtype=torch.bfloat16, bandwidth: float = NOTES_BANDWIDTH, imgs_dtype=None) -> str:
     """Markdown for ``step_rows`` and a total line. Columns: (header, row key, format; ``str`` for text,
     the others are totalled): a new figure per op is one more key in ``step_rows`` and one more column."""
     columns = (("step piece", "piece", str), ("fast path op", "fast", str), ("minimal MB", "minimal", _mb),
                (f"ideal µs at {bandwidth / 1e12:.1f} TB/s", "minimal", lambda b: f"{b / bandwidth * 1e6:.1f}"),
                ("implementation MB", "implementation", _mb), ("before issue 10 MB", "before", _mb),
                ("official path", "official", str), ("reference MB", "reference", _mb))
-    rows = step_rows(sh, amp_dtype)
+    rows = step_rows(sh, amp_dtype, imgs_dtype)
     total = {key: sum(r[key] for r in rows) for _, key, fmt in columns if fmt is not str}
     rows.append({"piece": "**total**", "fast": "", "official": "", **total})
     lines = ["| " + " | ".join(head for head, _, _ in columns) + " |",
@@ -327,9 +339,19 @@ def main(argv=None) -> None:
     ap.add_argument("--bandwidth-tbps", type=float, default=NOTES_BANDWIDTH / 1e12)
     args = ap.parse_args(argv)
     sh, dtype, bw = shape_for(args.model, args.batch, args.mask_ratio), DTYPES[args.dtype], args.bandwidth_tbps * 1e12
-    print(f"{heading(sh, args.dtype)}\n\n{table(sh, dtype, bw)}\n\nOne training step under {args.dtype} autocast "
-          f"(float32 images, position tables and tokens; {args.dtype} activations), fast path vs official path:"
-          f"\n\n{step_table(sh, dtype, bw)}\n\n{step_summary(sh, dtype)}")
+    print(f"{heading(sh, args.dtype)}\n\n{table(sh, dtype, bw)}\n\n{step_text(sh, dtype, args.dtype, bw)}")
+
+
+def step_text(sh: MAEShape, dtype, dtype_name: str, bandwidth: float = NOTES_BANDWIDTH) -> str:
+    """The training-step tables: images in the autocast dtype (what ``fastmae pretrain`` feeds), then
+    float32 images (a loader that normalises on the CPU, as the official one) beside it."""
+    out = []
+    for imgs_dtype, what in ((None, f"{dtype_name} images, as `fastmae pretrain` feeds them"),
+                             (torch.float32, "float32 images, as the official loader gives them")):
+        out.append(f"One training step under {dtype_name} autocast ({what}; float32 position tables and tokens; "
+                   f"{dtype_name} activations), fast path vs official path:\n\n"
+                   f"{step_table(sh, dtype, bandwidth, imgs_dtype)}\n\n{step_summary(sh, dtype, imgs_dtype)}")
+    return "\n\n".join(out)
 
 
 if __name__ == "__main__":

@@ -78,22 +78,60 @@ def next_power_of_2(n: int) -> int:
 
 _SM_COUNT: dict = {}
 # Programs of a persistent launch per SM: 64 resident warps / 4 warps per program (the kernels that
-# use it need few enough registers for that: ~32 at sm_90).
+# use it need few enough registers for that: <= 32 at sm_90; a specialisation that needs more passes
+# its own count, and tests/test_gpu_readiness.py checks every persistent grid against the registers
+# it compiles to).
 PERSISTENT_WARPS_PER_SM = 64
 
 
-def image_groups(images: int, blocks: int, num_warps: int, device: torch.device) -> int:
+def persistent_groups(images: int, blocks: int, slots: int) -> tuple[int, int]:
+    """``(groups, trips)`` of a persistent launch: ``blocks`` programs per group of images, at most
+    ``slots`` resident programs on the whole GPU.
+
+    ``groups = slots // blocks`` (at least 1, at most ``images``), so that the ``blocks * groups``
+    programs are all resident at once (one wave, never a second round of a few late programs); each
+    group then takes ``trips = ceil(images / groups)`` images; the groups are then cut to
+    ``ceil(images / trips)``, the fewest that need no more trips, so every program runs ``trips`` or
+    ``trips - 1`` images (the work is balanced within one trip).
+    """
+    groups = max(1, min(images, slots // max(blocks, 1)))
+    trips = -(-images // groups)
+    return -(-images // trips), trips
+
+
+def image_groups(images: int, blocks: int, programs_per_sm: int, device: torch.device) -> int:
     """How many groups of images a persistent launch of ``blocks`` programs per image group uses.
 
-    On CUDA: enough programs for one full wave (``SMs * 64 / num_warps``), each then looping over
-    ``images / groups`` images; elsewhere (the interpreter) one group per image, no loop.
+    On CUDA: :func:`persistent_groups` for ``SMs * programs_per_sm`` resident programs; elsewhere
+    (the interpreter) one group per image, no loop.
     """
     if device.type != "cuda":
         return max(1, images)
     if device not in _SM_COUNT:
         _SM_COUNT[device] = torch.cuda.get_device_properties(device).multi_processor_count
-    programs = _SM_COUNT[device] * (PERSISTENT_WARPS_PER_SM // num_warps)
-    return max(1, min(images, -(-programs // blocks)))
+    return persistent_groups(images, blocks, _SM_COUNT[device] * programs_per_sm)[0]
+
+
+def promoted_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype torch's type promotion gives ``a + b + ...`` (bf16 tokens + fp32 tables -> fp32)."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def words_aligned(t: torch.Tensor) -> bool:
+    """Whether ``t``'s data starts on a 4-byte boundary (read on the host, no sync).
+
+    A tensor without an address (fake tensors while torch.compile traces, meta tensors) counts its
+    storage as aligned and checks the offset into it, as Inductor does for its own inputs (a compiled
+    graph copies an input whose address turns out misaligned at run time).
+    """
+    from torch._subclasses.fake_tensor import is_fake
+
+    if is_fake(t) or t.device.type == "meta":
+        return bool((t.storage_offset() * t.element_size()) % 4 == 0)
+    return t.data_ptr() % 4 == 0
 
 
 def promoted_dtype(*tensors: torch.Tensor) -> torch.dtype:

@@ -109,10 +109,13 @@ def _load_raw(
     offset,  # a scalar offset added to every base (a multiple of V, >= 0)
     mask,  # [M, 1] or None
     V: tl.constexpr,  # contiguous values per offset
+    WORDS: tl.constexpr,  # PTR is bf16 and starts on a 4-byte boundary: read its values as 32-bit words
 ):
-    """The ``[M, V]`` values at ``PTR + base[:, None] + offset + arange(V)``, or in bf16 the
-    ``[M, V // 2]`` 32-bit words holding them (see :func:`_upcast`)."""
-    if PTR.dtype.element_ty == tl.bfloat16 and V > 1:
+    """The ``[M, V]`` values at ``PTR + base[:, None] + offset + arange(V)``, or with ``WORDS`` the
+    ``[M, V // 2]`` 32-bit words holding them (see :func:`_upcast`). ``WORDS`` needs a 4-byte aligned
+    ``PTR`` (the launcher checks the address: a bf16 tensor may start at any even byte)."""
+    if WORDS and V > 1:
+        tl.static_assert(PTR.dtype.element_ty == tl.bfloat16)
         # offsets are >= 0: halved by a shift (// 2 adds a sign fix-up); base >> 1 is the same value
         # in every call, computed once, and the scalar offsets fold into the load instructions
         words = PTR.to(tl.pointer_type(tl.int32), bitcast=True) + (base >> 1)[:, None] + (offset >> 1)
@@ -128,11 +131,11 @@ def _load_raw(
 
 
 @triton.jit
-def _upcast(raw, PTR, V: tl.constexpr):
+def _upcast(raw, V: tl.constexpr, WORDS: tl.constexpr):
     """:func:`_load_raw`'s values as float32 ``[M, V]``. A bf16 is the top half of its float32, so
     a word's two bf16 become ``word << 16`` and ``word & 0xffff0000``: one instruction per value,
     where the compiler's own conversion spends two on every odd one (PRMT, then SHF)."""
-    if PTR.dtype.element_ty == tl.bfloat16 and V > 1:
+    if WORDS and V > 1:
         lo = (raw << 16).to(tl.float32, bitcast=True)  # value 2i (little-endian: the low half)
         hi = (raw & -65536).to(tl.float32, bitcast=True)  # value 2i + 1
         ab = tl.join(lo, hi)  # [M, V // 2, 2]
@@ -145,10 +148,30 @@ def _upcast(raw, PTR, V: tl.constexpr):
 def _div(x, MAGIC, SHIFT):
     """``x // d`` for int32 ``0 <= x < 2^31`` and ``(MAGIC, SHIFT) = _magic(d)``: a multiply-high and a
     shift (Granlund-Montgomery) in place of the ~35-instruction integer division."""
-    hi = tl.umulhi(x.to(tl.uint32) * 2, MAGIC.to(tl.uint32, bitcast=True))  # (2x * m) >> 32, unsigned
-    # SHIFT as it comes: the JIT turns an int argument equal to 1 into a plain constant (no .to);
+    # tl.cast, not MAGIC.to: a scalar argument may arrive as a plain constant (the JIT makes an int
+    # equal to 1 one; torch.compile's analysis of the kernel's writes, up to torch 2.11, makes every
+    # scalar one), which has no .to
+    hi = tl.umulhi(x.to(tl.uint32) * 2, tl.cast(MAGIC, tl.uint32, bitcast=True))  # (2x * m) >> 32, unsigned
     # uint32 >> int32 shifts as unsigned
     return (hi >> SHIFT).to(tl.int32)
+
+
+@triton.jit
+def _pred_offsets(
+    pid,  # program id
+    P: tl.constexpr,  # values per pred row
+    BLOCK_R: tl.constexpr,  # rows per program
+    BLOCK_CH: tl.constexpr,  # chunks per row (a power of two)
+    S: tl.constexpr,  # pixels per chunk and channel
+    C: tl.constexpr,  # channels
+):
+    """Each thread's row, chunk and the chunk's first value in pred, ``[BLOCK_R * BLOCK_CH]`` each:
+    ``rows = pid * BLOCK_R + rc // BLOCK_CH``, ``ch = rc % BLOCK_CH``, ``pred_base = rows * P + ch * S * C``
+    (row order: ``j = (pi * p + qi) * C + c``, so chunk ``ch`` is the ``S * C`` values from ``ch * S * C``)."""
+    rc = tl.arange(0, BLOCK_R * BLOCK_CH)
+    ch = rc % BLOCK_CH  # chunk ch = (pi, qs): pixels qi = qs * S + [0, S) of patch row pi
+    rows = pid * BLOCK_R + rc // BLOCK_CH  # each thread works out its own row
+    return rows, ch, rows.to(tl.int64) * P + ch * (S * C)
 
 
 @triton.jit
@@ -179,12 +202,16 @@ def _row_diffs(
     S: tl.constexpr,  # pixels per chunk and channel: a power of two dividing PATCH
     VI: tl.constexpr,  # image pixels per load (16 bytes), dividing S
     VP: tl.constexpr,  # pred values per load (16 bytes), dividing S
+    PRED_WORDS: tl.constexpr,  # bf16 pred on a 4-byte boundary: read as 32-bit words (see _load_raw)
+    IMG_WORDS: tl.constexpr,  # bf16 images on a 4-byte boundary: read as 32-bit words
     EVEN: tl.constexpr,  # NR % BLOCK_R == 0: no row to mask
 ):
     """``pred - target`` for the program's rows in fp32, as ``S * C // VP`` tiles
     ``[BLOCK_R, BLOCK_CH, VP]``, the ``k``-th holding row elements ``j = ch * S * C + k * VP + v``
-    (0 outside the rows); then the row weights ``[BLOCK_R, BLOCK_CH]`` (one copy per chunk), pred's
-    offset of each chunk ``[BLOCK_R * BLOCK_CH]`` and the store mask."""
+    (0 outside the rows); then the row weights ``[BLOCK_R, BLOCK_CH]`` (one copy per chunk) and the
+    store mask. (The backward's store addresses come from :func:`_pred_offsets` in the kernel
+    itself: an address returned by this call would depend on every pointer passed to it, and
+    torch.compile's analysis of what a kernel writes would then count PRED and IMGS as written.)"""
     P: tl.constexpr = PATCH * PATCH * C
     QS: tl.constexpr = PATCH // S  # chunks per patch row
     PADDED: tl.constexpr = BLOCK_CH != PATCH * QS  # chunks past the patch (p = 14: 98 of 128)
@@ -195,9 +222,7 @@ def _row_diffs(
     # [BLOCK_R, BLOCK_CH, V], where the per-row sums are plain reductions over axes 2 and 1.
     # Row and patch arithmetic in int32 (NR + BLOCK_R <= 2^31 and C * H * W < 2^31, asserted by the
     # launcher), offsets in int64 (N * L * P and N * C * H * W may pass 2^31).
-    rc = tl.arange(0, BLOCK_R * BLOCK_CH)
-    ch = rc % BLOCK_CH  # chunk ch = (pi, qs): pixels qi = qs * S + [0, S) of patch row pi
-    rows = pid * BLOCK_R + rc // BLOCK_CH  # [BLOCK_R * BLOCK_CH]: each thread works out its own row
+    rows, ch, pred_base = _pred_offsets(pid, P, BLOCK_R, BLOCK_CH, S, C)
     row_ok = None if EVEN else rows < NR  # EVEN: every program is full, nothing to mask
     n = _div(rows, R_MAGIC, R_SHIFT)  # image, rows // R
     if HAS_IDS:
@@ -211,10 +236,8 @@ def _row_diffs(
     hi = _div(patch, GW_MAGIC, GW_SHIFT)  # patch row in the grid, patch // GW
     wi = patch - hi * GW  # patch column in the grid
     pi = ch // QS
-    # pixel (c = 0, pi, qs * S) of the patch, and the chunk's first value in pred (row order:
-    # j = (pi * p + qi) * C + c, so the chunk is the S * C values from j = ch * S * C)
+    # pixel (c = 0, pi, qs * S) of the patch
     img_base = n.to(tl.int64) * C * H * W + ((hi * PATCH + pi) * W + wi * PATCH + (ch - pi * QS) * S)
-    pred_base = rows.to(tl.int64) * P + ch * (S * C)
     # load mask [BLOCK_R * BLOCK_CH, 1]: constant along a load's values, which stay one access
     if PADDED:
         io = ch < PATCH * QS
@@ -229,11 +252,11 @@ def _row_diffs(
     # pred in row order, the image in image order: 16 contiguous bytes per load (p = 16)
     xs = ()  # raw: upcast where used, so that bf16 holds half the registers until then
     for k in tl.static_range(S * C // VP):
-        xs = xs + (_load_raw(PRED, pred_base, k * VP, io, VP),)
+        xs = xs + (_load_raw(PRED, pred_base, k * VP, io, VP, PRED_WORDS),)
     planes = ()
     for c in tl.static_range(C):
         for g in tl.static_range(S // VI):
-            t = _upcast(_load_raw(IMGS, img_base, c * (H * W) + g * VI, io, VI), IMGS, VI)
+            t = _upcast(_load_raw(IMGS, img_base, c * (H * W) + g * VI, io, VI, IMG_WORDS), VI, IMG_WORDS)
             planes = planes + (tl.reshape(t, [BLOCK_R, BLOCK_CH, VI]),)
     if NORM_PIX:
         # target = (t - mean) / sqrt(var + eps), var = sum((t - mean)^2) / (P - 1)  (unbiased)
@@ -259,7 +282,7 @@ def _row_diffs(
 
     diffs = ()
     for k in tl.static_range(S * C // VP):
-        x = tl.reshape(_upcast(xs[k], PRED, VP), [BLOCK_R, BLOCK_CH, VP])
+        x = tl.reshape(_upcast(xs[k], VP, PRED_WORDS), [BLOCK_R, BLOCK_CH, VP])
         if NORM_PIX:
             diffs = diffs + (tl.fma(target[k], neg_rstd, x),)  # x - (t - mean) / std
         else:
@@ -274,7 +297,7 @@ def _row_diffs(
         w = tl.where(row_ok, 1.0, 0.0)
     if io is None:  # the stores' mask (a tuple cannot hold None): all true, which Triton drops
         io = tl.full([BLOCK_R * BLOCK_CH, 1], True, tl.int1)
-    return diffs, tl.reshape(w, [BLOCK_R, BLOCK_CH]), pred_base, io
+    return diffs, tl.reshape(w, [BLOCK_R, BLOCK_CH]), io
 
 
 def _magic(d: int) -> tuple[int, int]:

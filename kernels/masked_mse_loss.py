@@ -31,7 +31,10 @@ gathered dimension spread over lanes: measured on a 4-row tile it compiled to 96
 a shared-memory conversion, 128 registers, under 3.9, and 24 ``STS.U16`` + 24 ``LDS.64`` under 3.6;
 no reshape or permute can interleave 3 channels, 3 not being a power of two.) bf16 values are
 widened from 32-bit words (``word << 16``, ``word & 0xffff0000``: one instruction a value, where
-the compiler's conversion spends two on every odd one).
+the compiler's conversion spends two on every odd one) when the tensor starts on a 4-byte boundary;
+a bf16 view that starts at an odd element (valid, contiguous, and 2 bytes off) is read value by
+value (``PRED_WORDS`` / ``IMG_WORDS``, chosen by the launcher from the address), since a word load
+there is a misaligned address, which ends the CUDA context.
 
 What a program does: ``BLOCK_R = 8`` rows at 4 warps, 16 lanes per row (``BLOCK_CH = 16`` chunks).
 Per row it sums the target (norm-pix mean) and the centred squares (variance), each an in-thread
@@ -68,8 +71,8 @@ import triton
 import triton.language as tl
 
 from ..reference import NORM_PIX_EPS
-from ._loss_rows import _magic, _row_diffs
-from ._common import empty, fake, launch, next_power_of_2, op
+from ._loss_rows import _magic, _pred_offsets, _row_diffs
+from ._common import empty, fake, launch, next_power_of_2, op, words_aligned
 
 # Block sizes (why these: see the module docstring). A thread holds one chunk of one row: S pixels
 # of a patch row in every channel, S * C values of pred.
@@ -114,13 +117,15 @@ def _masked_mse_loss_kernel(
     S: tl.constexpr,  # pixels per chunk and channel
     VI: tl.constexpr,  # image pixels per load
     VP: tl.constexpr,  # pred values per load
+    PRED_WORDS: tl.constexpr,  # bf16 pred read as 32-bit words (4-byte aligned)
+    IMG_WORDS: tl.constexpr,  # bf16 images read as 32-bit words (4-byte aligned)
     EVEN: tl.constexpr,  # NR % BLOCK_R == 0
 ):
     P: tl.constexpr = PATCH * PATCH * C
     pid = tl.program_id(0)
-    diffs, w, pred_base, io = _row_diffs(
+    diffs, w, io = _row_diffs(
         PRED, IMGS, MASK, IDS, pid, NR, R, R_MAGIC, R_SHIFT, NUM_PATCHES, H, W, GW, GW_MAGIC, GW_SHIFT,
-        PATCH, C, NORM_PIX, HAS_MASK, HAS_IDS, EPS, BLOCK_R, BLOCK_CH, S, VI, VP, EVEN,
+        PATCH, C, NORM_PIX, HAS_MASK, HAS_IDS, EPS, BLOCK_R, BLOCK_CH, S, VI, VP, PRED_WORDS, IMG_WORDS, EVEN,
     )
     sq = diffs[0] * diffs[0]
     for k in tl.static_range(1, len(diffs)):
@@ -198,17 +203,20 @@ def _masked_mse_loss_bwd_kernel(
     S: tl.constexpr,  # pixels per chunk and channel
     VI: tl.constexpr,  # image pixels per load
     VP: tl.constexpr,  # pred values per load and store
+    PRED_WORDS: tl.constexpr,  # bf16 pred read as 32-bit words (4-byte aligned)
+    IMG_WORDS: tl.constexpr,  # bf16 images read as 32-bit words (4-byte aligned)
     EVEN: tl.constexpr,  # NR % BLOCK_R == 0
 ):
     P: tl.constexpr = PATCH * PATCH * C
     pid = tl.program_id(0)
-    diffs, w, pred_base, io = _row_diffs(
+    diffs, w, io = _row_diffs(
         PRED, IMGS, MASK, IDS, pid, NR, R, R_MAGIC, R_SHIFT, NUM_PATCHES, H, W, GW, GW_MAGIC, GW_SHIFT,
-        PATCH, C, NORM_PIX, HAS_MASK, HAS_IDS, EPS, BLOCK_R, BLOCK_CH, S, VI, VP, EVEN,
+        PATCH, C, NORM_PIX, HAS_MASK, HAS_IDS, EPS, BLOCK_R, BLOCK_CH, S, VI, VP, PRED_WORDS, IMG_WORDS, EVEN,
     )
     # d loss / d pred[r, j] = g * w[r] / den * 2 * (pred[r, j] - target[r, j]) / P
     coef = tl.load(GRAD_LOSS).to(tl.float32) * tl.load(INV_DEN) * (2.0 / P)
     scale = (coef * w)[:, :, None]  # [BLOCK_R, BLOCK_CH, 1]
+    _, _, pred_base = _pred_offsets(pid, P, BLOCK_R, BLOCK_CH, S, C)  # [BLOCK_R * BLOCK_CH], as _row_diffs
     for k in tl.static_range(len(diffs)):  # row order: the loads of pred, now stores (16 bytes)
         grad = tl.reshape(scale * diffs[k], [BLOCK_R * BLOCK_CH, VP])
         ptrs = GRAD_PRED + pred_base[:, None] + (k * VP + tl.arange(0, VP))[None, :]
@@ -231,6 +239,14 @@ def _blocks(rows: int, patch: int, pred_size: int, img_size: int) -> dict:
                 VI=min(16 // img_size, pow2, 8), VP=min(16 // pred_size, pow2, 8))
 
 
+def _words(t: torch.Tensor, v: int) -> bool:
+    """Whether the kernels read bf16 ``t`` as 32-bit words (``v`` values a load): only where its data
+    starts on a 4-byte boundary. A bf16 view that starts at an odd element (``x[:, 1:]`` made
+    contiguous by its offset, a slice of a larger buffer) is read value by value instead: a word
+    load from it is a misaligned address, which ends the CUDA context."""
+    return t.dtype == torch.bfloat16 and v > 1 and words_aligned(t)
+
+
 def _launch_args(pred, imgs, mask, ids_masked, patch_size: int, norm_pix_loss: bool):
     """What the forward and backward row kernels share: ``(programs, (MASK, IDS), keyword arguments)``.
 
@@ -248,7 +264,8 @@ def _launch_args(pred, imgs, mask, ids_masked, patch_size: int, norm_pix_loss: b
         NUM_PATCHES=(hh // patch_size) * (ww // patch_size), H=hh, W=ww,
         GW=ww // patch_size, GW_MAGIC=gw_magic, GW_SHIFT=gw_shift,
         PATCH=patch_size, C=c, NORM_PIX=norm_pix_loss, HAS_MASK=not has_ids, HAS_IDS=has_ids, EPS=NORM_PIX_EPS,
-        **blocks, EVEN=rows % blocks["BLOCK_R"] == 0, num_warps=_NUM_WARPS,
+        **blocks, PRED_WORDS=_words(pred, blocks["VP"]), IMG_WORDS=_words(imgs, blocks["VI"]),
+        EVEN=rows % blocks["BLOCK_R"] == 0, num_warps=_NUM_WARPS,
     )
     # the absent one of MASK / IDS is a dummy (pred) the kernel never reads
     return triton.cdiv(rows, blocks["BLOCK_R"]), ((pred, ids_masked) if has_ids else (mask, pred)), kwargs

@@ -129,6 +129,31 @@ def test_headline_bandwidth_kernels_meet_the_targets(resources):
     assert not missed, missed
 
 
+@pytest.mark.slow
+def test_persistent_grids_fit_one_wave(resources):
+    # every persistent grid (not only the headline ones), at the registers it compiled to: all its
+    # programs resident at once and its images spread within one trip (tools/throughput.py)
+    from tools.throughput import persistent_fits
+
+    checked = [r for r in resources if r.get("ok") and r["arch"] == 90 and r.get("persistent")]
+    assert len(checked) >= 4, [r["name"] for r in checked]
+    missed = [f"{r['name']}: {r['programs']} programs, {r['resident']} resident an SM ({r['registers']} registers), "
+              f"{r['waves']:.2f} waves, {r['persistent_work']} images in {r['persistent_groups']} groups"
+              for r in checked if not persistent_fits(r)]
+    assert not missed, missed
+
+
+def test_persistent_fits():
+    from tools.throughput import persistent_fits
+
+    base = {"persistent_work": 256, "persistent_groups": 43}
+    assert persistent_fits({**base, "waves": 2107 / 2112})
+    assert not persistent_fits({**base, "waves": 2156 / 2112})  # 44 late programs run a second round
+    # 50 groups take 6 trips too, with 44 of them idle in the last: 43 groups would do
+    assert not persistent_fits({"waves": 0.9, "persistent_work": 256, "persistent_groups": 50})
+    assert not persistent_fits({"waves": 0.9})  # the spec must say how the work is spread
+
+
 def test_sass_loops_and_counts():
     # the instruction counter on a hand-written listing: a loop (a backward branch) weighs its trips,
     # the final self-branch is not a loop, NOPs do not count

@@ -132,6 +132,41 @@ def test_images_in_another_dtype(pred_dtype, img_dtype, p, h, w):
     _check(pred[:, :4].contiguous(), imgs, None, p, True, ids, "triton")
 
 
+def _at_odd_element(t):
+    """``t``'s values in a contiguous view that starts one element into its storage."""
+    buf = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+    view = buf[1:].view(t.shape)
+    view.copy_(t)
+    return view
+
+
+@pytest.mark.parametrize("form", ["full", "masked"])
+@pytest.mark.parametrize("odd", ["pred", "imgs"])
+def test_bf16_at_an_odd_element_is_read_value_by_value(odd, form):
+    # A contiguous bf16 view starting at an odd element (a slice of a larger buffer): its data sit
+    # 2 bytes past a 4-byte boundary, where a 32-bit word load is a misaligned address (on a GPU a
+    # sticky error that ends the process; the interpreter reads it anyway). The launcher must read
+    # such a tensor value by value and keep the word loads for the aligned one. p = 16: 8 bf16 a load,
+    # the regime that reads words when aligned.
+    n, c, h, w, p = 2, 3, 32, 48, 16
+    num_patches = (h // p) * (w // p)
+    rows = num_patches if form == "full" else 4
+    imgs = _images(n, c, h, w, torch.bfloat16)
+    pred = torch.randn(n, rows, p * p * c).to(torch.bfloat16)
+    if odd == "pred":
+        pred = _at_odd_element(pred)
+    else:
+        imgs = _at_odd_element(imgs)
+    moved = pred if odd == "pred" else imgs
+    assert moved.is_contiguous() and moved.storage_offset() == 1 and moved.data_ptr() % 4 == 2
+    mask = _mask(n, num_patches) if form == "full" else None
+    ids = _ids_masked(n, num_patches, rows) if form == "masked" else None
+    _, _, kwargs = kmod._launch_args(pred, imgs, mask, ids, p, True)
+    assert kwargs["VP"] == 8 and kwargs["VI"] == 8
+    assert (kwargs["PRED_WORDS"], kwargs["IMG_WORDS"]) == ((False, True) if odd == "pred" else (True, False))
+    _check(pred, imgs, mask, p, True, ids, "triton")
+
+
 def test_division_by_multiply_high():
     # the kernels divide by R (rows per image) and by the grid width with _magic's multiplier; check
     # it against // for divisors of every size and the dividends where rounding is closest

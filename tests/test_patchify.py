@@ -145,7 +145,7 @@ def test_bad_input(call, exc, words):
 def test_persistent_loop_over_images(monkeypatch):
     # On CUDA a launch has one wave of programs, each looping over a group of images; the interpreter
     # runs one image per program unless told otherwise: two groups for five images here.
-    monkeypatch.setattr(pk, "image_groups", lambda images, blocks, num_warps, device: 2)
+    monkeypatch.setattr(pk, "image_groups", lambda images, blocks, programs_per_sm, device: 2)
     imgs = torch.randn(5, 3, 8, 12, requires_grad=True)
     with poisoned():
         out = ops.patchify(imgs, 4, backend="triton")
@@ -155,3 +155,25 @@ def test_persistent_loop_over_images(monkeypatch):
     with poisoned():
         rows = ops.patchify_gather(imgs, ids, 4, backend="triton")
     assert torch.equal(rows, patchify_gather_ref(imgs.detach(), ids, 4))
+
+
+@pytest.mark.parametrize("rows, gather, src, dst, groups, trips", [
+    (49, True, 4, 2, 43, 6),  # the model's gather, float32 images -> bf16 rows: 49 blocks an image
+    (49, True, 2, 2, 43, 6),  # the CLI's bf16 images
+    (49, True, 4, 4, 32, 8),  # float32 -> float32 (40 registers: 12 programs an SM)
+    (196, False, 2, 2, 10, 26),  # patchify / unpatchify: 196 blocks an image
+])
+def test_persistent_grid_is_one_wave_at_the_headline(monkeypatch, rows, gather, src, dst, groups, trips):
+    # ViT-B/16, 224 px, batch 256 on an H100's 132 SMs: every program of the grid resident at once
+    # (programs <= slots: no late programs running a second round alone), each looping over `trips`
+    # or `trips - 1` images. The launchers' own sizing, asked for a CUDA device whose SM count is set.
+    from fastmae.kernels._common import _SM_COUNT, image_groups
+
+    tile = pk._tile(3, 16)
+    assert tile["PATCHES"] == 1 and tile["num_warps"] == 4  # one patch a program: blocks = rows
+    device = torch.device("cuda", 0)
+    monkeypatch.setitem(_SM_COUNT, device, 132)
+    per_sm = pk.programs_per_sm(tile["num_warps"], src, dst, gather)
+    got = image_groups(256, rows, per_sm, device)
+    assert got == groups and rows * got <= 132 * per_sm
+    assert groups * (trips - 1) < 256 <= groups * trips

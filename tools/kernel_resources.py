@@ -1,6 +1,6 @@
 """Resource table for every fused kernel, compiled for real GPUs on any machine (no GPU needed).
 
-    python -m tools.kernel_resources [--arch 90 80] [--json]      (or: python benchmarks/kernel_resources.py)
+    python -m tools.kernel_resources [--arch 90 80] [--module NAME ...] [--json]      (or: python benchmarks/kernel_resources.py)
 
 Every module in ``fastmae.kernel_modules.KERNEL_MODULES`` has its kernels at ViT-B/16 shapes listed by
 ``tools.kernel_specs.<module>.compile_specs()``. Each spec is compiled with ``triton.compile`` for ``sm_<arch>`` with the
@@ -191,8 +191,9 @@ def inspect_cubin(compiled, arch: int, workdir: str, stem: str) -> tuple[dict, s
     }, sass
 
 
-def collect(archs) -> list[dict]:
-    """One record per (kernel spec, arch); a module that is missing or broken gives an error record.
+def collect(archs, modules=None) -> list[dict]:
+    """One record per (kernel spec, arch) of ``modules`` (default: every kernel module); a module that
+    is missing or broken gives an error record.
 
     Compiles run one after another (Triton caches them between runs); the CUDA tools then run in
     parallel threads, since they are separate processes.
@@ -202,7 +203,7 @@ def collect(archs) -> list[dict]:
     from .kernel_specs import compile_specs as specs_of
 
     records, jobs = [], []
-    for module in KERNEL_MODULES:
+    for module in modules or KERNEL_MODULES:
         try:
             specs = specs_of(module)
         except Exception as e:  # a module not written yet, or without compile_specs
@@ -274,9 +275,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, nargs="+", default=[90, 80],
                         help="compute capabilities (90 = H100)")
+    parser.add_argument("--module", nargs="+", default=None,
+                        help="kernel modules to compile (default: all of fastmae.kernel_modules.KERNEL_MODULES)")
     parser.add_argument("--json", action="store_true", help="print JSON records instead of the table")
     args = parser.parse_args(argv)
-    records = collect(args.arch)
+    records = collect(args.arch, args.module)
     if args.json:
         json.dump(records, sys.stdout, indent=1)
         print()

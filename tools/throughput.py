@@ -114,6 +114,7 @@ def launch_figures(record: dict, spec: dict, sass: str) -> dict:
     figures = {"sass_instructions": sum(op != "NOP" for _, op, _ in instrs), "loops": len(loops(instrs)),
                "executed_per_warp": executed, "programs": spec.get("programs"), "bytes": spec.get("bytes"),
                "persistent": bool(spec.get("persistent")), "headline": bool(spec.get("headline")),
+               "persistent_work": spec.get("persistent_work"), "persistent_groups": spec.get("persistent_groups"),
                "resident": None, "waves": None, "bytes_per_warp_instruction": None}
     warps = record["num_warps"]
     resident = resident_programs(record["registers"], warps, record["shared"])
@@ -130,23 +131,50 @@ def is_bandwidth_kernel(record: dict) -> bool:
     return (record.get("bytes") or 0) >= BANDWIDTH_KERNEL_BYTES
 
 
+def persistent_fits(record: dict) -> bool:
+    """A persistent grid whose programs are all resident at once (at most one wave at the registers
+    it compiled to: no late programs running a second round alone) and whose work is balanced within
+    one trip: ``trips = ceil(items / groups)`` and no fewer groups would do in as many trips
+    (``(groups - 1) * trips < items``), so the last trip keeps more than ``groups - trips`` programs busy
+    and every program loops ``trips`` or ``trips - 1`` times."""
+    waves, items, groups = record.get("waves"), record.get("persistent_work"), record.get("persistent_groups")
+    if waves is None or not items or not groups or waves > 1.0:
+        return False
+    trips = -(-items // groups)
+    return (groups - 1) * trips < items
+
+
 def meets_targets(record: dict) -> bool:
-    """At least ``ISSUE_BOUND_BYTES`` per warp-instruction, and 4 waves or a persistent grid."""
+    """At least ``ISSUE_BOUND_BYTES`` per warp-instruction, and 4 waves or a persistent grid that fits
+    (:func:`persistent_fits`)."""
     bpi, waves = record.get("bytes_per_warp_instruction"), record.get("waves")
-    return (bpi is not None and bpi >= ISSUE_BOUND_BYTES
-            and (record.get("persistent") or (waves is not None and waves >= 4)))
+    if bpi is None or bpi < ISSUE_BOUND_BYTES:
+        return False
+    return persistent_fits(record) if record.get("persistent") else (waves is not None and waves >= 4)
 
 
 def summary_line(records) -> str:
     """The report's last line: the worst bytes per warp-instruction and the fewest waves over the
-    headline bandwidth kernels compiled for sm_90 (a persistent grid is one wave by design and is
-    left out of the waves minimum)."""
+    headline bandwidth kernels compiled for sm_90, and the most waves of any persistent grid (which
+    must stay within one)."""
     bw = [r for r in records if r.get("ok") and r["arch"] == 90 and r.get("headline") and is_bandwidth_kernel(r)]
     with_bpi = [r for r in bw if r.get("bytes_per_warp_instruction") is not None]
     with_waves = [r for r in bw if r.get("waves") is not None and not r.get("persistent")]
-    if not with_bpi or not with_waves:
-        return "min bytes per warp-instruction over bandwidth kernels: - (no sm_90 bandwidth kernel); min waves: -"
-    worst = min(with_bpi, key=lambda r: r["bytes_per_warp_instruction"])
-    fewest = min(with_waves, key=lambda r: r["waves"])
-    return (f"min bytes per warp-instruction over bandwidth kernels: {worst['bytes_per_warp_instruction']:.1f} "
-            f"(kernel {worst['name']}); min waves: {fewest['waves']:.1f} (kernel {fewest['name']})")
+    persistent = [r for r in records if r.get("ok") and r["arch"] == 90 and r.get("persistent") and r.get("waves")]
+    if with_bpi:
+        worst = min(with_bpi, key=lambda r: r["bytes_per_warp_instruction"])
+        line = (f"min bytes per warp-instruction over bandwidth kernels: {worst['bytes_per_warp_instruction']:.1f} "
+                f"(kernel {worst['name']})")
+    else:
+        line = "min bytes per warp-instruction over bandwidth kernels: - (no sm_90 bandwidth kernel)"
+    if with_waves:
+        fewest = min(with_waves, key=lambda r: r["waves"])
+        line += f"; min waves: {fewest['waves']:.1f} (kernel {fewest['name']})"
+    else:
+        line += "; min waves: -"
+    if persistent:
+        most = max(persistent, key=lambda r: r["waves"])
+        balanced = all(persistent_fits(r) for r in persistent)
+        line += (f"; persistent grids: max {most['waves']:.2f} waves (kernel {most['name']}), "
+                 f"{'all' if balanced else 'NOT all'} within one wave and balanced")
+    return line

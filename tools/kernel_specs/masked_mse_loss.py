@@ -71,7 +71,40 @@ def _jit_view(kernel, args: dict, pointers: dict) -> dict:
     return {"signature": signature, "constexprs": constexprs, "aligned": aligned}
 
 
-HEADLINE = ("masked_mse_loss_fwd_masked_bf16_fp32imgs", "masked_mse_loss_bwd_masked_bf16_fp32imgs",
+# bf16 throughout: what `fastmae pretrain` runs (its input pipeline writes the autocast dtype); bf16
+# pred with float32 images beside it (a loader that normalises on the CPU, as the official one)
+def _odd_pred_specs() -> list[dict]:
+    """The masked form with bf16 pred starting at an odd element (a contiguous view 2 bytes past a
+    4-byte boundary, e.g. a slice of a larger buffer): read value by value, not as 32-bit words, and
+    not 16-byte aligned for the JIT. Listed to show that path compiles cleanly; not a training launch."""
+    rows = N * M
+    pred = torch.empty(rows * P + 1, dtype=torch.bfloat16, device="meta")[1:].view(N, M, P)
+    imgs = torch.empty(N, C, IMG, IMG, dtype=torch.bfloat16, device="meta")
+    ids = torch.empty(N, M, dtype=torch.int64, device="meta")
+    programs, _, kwargs = k._launch_args(pred, imgs, None, ids, PATCH, True)
+    assert not kwargs["PRED_WORDS"] and kwargs["IMG_WORDS"]
+    num_warps = kwargs.pop("num_warps")
+    row_bytes = rows * P * 4 + rows * 8
+    ptrs = {"PRED": "*bf16", "IMGS": "*bf16", "MASK": "*bf16", "IDS": "*i64"}
+    specs = []
+    for direction, kernel, args, extra_ptrs, nbytes in (
+        ("fwd", k._masked_mse_loss_kernel, {**kwargs, "NUM_PROGRAMS": programs}, {"PARTIAL": "*fp32"},
+         row_bytes + programs * 4),
+        ("bwd", k._masked_mse_loss_bwd_kernel, kwargs, {"GRAD_LOSS": "*fp32", "INV_DEN": "*fp32", "GRAD_PRED": "*bf16"},
+         row_bytes + rows * P * 2 + 8),
+    ):
+        pointers = {**ptrs, **extra_ptrs}
+        view = _jit_view(kernel, {**args, **dict.fromkeys(pointers)}, pointers)
+        view["aligned"] = [a for a in view["aligned"] if a not in ("PRED", "MASK")]  # MASK: pred, the dummy
+        specs.append({"name": f"masked_mse_loss_{direction}_masked_bf16_odd_pred", "kernel": kernel, **view,
+                      "num_warps": num_warps, "expect_vector_io": True, "why_not_vector": "",
+                      "programs": programs, "bytes": nbytes})
+    return specs
+
+
+HEADLINE = ("masked_mse_loss_fwd_masked", "masked_mse_loss_bwd_masked",
+            "masked_mse_loss_fwd_full", "masked_mse_loss_bwd_full",
+            "masked_mse_loss_fwd_masked_bf16_fp32imgs", "masked_mse_loss_bwd_masked_bf16_fp32imgs",
             "masked_mse_loss_fwd_full_bf16_fp32imgs", "masked_mse_loss_bwd_full_bf16_fp32imgs",
             "masked_mse_loss_sum_masked")
 
@@ -127,6 +160,7 @@ def compile_specs() -> list[dict]:
                     "bytes": nbytes,
                 })
         sum_programs[form] = (programs, rows)
+    specs += _odd_pred_specs()
     # The final reduction, one program: the same code for every dtype; the full form also sums weights.
     for form, has_mask in (("masked", False), ("full", True)):
         programs, rows = sum_programs[form]
@@ -143,8 +177,8 @@ def compile_specs() -> list[dict]:
             "programs": 1,
             "bytes": programs * 4 * (2 if has_mask else 1) + 8,
         })
-    # the training step's launches (bf16 autocast: pred bf16, images float32; the masked form) and the
-    # full form the model's forward(full_pred=True) runs
+    # the training step's launches (bf16 autocast: pred bf16, images bf16 from the CLI or float32; the
+    # masked form) and the full form the model's forward(full_pred=True) runs
     for spec in specs:
         spec["headline"] = spec["name"] in HEADLINE
     return specs

@@ -2,8 +2,9 @@
 
 The specialisations the JIT compiles for real tensors at the headline shape, for
 ``tools/kernel_resources.py`` and ``tests/test_gpu_readiness.py`` (see ``tools/kernel_specs/__init__.py``).
-In training, ``patchify_gather`` reads the float32 images and writes the autocast dtype; the other
-specs are the bf16 / fp16 / fp32 cases of the public ops.
+In training, ``patchify_gather`` reads the images (bf16 from ``fastmae pretrain``'s input pipeline,
+float32 from a loader that normalises on the CPU) and writes the autocast dtype; the other specs are
+the bf16 / fp16 / fp32 cases of the public ops.
 """
 
 from __future__ import annotations
@@ -11,20 +12,25 @@ from __future__ import annotations
 import triton
 
 from fastmae.kernels import patchify as k
-from fastmae.kernels._common import PERSISTENT_WARPS_PER_SM, _inverse_ids_kernel
+from fastmae.kernels._common import _inverse_ids_kernel, persistent_groups
 
 from . import IMG, ITEMSIZE, K, L, N, P, PATCH, C, SMS, spec
 
 _PIXELS = N * C * IMG * IMG  # = N * L * P
 
 
-def _persistent(blocks: int, num_warps: int) -> tuple[int, tuple[int]]:
-    """Programs and loop trips of the persistent launch on an H100 (``kernels/_common.image_groups``)."""
-    groups = max(1, min(N, -(-(SMS * (PERSISTENT_WARPS_PER_SM // num_warps)) // blocks)))
-    return blocks * groups, (-(-N // groups),)
+def _persistent(blocks: int, num_warps: int, src: str, dst: str, gather: bool) -> dict:
+    """Grid size, loop trips and the persistent-grid keys of a launch on an H100, as the launcher
+    sizes it (``kernels/_common.persistent_groups`` with ``patchify.programs_per_sm``)."""
+    per_sm = k.programs_per_sm(num_warps, ITEMSIZE[src], ITEMSIZE[dst], gather)
+    groups, trips = persistent_groups(N, blocks, SMS * per_sm)
+    return dict(programs=blocks * groups, loop_trips=(trips,), persistent=True,
+                persistent_work=N, persistent_groups=groups)
 
 
-HEADLINE = ('patchify_bf16', 'unpatchify_bf16', 'patchify_gather_fp32_to_bf16', 'patchify_gather_bwd_bf16', 'patchify_gather_inverse_ids')
+# the model's gather from the CLI's bf16 images (bf16 rows) and from float32 images; the other ops' bf16 case
+HEADLINE = ('patchify_bf16', 'unpatchify_bf16', 'patchify_gather_bf16', 'patchify_gather_fp32_to_bf16',
+            'patchify_gather_bwd_bf16', 'patchify_gather_inverse_ids')
 
 
 def compile_specs() -> list[dict]:
@@ -40,18 +46,20 @@ def compile_specs() -> list[dict]:
     def patchify_spec(name, src, dst, ids):
         rows = N * (K if ids else L)
         nbytes = rows * P * (ITEMSIZE[src] + ITEMSIZE[dst]) + (rows * 8 if ids else 0)
-        programs, trips = _persistent(triton.cdiv(K if ids else L, tile["PATCHES"]), num_warps)
+        grid_keys = _persistent(triton.cdiv(K if ids else L, tile["PATCHES"]), num_warps, src, dst, ids)
+        programs = grid_keys.pop("programs")
         specs.append(spec(name, k._patchify_kernel, {"IMG": f"*{src}", "IDS": "*i64", "OUT": f"*{dst}", **ints},
                           {**tile, **grid, "HAS_IDS": ids, **({} if ids else {"IDS": None})}, aligned,
-                          num_warps, programs, nbytes, loop_trips=trips, persistent=True))
+                          num_warps, programs, nbytes, **grid_keys))
 
     def unpatchify_spec(name, src, dst, inv):
         rows = N * (K if inv else L)  # rows of X read
         nbytes = rows * P * ITEMSIZE[src] + _PIXELS * ITEMSIZE[dst] + (N * L * 4 if inv else 0)
-        programs, trips = _persistent(triton.cdiv(L, tile["PATCHES"]), num_warps)
+        grid_keys = _persistent(triton.cdiv(L, tile["PATCHES"]), num_warps, src, dst, False)
+        programs = grid_keys.pop("programs")
         specs.append(spec(name, k._unpatchify_kernel, {"X": f"*{src}", "INV": "*i32", "OUT": f"*{dst}", **ints},
                           {**tile, **grid, "HAS_INV": inv, **({} if inv else {"INV": None})}, aligned,
-                          num_warps, programs, nbytes, loop_trips=trips, persistent=True))
+                          num_warps, programs, nbytes, **grid_keys))
 
     for dt in ("bf16", "fp32"):
         patchify_spec(f"patchify_{dt}", dt, dt, False)
