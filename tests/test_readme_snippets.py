@@ -21,12 +21,6 @@ import fastmae
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 BLOCKS = re.findall(r"^```python\n(.*?)^```$", README.read_text(encoding="utf-8"), flags=re.S | re.M)
 HUB_NAME, HUB_DIR = "facebook/vit-mae-base", "vit-mae-base-standin"
-# Blocks in paragraphs being rewritten elsewhere, with what is wrong with them today; strict, so the
-# mark must go once the block runs.
-KNOWN_BROKEN = {
-    "loader = fd.build_loader(": "the loader example uses names it never defines (epochs, model) and feeds "
-                                 "bf16 images to a float32 model without autocast",
-}
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("cpu_default_device")]
 
@@ -48,8 +42,8 @@ def _files(block, root):
                     "args": {"model": "mae_vit_micro_patch4"}}, root / "output" / "pretrain" / "checkpoint-last.pth")
     if "imagenet/train" in block:
         (root / "imagenet" / "train" / "a").mkdir(parents=True)
-        for i in range(8):
-            Image.new("RGB", (48, 40), (30 * i, 80, 140)).save(root / "imagenet" / "train" / "a" / f"{i}.png")
+        for i in range(8):  # one batch of the block's 8
+            Image.new("RGB", (48, 40), (8 * i, 80, 140)).save(root / "imagenet" / "train" / "a" / f"{i}.png")
     if HUB_NAME in block:
         from transformers import ViTMAEConfig, ViTMAEForPreTraining
         config = ViTMAEConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
@@ -64,9 +58,6 @@ def _marks(block):
         from hf_helpers import HAVE_TRANSFORMERS
         marks.append(pytest.mark.skipif(not HAVE_TRANSFORMERS, reason="needs transformers, the interop extra: "
                                         "pip install -e '.[interop]'"))
-    for marker, why in KNOWN_BROKEN.items():
-        if marker in block:
-            marks.append(pytest.mark.xfail(strict=True, reason=why))
     return marks
 
 
