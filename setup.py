@@ -32,6 +32,8 @@ setup(
         "interop": ["transformers>=5"],
         # WebDataset-style tar shards for fastmae.data
         "shards": ["webdataset"],
+        # TIFF / GeoTIFF images for fastmae.data (imagecodecs: compressed TIFFs, e.g. deflate, LZW)
+        "tiff": ["tifffile", "imagecodecs"],
     },
     entry_points={"console_scripts": ["fastmae=fastmae.cli:main"]},
 )

@@ -81,8 +81,8 @@ def train_one_epoch(model, loader, optimizer, scaler, run, epoch, console):
             warn_decode_failure(loader.source, index, console.warn)
         # In the autocast dtype under --amp, as the input pipeline issue asks (half the bytes): the loss
         # target is then the bf16/fp16 image, where the official loader's is float32 (README).
-        imgs = fd.to_model_input(batch, run.device, run.amp_dtype or torch.float32,
-                                 backend=run.backend)  # [B, 3, S, S]
+        imgs = fd.to_model_input(batch, run.device, run.amp_dtype or torch.float32, run.mean, run.std,
+                                 backend=run.backend)  # [B, C, S, S]
         if step % accum == 0:
             lr = lr_at(step / iters + epoch, run.lr, run.min_lr, run.warmup_epochs, run.epochs)
             set_lr(optimizer, lr)

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .sources import DataError
+from .sources import DataError, DataFormatError
 
 __all__ = ["ARRAY_EXTENSIONS", "LAYOUTS", "SUPPORTED_DTYPES", "Signature", "check_finite", "open_array",
            "read_signature", "require_tifffile", "to_hwc"]
@@ -57,7 +57,7 @@ def _check_dtype(dtype, what: str) -> np.dtype:
     dtype = np.dtype(dtype)
     if dtype.newbyteorder("=") in SUPPORTED_DTYPES:  # a big-endian file is read in native order
         return dtype.newbyteorder("=")
-    raise DataError(f"{what}: dtype {dtype.name} is not supported (uint8, uint16 or float32; convert it, "
+    raise DataFormatError(f"{what}: dtype {dtype.name} is not supported (uint8, uint16 or float32; convert it, "
                     f"e.g. with numpy's astype)")
 
 
@@ -66,29 +66,36 @@ def to_hwc(arr: np.ndarray, what: str, layout: str = "auto", channels_first: boo
     if arr.ndim == 2:
         return arr[:, :, None]
     if arr.ndim != 3:
-        raise DataError(f"{what}: an image must be [H, W], [H, W, C] or [C, H, W], got shape {tuple(arr.shape)}")
+        raise DataFormatError(f"{what}: an image must be [H, W], [H, W, C] or [C, H, W], got shape {tuple(arr.shape)}")
     if channels_first is None:
         channels_first = layout == "chw" or (layout == "auto" and arr.shape[0] < min(arr.shape[1:]))
     return arr.transpose(1, 2, 0) if channels_first else arr
 
 
-def _tiff_hwc(tif, what: str, layout: str) -> np.ndarray:
-    """The first series of an open ``TiffFile`` as ``[H, W, C]`` (memory-mapped when uncompressed)."""
+def _tiff_hwc(tif, what: str, layout: str, path: str | None) -> np.ndarray:
+    """The first series of an open ``TiffFile`` as ``[H, W, C]``: the file memory-mapped where it is
+    uncompressed and contiguous (``path`` given), else decoded."""
     series = tif.series[0]
     axes = series.axes
-    try:
-        arr = series.asarray(out="memmap") if series.dataoffset is not None else series.asarray()
-    except Exception:  # noqa: BLE001 - not memory-mappable (compressed, tiled): decode it
+    arr = None
+    if path is not None and series.dataoffset is not None:
+        import tifffile
+
+        try:
+            arr = tifffile.memmap(path, mode="r")
+        except Exception:  # noqa: BLE001 - not memory-mappable after all: decode it
+            arr = None
+    if arr is None:
         arr = series.asarray()
-    if arr.ndim == 3 and axes[-2:] == "YX":  # planar: bands first (SYX, CYX, QYX, IYX)
-        return to_hwc(arr, what, channels_first=True)
-    if arr.ndim == 3 and axes[:2] == "YX":  # band-interleaved (YXS, YXC)
-        return to_hwc(arr, what, channels_first=False)
-    return to_hwc(arr, what, layout)
+    h, w, c = _hwc_shape(tuple(arr.shape), axes, layout, what)
+    if arr.ndim == 2:
+        return arr[:, :, None]
+    return arr if arr.shape == (h, w, c) else arr.transpose(1, 2, 0)
 
 
-def open_array(path: str, layout: str = "auto", data: bytes | None = None) -> np.ndarray:
-    """The image in ``path`` (or in ``data``, its bytes, for a tar-shard member) as ``[H, W, C]``.
+def open_array(path: str, layout: str = "auto", data: bytes | None = None, what: str | None = None) -> np.ndarray:
+    """The image in ``path`` (or in ``data``, its bytes, for a tar-shard member named ``what``; ``path`` then
+    only gives the kind by its extension) as ``[H, W, C]``.
 
     A ``.npy`` file is memory-mapped and an uncompressed TIFF too where tifffile can: the array is a
     view, and nothing is read until the crop is sliced.
@@ -97,14 +104,15 @@ def open_array(path: str, layout: str = "auto", data: bytes | None = None) -> np
         DataError: the file does not decode, has an unsupported dtype or rank, or tifffile is missing.
     """
     lower = path.lower()
+    what = what or path
     try:
         if lower.endswith(".npy"):
             arr = np.load(io.BytesIO(data)) if data is not None else np.load(path, mmap_mode="r")
-            arr = to_hwc(arr, path, layout)
+            arr = to_hwc(arr, what, layout)
         elif lower.endswith((".tif", ".tiff")):
             tifffile = require_tifffile()
             with tifffile.TiffFile(io.BytesIO(data) if data is not None else path) as tif:
-                arr = _tiff_hwc(tif, path, layout)
+                arr = _tiff_hwc(tif, what, layout, path if data is None else None)
         else:  # a PNG of 16-bit grey (photos take the Pillow path)
             from PIL import Image
 
@@ -112,12 +120,12 @@ def open_array(path: str, layout: str = "auto", data: bytes | None = None) -> np
                 arr = np.asarray(im)
             if arr.dtype == np.int32:  # Pillow's "I" mode: 16-bit values widened
                 arr = arr.astype(np.uint16)
-            arr = to_hwc(arr, path, "hwc")
+            arr = to_hwc(arr, what, "hwc")
     except DataError:
         raise
     except Exception as e:  # numpy, tifffile and Pillow raise many types for a damaged file
-        raise DataError(f"cannot decode image {path}: {e}") from None
-    _check_dtype(arr.dtype, path)
+        raise DataError(f"cannot decode image {what}: {e}") from None
+    _check_dtype(arr.dtype, what)
     if arr.dtype.byteorder == ">":
         arr = arr.astype(arr.dtype.newbyteorder("="))
     return arr
@@ -132,7 +140,7 @@ def _hwc_shape(shape: tuple, axes: str | None, layout: str, what: str) -> tuple[
     if len(shape) == 3 and axes and axes[:2] == "YX":
         return shape
     if len(shape) != 3:
-        raise DataError(f"{what}: an image must be [H, W], [H, W, C] or [C, H, W], got shape {tuple(shape)}")
+        raise DataFormatError(f"{what}: an image must be [H, W], [H, W, C] or [C, H, W], got shape {tuple(shape)}")
     first = layout == "chw" or (layout == "auto" and shape[0] < min(shape[1:]))
     return (shape[1], shape[2], shape[0]) if first else tuple(shape)
 
