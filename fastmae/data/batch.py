@@ -179,7 +179,7 @@ def collate_crops(samples, size: tuple[int, int], pool_slots: int = 0) -> Ragged
     for i, (s, off, nb) in enumerate(zip(samples, offsets, nbytes)):
         h, w = s.pixels.shape[:2]
         table[i] = (off // dtype.itemsize, h, w, 0, 0, h, w, int(s.flip))  # offset in elements
-        flat[off:off + nb] = np.ascontiguousarray(s.pixels).reshape(-1).view(np.uint8)
+        flat[off:off + nb].view(dtype).reshape(s.pixels.shape)[...] = s.pixels  # one copy, from a view too
     flat[_HEAD:start] = table.reshape(-1).view(np.uint8)
     ints = lambda name: torch.tensor([getattr(s, name) for s in samples], dtype=torch.int64, device="cpu")  # noqa: E731
     return RaggedBatch(buffer, tuple(size), ints("index"), ints("skipped"), ints("label"), pooled,

@@ -21,7 +21,7 @@ __all__ = ["Crop", "CropSpec", "load_crop", "crop_pixels", "CropDataset"]
 class Crop(NamedTuple):
     """One augmented sample as a worker sends it."""
 
-    pixels: np.ndarray  # [h, w, C] uint8, uint16 or float32, the crop (HWC), not resized
+    pixels: np.ndarray  # [h, w, C] uint8, uint16 or float32, the crop (HWC), not resized; may be a view
     flip: int  # bit 0: mirror it left to right on the device; bit 1: upside down
     index: int  # the dataset index asked for (-1 for a stream)
     skipped: int  # the index this sample replaces when that image failed to decode, else -1
@@ -73,10 +73,9 @@ def load_crop(im, spec: CropSpec, rng, what: str, mode: str = "RGB") -> tuple[np
         height, width = im.shape[:2]
         top, left, h, w = random_resized_crop_box(width, height, rng, spec.scale, spec.ratio)
         flip = _flips(rng, spec)
-        try:
-            pixels = np.ascontiguousarray(im[top:top + h, left:left + w])  # [h, w, C], reads the crop's rows
-        except (OSError, ValueError) as e:  # a truncated memory-mapped file
-            raise DataError(f"cannot decode image {what}: {e}") from None
+        # [h, w, C], a view: the collate copies it into the batch once, reading only the crop's rows of
+        # a memory-mapped file
+        pixels = im[top:top + h, left:left + w]
         check_finite(pixels, what)
         return pixels, flip
     width, height = im.size
