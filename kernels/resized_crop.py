@@ -16,8 +16,9 @@ and the same along x with ``w / S_w``. An 8x downscale has 33 taps per axis.
 
 Grid ``(N * G, cdiv(S_h, BLOCK_R), cdiv(S_w, BLOCK_W))`` with ``G = cdiv(C, BLOCK_C)`` channel groups:
 program ``(n * G + g, r, c)`` writes output rows ``[r*BLOCK_R, +BLOCK_R)``, columns ``[c*BLOCK_W,
-+BLOCK_W)`` and channels ``[g*BLOCK_C, +BLOCK_C)`` of image ``n`` (RGB: one group of 4 lanes, the
-fourth masked; 13 bands: four groups). It walks the source rows its output rows need (from its first
++BLOCK_W)`` and channels ``[g*BLOCK_C, +BLOCK_C)`` of image ``n`` (13 bands: four groups of 4 lanes,
+the last with one band; 3 channels take a path of their own, three accumulators and no masked lane,
+in one group). It walks the source rows its output rows need (from its first
 row's first tap to its last row's last tap); for each source row the horizontal pass (every tap of its
 columns, weights computed in registers from the box) gives one resampled row ``[BLOCK_C, BLOCK_W]``, and
 the vertical pass adds that row into the ``[BLOCK_C, BLOCK_R, BLOCK_W]`` accumulator, scaled per output
@@ -143,34 +144,71 @@ def _resized_crop_kernel(
     y_begin = tl.min(ylo, axis=0)  # the source rows any of these output rows reads
     y_end = tl.max(yhi, axis=0)
 
-    acc = tl.zeros((BLOCK_C, BLOCK_R, BLOCK_W), dtype=tl.float32)
-    for y in range(y_begin, y_end):
-        # horizontal pass of source row y: hrow[c, j] = sum_x wx[j, x] * src[top + y, left + x, c]
-        row_start = off + ((top + y) * width + left) * C  # int64 element offset of the crop's row y
-        hrow = tl.zeros((BLOCK_C, BLOCK_W), dtype=tl.float32)
-        for t in range(0, n_taps):
-            x = xlo + t  # [BLOCK_W] source column of tap t
-            wx = tl.where(x < xhi, _cubic((x.to(tl.float32) + 0.5 - cx) * inv_x), 0.0)
-            p = row_start + x.to(tl.int64) * C  # [BLOCK_W] element offsets of the pixels
-            tap_ok = (x < xhi) & (p >= 0) & (p + C <= n_elems)
-            v = tl.load(DATA + p[None, :] + chans[:, None], mask=tap_ok[None, :] & chan_ok[:, None], other=0)
-            if SRC_U16:
-                v = v.to(tl.int32) & 0xFFFF  # the int16 bits read back as uint16
-            hrow += wx[None, :] * v.to(tl.float32)  # [BLOCK_C, BLOCK_W]
-        # vertical pass: every output row i adds wy[i, y] * hrow (0 when y is outside i's window)
-        wy = _cubic((y + 0.5 - cy) * inv_y)  # (y is a Python int under the interpreter)
-        wy = tl.where((y >= ylo) & (y < yhi), wy * norm_y, 0.0)  # [BLOCK_R]
-        acc += wy[None, :, None] * (hrow * norm_x[None, :])[:, None, :]
+    if C == 3:
+        # RGB (and any 3-channel image): three [BLOCK_R, BLOCK_W] accumulators, one per channel, so a
+        # program holds no masked fourth lane (the registers of the photographs' path stay as they were)
+        acc_r = tl.zeros((BLOCK_R, BLOCK_W), dtype=tl.float32)
+        acc_g = tl.zeros((BLOCK_R, BLOCK_W), dtype=tl.float32)
+        acc_b = tl.zeros((BLOCK_R, BLOCK_W), dtype=tl.float32)
+        for y in range(y_begin, y_end):
+            row_start = off + ((top + y) * width + left) * 3  # int64 element offset of the crop's row y
+            h_r = tl.zeros((BLOCK_W,), dtype=tl.float32)
+            h_g = tl.zeros((BLOCK_W,), dtype=tl.float32)
+            h_b = tl.zeros((BLOCK_W,), dtype=tl.float32)
+            for t in range(0, n_taps):
+                x = xlo + t  # [BLOCK_W] source column of tap t
+                wx = tl.where(x < xhi, _cubic((x.to(tl.float32) + 0.5 - cx) * inv_x), 0.0)
+                p = row_start + x.to(tl.int64) * 3  # [BLOCK_W] element offsets of the pixels
+                tap_ok = (x < xhi) & (p >= 0) & (p + 3 <= n_elems)
+                v_r = tl.load(DATA + p, mask=tap_ok, other=0)
+                v_g = tl.load(DATA + p + 1, mask=tap_ok, other=0)
+                v_b = tl.load(DATA + p + 2, mask=tap_ok, other=0)
+                if SRC_U16:  # the int16 bits read back as uint16
+                    v_r, v_g, v_b = v_r.to(tl.int32) & 0xFFFF, v_g.to(tl.int32) & 0xFFFF, v_b.to(tl.int32) & 0xFFFF
+                h_r += wx * v_r.to(tl.float32)
+                h_g += wx * v_g.to(tl.float32)
+                h_b += wx * v_b.to(tl.float32)
+            wy = _cubic((y + 0.5 - cy) * inv_y)
+            wy = tl.where((y >= ylo) & (y < yhi), wy * norm_y, 0.0)[:, None]  # [BLOCK_R, 1]
+            acc_r += wy * (h_r * norm_x)[None, :]
+            acc_g += wy * (h_g * norm_x)[None, :]
+            acc_b += wy * (h_b * norm_x)[None, :]
+        plane = S_h * S_w  # < 2**31 (validated)
+        dst = OUT + n * 3 * plane + rows[:, None] * S_w + cols[None, :]  # [BLOCK_R, BLOCK_W], int64 offsets
+        ok = row_ok[:, None] & col_ok[None, :]
+        tl.store(dst, (acc_r * tl.load(AFFINE) + tl.load(AFFINE + 3)).to(OUT.dtype.element_ty), mask=ok)
+        tl.store(dst + plane, (acc_g * tl.load(AFFINE + 1) + tl.load(AFFINE + 4)).to(OUT.dtype.element_ty), mask=ok)
+        tl.store(dst + 2 * plane, (acc_b * tl.load(AFFINE + 2) + tl.load(AFFINE + 5)).to(OUT.dtype.element_ty),
+                 mask=ok)
+    else:
+        acc = tl.zeros((BLOCK_C, BLOCK_R, BLOCK_W), dtype=tl.float32)
+        for y in range(y_begin, y_end):
+            # horizontal pass of source row y: hrow[c, j] = sum_x wx[j, x] * src[top + y, left + x, c]
+            row_start = off + ((top + y) * width + left) * C  # int64 element offset of the crop's row y
+            hrow = tl.zeros((BLOCK_C, BLOCK_W), dtype=tl.float32)
+            for t in range(0, n_taps):
+                x = xlo + t  # [BLOCK_W] source column of tap t
+                wx = tl.where(x < xhi, _cubic((x.to(tl.float32) + 0.5 - cx) * inv_x), 0.0)
+                p = row_start + x.to(tl.int64) * C  # [BLOCK_W] element offsets of the pixels
+                tap_ok = (x < xhi) & (p >= 0) & (p + C <= n_elems)
+                v = tl.load(DATA + p[None, :] + chans[:, None], mask=tap_ok[None, :] & chan_ok[:, None], other=0)
+                if SRC_U16:
+                    v = v.to(tl.int32) & 0xFFFF  # the int16 bits read back as uint16
+                hrow += wx[None, :] * v.to(tl.float32)  # [BLOCK_C, BLOCK_W]
+            # vertical pass: every output row i adds wy[i, y] * hrow (0 when y is outside i's window)
+            wy = _cubic((y + 0.5 - cy) * inv_y)  # (y is a Python int under the interpreter)
+            wy = tl.where((y >= ylo) & (y < yhi), wy * norm_y, 0.0)  # [BLOCK_R]
+            acc += wy[None, :, None] * (hrow * norm_x[None, :])[:, None, :]
 
-    # out = (v * unit - mean) / std = v * scale + bias, one rounding to the output dtype
-    scale = tl.load(AFFINE + chans, mask=chan_ok, other=0.0)  # [BLOCK_C]
-    bias = tl.load(AFFINE + C + chans, mask=chan_ok, other=0.0)
-    val = acc * scale[:, None, None] + bias[:, None, None]
-    plane = S_h * S_w  # < 2**31 (validated)
-    dst = (OUT + n * C * plane + chans.to(tl.int64)[:, None, None] * plane  # [BLOCK_C, BLOCK_R, BLOCK_W]
-           + (rows[None, :, None] * S_w + cols[None, None, :]))
-    ok = chan_ok[:, None, None] & row_ok[None, :, None] & col_ok[None, None, :]
-    tl.store(dst, val.to(OUT.dtype.element_ty), mask=ok)
+        # out = (v * unit - mean) / std = v * scale + bias, one rounding to the output dtype
+        scale = tl.load(AFFINE + chans, mask=chan_ok, other=0.0)  # [BLOCK_C]
+        bias = tl.load(AFFINE + C + chans, mask=chan_ok, other=0.0)
+        val = acc * scale[:, None, None] + bias[:, None, None]
+        plane = S_h * S_w  # < 2**31 (validated)
+        dst = (OUT + n * C * plane + chans.to(tl.int64)[:, None, None] * plane  # [BLOCK_C, BLOCK_R, BLOCK_W]
+               + (rows[None, :, None] * S_w + cols[None, None, :]))
+        ok = chan_ok[:, None, None] & row_ok[None, :, None] & col_ok[None, None, :]
+        tl.store(dst, val.to(OUT.dtype.element_ty), mask=ok)
 
 
 # --------------------------------------------------------------------------------------------------
