@@ -34,6 +34,8 @@ setup(
         "shards": ["webdataset"],
         # fastmae pretrain --log-dir: TensorBoard scalars (torch.utils.tensorboard writes them)
         "tensorboard": ["tensorboard"],
+        # TIFF / GeoTIFF images for fastmae.data (imagecodecs: compressed TIFFs, e.g. deflate, LZW)
+        "tiff": ["tifffile", "imagecodecs"],
     },
     entry_points={"console_scripts": ["fastmae=fastmae.cli:main"]},
 )

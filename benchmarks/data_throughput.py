@@ -2,6 +2,12 @@
 
     python -m benchmarks.data_throughput --data DIR [--size 224] [--images 64] [--passes 3]
     python -m benchmarks.data_throughput --make DIR [--count 64]     # photo-like 500x375 q90 JPEGs
+    python -m benchmarks.data_throughput --make DIR --multiband      # 13-band uint16 GeoTIFFs and .npy files
+
+A folder of multi-band, 16-bit or float images (``.npy``, ``.tif``: ``fastmae.data.arrays``) is timed
+with its own three paths (see ``array_report``); ``--make --multiband`` writes five such folders under
+DIR: 13-band uint16 (the procedural satellite-like set, ``fastmae.data.ProceduralBands``) as GeoTIFFs
+of 256 and 512 px, uncompressed and deflate-compressed, and as 512 px ``.npy`` files.
 
 In one process with one thread, CPU seconds (``time.process_time``, so other load on the machine
 counts less) per image for:
@@ -184,6 +190,107 @@ def report(files, size, passes=3) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------------------------------
+# multi-band, 16-bit and float images
+# --------------------------------------------------------------------------------------------------
+
+MULTIBAND_SETS = (("tif256", 256, "tif", None), ("tif256_deflate", 256, "tif", "zlib"),
+                  ("tif512", 512, "tif", None), ("tif512_deflate", 512, "tif", "zlib"), ("npy512", 512, "npy", None))
+
+
+def make_multiband(directory: str, count: int) -> list[str]:
+    """The five folders of ``MULTIBAND_SETS`` under ``directory`` (``count`` 13-band uint16 images each)."""
+    import tifffile
+
+    made = []
+    for name, side, kind, compression in MULTIBAND_SETS:
+        folder = os.path.join(directory, name)
+        os.makedirs(folder, exist_ok=True)
+        scenes = fd.ProceduralBands(count, size=side, channels=13, dtype="uint16")
+        for i in range(count):
+            path = os.path.join(folder, f"scene_{i:05d}.{kind}")
+            if kind == "npy":
+                np.save(path, scenes.image(i))
+            else:  # band-interleaved, as Sentinel-2 L2A GeoTIFF exports
+                tifffile.imwrite(path, scenes.image(i), photometric="minisblack", planarconfig="contig",
+                                 compression=compression)
+        made.append(folder)
+    return made
+
+
+def _read_only(path, size, i):
+    np.array(fd.open_array(path))  # every pixel read (a memory map too) or decoded
+
+
+def _domain_reference(stats):
+    """What the domain codebases do on the CPU: read, float32, per-channel normalise, then the crop and an
+    antialiased torch resize (RandomResizedCrop's box and flips from the same draws as fastmae)."""
+    import torch.nn.functional as F
+
+    mean, std = stats
+
+    def run(path, size, i):
+        arr = np.array(fd.open_array(path))  # [H, W, C]
+        full = 65535.0 if arr.dtype == np.uint16 else 255.0 if arr.dtype == np.uint8 else 1.0
+        x = (torch.from_numpy(arr.astype(np.float32)).permute(2, 0, 1) / full - mean) / std  # [C, H, W]
+        rng = fd.sample_rng(0, 0, i)
+        top, left, h, w = fd.random_resized_crop_box(arr.shape[1], arr.shape[0], rng)
+        out = F.interpolate(x[None, :, top:top + h, left:left + w], size=size, mode="bicubic", antialias=True)
+        if fd.draw_flip(rng):
+            out = out.flip(-1)
+    return run
+
+
+def array_report(files, size, passes=3, batch=16) -> str:
+    """CPU ms per image for (a) read-only, (b) the domain reference, (c) fastmae's CPU side, and the last line."""
+    torch.set_num_threads(1)
+    fd.worker_memory_settings()
+    folder = fd.ImageFolder(os.path.dirname(files[0]), verify=False)
+    folder.files, folder._arrays = list(files), [True] * len(files)
+    sig = folder.signature
+    c = sig.channels
+    stats = (torch.full((c, 1, 1), 0.1), torch.full((c, 1, 1), 0.05))
+    spec = fd.CropSpec(size)
+
+    def per_image(fn):
+        def run():
+            for i, path in enumerate(files):
+                fn(path, size, i)
+        return run
+
+    def fastmae_side():
+        dataset = fd.CropDataset(folder, spec, seed=0)
+        for b0 in range(0, len(files), batch):
+            samples = [dataset[(0, i)] for i in range(b0, min(b0 + batch, len(files)))]
+            fd.collate_crops(samples, spec.size, pool_slots=4).release()
+
+    methods = {"read": per_image(_read_only), "reference": per_image(_domain_reference(stats)), "fastmae": fastmae_side}
+    times = {k: [] for k in methods}
+    for p in range(passes):
+        for name in (list(methods) if p % 2 == 0 else list(methods)[::-1]):
+            t = time.process_time()
+            methods[name]()
+            times[name].append(1e3 * (time.process_time() - t) / len(files))
+    ms = {k: statistics.median(v) for k, v in times.items()}
+    h, w = fd.open_array(files[0]).shape[:2]
+    kind = os.path.splitext(files[0])[1]
+    floor = ms["read"]
+    rows = [("(a) read only: every pixel read or decoded (the floor)", ms["read"]),
+            ("(b) domain reference: read + float32 + per-channel normalise + torch antialiased resize (CPU)",
+             ms["reference"]),
+            ("(c) fastmae CPU side: open (memory map where possible) + box + flips + slice + ragged collate",
+             ms["fastmae"])]
+    lines = [f"data throughput: {len(files)} {kind} images of {h}x{w}, {sig}, from {os.path.dirname(files[0])}, "
+             f"output {size[0]}x{size[1]}; 1 process, 1 thread, CPU seconds, median of {passes} passes; "
+             f"{platform.processor() or platform.machine()}, torch {torch.__version__}, numpy {np.__version__}",
+             "", "| path | CPU ms / image | images/s per core | floor / path |", "|---|---:|---:|---:|"]
+    lines += [f"| {name} | {v:.3f} | {1e3 / v:,.0f} | {floor / v:.2f} |" for name, v in rows]
+    lines += ["", f"reference/fastmae {ms['reference'] / ms['fastmae']:.2f}",
+              f"cpu cost per image: fastmae {ms['fastmae']:.2f} ms, decode-only floor {floor:.2f} ms, "
+              f"floor/fastmae {floor / ms['fastmae']:.2f}"]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="a folder of images (searched recursively)")
@@ -192,15 +299,25 @@ def main(argv=None) -> int:
     parser.add_argument("--passes", type=int, default=3, help="timed passes over the images (median)")
     parser.add_argument("--make", help="write photo-like JPEGs into this folder and exit")
     parser.add_argument("--count", type=int, default=64, help="with --make: how many")
+    parser.add_argument("--multiband", action="store_true",
+                        help="with --make: the 13-band uint16 GeoTIFF and .npy folders instead of JPEGs")
     args = parser.parse_args(argv)
+    if args.make and args.multiband:
+        for folder in make_multiband(args.make, args.count):
+            print(f"wrote {args.count} 13-band uint16 images to {folder}")
+        return 0
     if args.make:
         fd.write_photo_like_jpegs(args.make, args.count)
         print(f"wrote {args.count} photo-like 500x375 q90 JPEGs to {args.make}")
         return 0
     if not args.data:
         parser.error("--data DIR is required (or --make DIR to create a test set)")
-    files = fd.ImageFolder(args.data, verify=False).files[:args.images]
-    print(report(files, (args.size, args.size), args.passes))
+    folder = fd.ImageFolder(args.data, verify=False)
+    files = folder.files[:args.images]
+    if folder.signature.dtype != np.uint8 or folder.signature.channels not in (1, 3) or any(folder._arrays):
+        print(array_report(files, (args.size, args.size), args.passes))
+    else:
+        print(report(files, (args.size, args.size), args.passes))
     return 0
 
 

@@ -180,15 +180,17 @@ def out_size(size) -> tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
-def channel_values(name: str, values, positive: bool = False) -> tuple[float, float, float]:
-    """Three finite real numbers (one per RGB channel), all > 0 with ``positive``."""
+def channel_values(name: str, values, positive: bool = False, count: int | None = None) -> tuple[float, ...]:
+    """At least one finite real number per channel (``count`` of them when given), all > 0 with ``positive``."""
+    want = f"{count} " if count else ""
     try:
         vals = tuple(float(v) for v in values)
     except TypeError:
-        raise TypeError(f"{name} must be 3 numbers (one per RGB channel), got {values!r}") from None
-    if len(vals) != 3 or not all(math.isfinite(v) for v in vals) or (positive and min(vals) <= 0):
+        raise TypeError(f"{name} must be {want}numbers (one per channel), got {values!r}") from None
+    if not vals or (count and len(vals) != count) or not all(math.isfinite(v) for v in vals) or (
+            positive and min(vals) <= 0):
         need = "positive finite" if positive else "finite"
-        raise ValueError(f"{name} must be 3 {need} numbers (one per RGB channel), got {values!r}")
+        raise ValueError(f"{name} must be {want or 'one or more '}{need} numbers (one per channel), got {values!r}")
     return vals
 
 
@@ -198,30 +200,39 @@ def float_dtype(name: str, dtype) -> torch.dtype:
     return dtype
 
 
-def ragged_batch(data, meta, boxes, flip) -> int:
-    """``data`` uint8 ``[B]``, ``meta`` int64 ``[N, 3]``, ``boxes`` int64 ``[N, 4]``, ``flip`` bool ``[N]``, one device.
+SOURCE_DTYPES = (torch.uint8, torch.uint16, torch.float32)  # what resized_crop reads
+
+
+def ragged_batch(data, meta, boxes, flip, channels: int = 3, vflip=None) -> int:
+    """``data`` uint8/uint16/float32 ``[B]``, ``meta`` int64 ``[N, 3]``, ``boxes`` int64 ``[N, 4]``, ``flip``
+    (and ``vflip`` unless None) bool ``[N]``, one device.
 
     Values (where :func:`ids` would read them: CPU tensors, or ``FASTMAE_CHECK_INDICES=1``): each image
-    ``(offset, H, W)`` has ``H, W >= 1`` and lies inside ``data`` (``offset + 3*H*W <= B``); each box
-    ``(top, left, h, w)`` has ``h, w >= 1`` and lies inside its image. Returns ``N``.
+    ``(offset, H, W)`` of ``channels`` channels has ``H, W >= 1`` and lies inside ``data`` (``offset +
+    C*H*W <= B``, in elements); each box ``(top, left, h, w)`` has ``h, w >= 1`` and lies inside its
+    image. Returns ``N``.
     """
-    tensor("data", data, 1, (torch.uint8,))
+    tensor("data", data, 1, SOURCE_DTYPES)
     tensor("meta", meta, 2, (torch.int64,))
     tensor("boxes", boxes, 2, (torch.int64,))
     tensor("flip", flip, 1, (torch.bool,))
     n = meta.shape[0]
-    for name, t, want in (("meta", meta, (n, 3)), ("boxes", boxes, (n, 4)), ("flip", flip, (n,))):
+    checks = [("meta", meta, (n, 3)), ("boxes", boxes, (n, 4)), ("flip", flip, (n,))]
+    if vflip is not None:
+        tensor("vflip", vflip, 1, (torch.bool,))
+        checks.append(("vflip", vflip, (n,)))
+    for name, t, want in checks:
         if tuple(t.shape) != want:
             raise ValueError(f"{name} must have shape {list(want)} (N = {n} images, from meta), got {tuple(t.shape)}")
         same_device(name, t, data.device)
     if _reads_values(meta):
         off, hh, ww = meta.unbind(1)
-        bad = (off < 0) | (hh < 1) | (ww < 1) | (off + 3 * hh * ww > data.numel())
+        bad = (off < 0) | (hh < 1) | (ww < 1) | (off + channels * hh * ww > data.numel())
         if bool(bad.any()):
             i = int(bad.nonzero()[0, 0])
             raise ValueError(f"meta row {i} (offset, H, W) = {tuple(meta[i].tolist())} does not describe an "
-                             f"image inside data of {data.numel()} bytes (needs H, W >= 1, offset >= 0 and "
-                             f"offset + 3*H*W <= {data.numel()})")
+                             f"image of {channels} channel(s) inside data of {data.numel()} elements (needs H, "
+                             f"W >= 1, offset >= 0 and offset + {channels}*H*W <= {data.numel()})")
     if _reads_values(boxes):
         top, left, h, w = boxes.unbind(1)
         hh, ww = meta[:, 1], meta[:, 2]

@@ -216,7 +216,8 @@ def mae_factory_shapes() -> dict[str, dict]:
 
 
 def _match(shapes: dict) -> str | None:
-    keys = ("embed_dim", "depth", "patch_size", "in_chans", "mlp_hidden", "decoder_embed_dim", "decoder_depth")
+    # in_chans is not a factory's: every factory takes any (multi-band data), so it does not decide the match
+    keys = ("embed_dim", "depth", "patch_size", "mlp_hidden", "decoder_embed_dim", "decoder_depth")
     for name, f in mae_factory_shapes().items():
         if all(shapes.get(k) is None or shapes[k] == f[k] for k in keys):
             return name

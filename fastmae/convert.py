@@ -336,7 +336,25 @@ def hf_config(model, mask_ratio: float = 0.75, norm_pix_loss: bool | None = None
 # ---------------------------------------------------------------------------------------------------
 
 EXPORT_FORMATS = ("timm", "hf", "encoder")
-HF_FILES = ("config.json", "model.safetensors")  # what an hf export directory holds
+HF_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")  # what an hf export directory holds
+_RESCALE = {"uint8": 1 / 255, "uint16": 1 / 65535, "float32": 1.0}  # value -> resized_crop's units
+
+
+def hf_preprocessor_config(args: dict, image_size, num_channels: int) -> dict:
+    """``preprocessor_config.json`` for ``AutoImageProcessor.from_pretrained``: a ``ViTImageProcessor``
+    that resizes bicubically to ``image_size`` and normalises as the run did (``args``: a checkpoint's
+    arguments, whose ``mean``/``std`` and ``source_dtype`` pretraining stored; ImageNet's for 8-bit RGB
+    when it stored none)."""
+    from .reference import IMAGENET_MEAN, IMAGENET_STD
+
+    mean, std = args.get("mean"), args.get("std")
+    if mean is None or std is None or len(mean) != num_channels:
+        mean, std = (list(IMAGENET_MEAN), list(IMAGENET_STD)) if num_channels == 3 else ([0.5] * num_channels,
+                                                                                          [0.5] * num_channels)
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    return {"image_processor_type": "ViTImageProcessor", "do_resize": True, "size": {"height": h, "width": w},
+            "resample": 3, "do_rescale": True, "rescale_factor": _RESCALE.get(args.get("source_dtype") or "uint8"),
+            "do_normalize": True, "image_mean": [float(v) for v in mean], "image_std": [float(v) for v in std]}
 
 
 def export(checkpoint, format: str, out, *, global_pool: bool = False, mask_ratio: float = 0.75) -> str:
@@ -349,7 +367,8 @@ def export(checkpoint, format: str, out, *, global_pool: bool = False, mask_rati
         format: ``"timm"`` — a state dict for timm's ``VisionTransformer`` (:func:`to_timm` with
             ``global_pool``; ``torch.save``); ``"encoder"`` — ``{'model': encoder}`` in the official
             names, the layout of the official ``mae_pretrain_vit_*.pth``; ``"hf"`` — a directory
-            with ``config.json`` and ``model.safetensors`` (hub names) that
+            with ``config.json``, ``model.safetensors`` (hub names) and ``preprocessor_config.json`` (the
+            run's per-channel mean/std, :func:`hf_preprocessor_config`) that
             ``ViTMAEForPreTraining.from_pretrained`` loads with no missing or unexpected key, with
             ``mask_ratio`` in its config (needs ``transformers``: ``pip install -e ".[interop]"``).
         out: the file (``timm``, ``encoder``) or directory (``hf``). A file is renamed into place
@@ -388,13 +407,18 @@ def export(checkpoint, format: str, out, *, global_pool: bool = False, mask_rati
         from transformers import ViTMAEConfig
     except ImportError as e:
         raise ImportError(f'the hf format needs transformers (pip install -e ".[interop]"): {e}') from None
-    config = ViTMAEConfig(architectures=["ViTMAEForPreTraining"], **hf_config(obj, mask_ratio))
+    arguments = hf_config(obj, mask_ratio)
+    config = ViTMAEConfig(architectures=["ViTMAEForPreTraining"], **arguments)
+    stored = checkpoint_args(obj) if isinstance(obj, dict) else {}
+    processor = hf_preprocessor_config(stored, arguments["image_size"], arguments["num_channels"])
     tensors = {k: v.contiguous() for k, v in to_hf(state, layout="hub").items()}  # transformers 4 and 5 read these
 
     def write(directory):
-        config_path, weights_path = (os.path.join(directory, name) for name in HF_FILES)
+        config_path, weights_path, processor_path = (os.path.join(directory, name) for name in HF_FILES)
         with open(config_path, "w", encoding="utf-8") as f:
             json.dump(config.to_dict(), f, indent=2, sort_keys=True)
+        with open(processor_path, "w", encoding="utf-8") as f:
+            json.dump(processor, f, indent=2, sort_keys=True)
         save_file(tensors, weights_path, metadata={"format": "pt"})
         os.chmod(weights_path, os.stat(config_path).st_mode & 0o777)  # save_file makes it 0600: as config.json
     _files.write_dir(out, write, set(HF_FILES))

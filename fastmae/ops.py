@@ -363,17 +363,22 @@ def resized_crop(
     std=reference.IMAGENET_STD,
     out_dtype: torch.dtype = torch.float32,
     *,
+    vflip: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
-    """Crop, resize, flip and normalise a ragged uint8 batch: the model's input, in one launch.
+    """Crop, resize, flip and normalise a ragged batch of C-channel images: the model's input, in one launch.
 
     Args:
-        data: uint8 ``[B]``, the HWC RGB pixels of ``N`` images of any sizes, one after another.
-        meta: int64 ``[N, 3]`` ``(byte offset, H, W)``; boxes: int64 ``[N, 4]`` ``(top, left, h, w)``;
-        flip: bool ``[N]``; size: ``(S_h, S_w)`` or an int; mean, std: per RGB channel of pixel / 255.
+        data: ``[B]`` uint8, uint16 or float32, the HWC pixels of ``N`` images of any sizes and
+            ``C = len(mean)`` channels, one after another.
+        meta: int64 ``[N, 3]`` ``(element offset, H, W)``; boxes: int64 ``[N, 4]`` ``(top, left, h, w)``;
+        flip: bool ``[N]`` (left to right); size: ``(S_h, S_w)`` or an int.
+        mean, std: ``C`` floats each, in the units of ``reference.FULL_SCALE``: ``value / 255`` for uint8,
+            ``value / 65535`` for uint16 (the integer range mapped to [0, 1]), the value for float32.
         out_dtype: float32, bfloat16 or float16 (the model's input dtype under autocast).
+        vflip: bool ``[N]`` or None: also flip upside down (inside the same launch).
     Returns:
-        ``[N, 3, S_h, S_w]``: ``normalize(flip(resize(crop)))``, the resize antialiased bicubic with
+        ``[N, C, S_h, S_w]``: ``normalize(flip(resize(crop)))``, the resize antialiased bicubic with
         Pillow's kernel (a = -0.5, support widened by the downscale factor) as ``F.interpolate(crop,
         size, mode="bicubic", antialias=True)`` (``reference.resized_crop_ref``). Not differentiable.
 
@@ -383,13 +388,15 @@ def resized_crop(
     """
     size = check.out_size(size)
     mean = check.channel_values("mean", mean)
-    std = check.channel_values("std", std, positive=True)
+    std = check.channel_values("std", std, positive=True, count=len(mean))
     check.float_dtype("out_dtype", out_dtype)
-    check.ragged_batch(data, meta, boxes, flip)
+    check.ragged_batch(data, meta, boxes, flip, len(mean), vflip)
     data, meta, boxes, flip = _contiguous(data, meta, boxes, flip)
+    if vflip is not None:
+        (vflip,) = _contiguous(vflip)
     impl = resolve_backend(backend, data.device)
     if impl == "triton":
-        return _kernels().resized_crop.resized_crop(data, meta, boxes, flip, size, mean, std, out_dtype)
+        return _kernels().resized_crop.resized_crop(data, meta, boxes, flip, size, mean, std, out_dtype, vflip)
     if impl == "torch":
-        return torch_ops.resized_crop(data, meta, boxes, flip, size, mean, std, out_dtype)
-    return reference.resized_crop_ref(data, meta, boxes, flip, size, mean, std, out_dtype)
+        return torch_ops.resized_crop(data, meta, boxes, flip, size, mean, std, out_dtype, vflip)
+    return reference.resized_crop_ref(data, meta, boxes, flip, size, mean, std, out_dtype, vflip)

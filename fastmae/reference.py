@@ -207,13 +207,16 @@ def masked_mse_loss_ref(
 
 
 # --------------------------------------------------------------------------------------------------
-# input pipeline: crop, antialiased bicubic resize, flip and normalise a ragged batch of uint8 images
+# input pipeline: crop, antialiased bicubic resize, flip and normalise a ragged batch of images
 # --------------------------------------------------------------------------------------------------
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # per RGB channel, of pixel / 255 (the official Normalize)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# What a source value is divided by before mean and std apply. The units of every mean/std in fastmae:
+# the full integer range mapped to [0, 1] for uint8 and uint16 images, the stored value for float32.
+FULL_SCALE = {torch.uint8: 255.0, torch.uint16: 65535.0, torch.float32: 1.0}
 
-__all__ += ["resized_crop_ref", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ += ["resized_crop_ref", "IMAGENET_MEAN", "IMAGENET_STD", "FULL_SCALE"]
 
 
 def resized_crop_ref(
@@ -225,19 +228,22 @@ def resized_crop_ref(
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
     out_dtype: torch.dtype = torch.float32,
+    vflip: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Crop, resize (antialiased bicubic), flip and normalise each image of a ragged uint8 batch.
+    """Crop, resize (antialiased bicubic), flip and normalise each image of a ragged batch.
 
     Args:
-        data: uint8 ``[B]``, the HWC RGB pixels of ``N`` images one after another.
-        meta: int64 ``[N, 3]``, per image ``(byte offset into data, height H, width W)``.
+        data: ``[B]`` uint8, uint16 or float32, the HWC pixels of ``N`` images of ``C = len(mean)``
+            channels one after another.
+        meta: int64 ``[N, 3]``, per image ``(element offset into data, height H, width W)``.
         boxes: int64 ``[N, 4]``, per image the crop ``(top, left, height h, width w)`` in its pixels.
-        flip: bool ``[N]``, mirror the result left to right.
+        flip: bool ``[N]``, mirror the result left to right; vflip: bool ``[N]`` or None, upside down.
         size: ``(S_h, S_w)``, the output size (an int: square).
-        mean, std: 3 floats each; the output is ``(pixel / 255 - mean) / std`` per channel.
+        mean, std: ``C`` floats each; the output is ``(value / FULL_SCALE[data.dtype] - mean) / std``
+            per channel (uint8 and uint16 values mapped to [0, 1], float32 values as stored).
         out_dtype: float32, bfloat16 or float16.
     Returns:
-        ``[N, 3, S_h, S_w]`` in ``out_dtype``.
+        ``[N, C, S_h, S_w]`` in ``out_dtype``.
 
     The resize is ``F.interpolate(crop, size, mode="bicubic", antialias=True, align_corners=False)``
     on the float crop: Pillow's bicubic kernel (a = -0.5) with its support widened by the downscale
@@ -247,16 +253,22 @@ def resized_crop_ref(
     import torch.nn.functional as F
 
     size = (size, size) if isinstance(size, int) else tuple(size)
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=data.device).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32, device=data.device).view(3, 1, 1)
+    c = len(mean)
+    full = FULL_SCALE[data.dtype]
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=data.device).view(c, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=data.device).view(c, 1, 1)
+    vflips = vflip.tolist() if vflip is not None else [False] * meta.shape[0]
     out = []
-    for (off, hh, ww), (top, left, h, w), mirror in zip(meta.tolist(), boxes.tolist(), flip.tolist()):
-        img = data[off:off + hh * ww * 3].view(hh, ww, 3)  # [H, W, 3]
-        crop = img[top:top + h, left:left + w].permute(2, 0, 1).float()  # [3, h, w]
+    for (off, hh, ww), (top, left, h, w), mirror, upside_down in zip(meta.tolist(), boxes.tolist(),
+                                                                     flip.tolist(), vflips):
+        img = data[off:off + hh * ww * c].view(hh, ww, c)  # [H, W, C]
+        crop = img[top:top + h, left:left + w].permute(2, 0, 1).float()  # [C, h, w]
         x = F.interpolate(crop[None], size=size, mode="bicubic", antialias=True, align_corners=False)[0]
         if mirror:
             x = x.flip(-1)
-        out.append(((x / 255 - mean_t) / std_t).to(out_dtype))  # [3, S_h, S_w]
+        if upside_down:
+            x = x.flip(-2)
+        out.append(((x / full - mean_t) / std_t).to(out_dtype))  # [C, S_h, S_w]
     if not out:
-        return torch.empty((0, 3, *size), dtype=out_dtype, device=data.device)
+        return torch.empty((0, c, *size), dtype=out_dtype, device=data.device)
     return torch.stack(out)

@@ -134,54 +134,63 @@ def resized_crop(
     boxes: torch.Tensor,
     flip: torch.Tensor,
     size: tuple[int, int],
-    mean: tuple[float, float, float],
-    std: tuple[float, float, float],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
     out_dtype: torch.dtype,
+    vflip: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``resized_crop_ref`` without its per-image ``F.interpolate`` where crops are small: ``[N, 3, S_h, S_w]``.
+    """``resized_crop_ref`` without its per-image ``F.interpolate`` where crops are small: ``[N, C, S_h, S_w]``.
 
-    Small crops (sides <= ``_DENSE_MAX_SIDE``), in groups: the uint8 crops padded into
-    ``[G, h_max, w_max, 3]`` (HWC, as stored), then two batched matmuls with the separable weight
-    matrices (``_weight_table``; zero on the padding; the flip folded into ``Wx`` by reversing its
-    rows): the vertical pass ``Wy [G, S_h, h_max] @ crop [G, h_max, w_max * 3]``, then the horizontal
-    ``[G, 3 S_h, w_max] @ Wx^T [G, w_max, S_w]``, which is the output's layout. Larger crops: torch's antialias kernel per image.
-    Then one normalisation pass. Reads ``meta`` and ``boxes`` on the host (one sync on CUDA, where the
-    Triton kernel is the path).
+    Small crops (sides <= ``_DENSE_MAX_SIDE``), in groups: the crops padded into ``[G, h_max, w_max, C]``
+    (HWC, as stored; uint8 stays uint8, other sources float32), then two batched matmuls with the
+    separable weight matrices (``_weight_table``; zero on the padding; the flips folded into ``Wx`` and
+    ``Wy`` by reversing their rows): the vertical pass ``Wy [G, S_h, h_max] @ crop [G, h_max, w_max * C]``,
+    then the horizontal ``[G, C S_h, w_max] @ Wx^T [G, w_max, S_w]``, which is the output's layout.
+    Larger crops: torch's antialias kernel per image. Then one normalisation pass. Reads ``meta`` and
+    ``boxes`` on the host (one sync on CUDA, where the Triton kernel is the path).
     """
     import torch.nn.functional as F
 
-    n = meta.shape[0]
+    from .reference import FULL_SCALE
+
+    n, c = meta.shape[0], len(mean)
     sh, sw = size
     dev = data.device
-    out = torch.empty((n, 3, sh, sw), dtype=torch.float32, device=dev)  # [N, 3, S_h, S_w]
+    vflip = torch.zeros_like(flip) if vflip is None else vflip
+    out = torch.empty((n, c, sh, sw), dtype=torch.float32, device=dev)  # [N, C, S_h, S_w]
     rows = torch.cat([meta, boxes], 1).tolist()  # (offset, H, W, top, left, h, w) per image
-    mirror = flip.tolist()
+    mirror, upside_down = flip.tolist(), vflip.tolist()
     small = [i for i, r in enumerate(rows) if max(r[5], r[6]) <= _DENSE_MAX_SIDE]
+    pad_dtype = torch.uint8 if data.dtype == torch.uint8 else torch.float32
     for g0 in range(0, len(small), _DENSE_GROUP):
         group = small[g0:g0 + _DENSE_GROUP]
         g = len(group)
         idx = torch.tensor(group, device=dev)
         h_max, w_max = max(rows[i][5] for i in group), max(rows[i][6] for i in group)
-        padded = torch.zeros((g, h_max, w_max, 3), dtype=torch.uint8, device=dev)  # [G, h_max, w_max, 3]
+        padded = torch.zeros((g, h_max, w_max, c), dtype=pad_dtype, device=dev)  # [G, h_max, w_max, C]
         src, dst = (data.numpy(), padded.numpy()) if dev.type == "cpu" else (data, padded)
         for k, i in enumerate(group):
             o, hh, ww, t, l, h, w = rows[i]
-            dst[k, :h, :w] = src[o:o + 3 * hh * ww].reshape(hh, ww, 3)[t:t + h, l:l + w]
+            crop = src[o:o + c * hh * ww].reshape(hh, ww, c)[t:t + h, l:l + w]
+            dst[k, :h, :w] = crop if dev.type == "cpu" else crop.to(pad_dtype)
         wy = _weight_table(sh, dev)[boxes[idx, 2] - 1, :, :h_max]  # [G, S_h, h_max]
+        wy = torch.where(vflip[idx, None, None], wy.flip(1), wy)  # an upside-down output reads rows backwards
         wx = _weight_table(sw, dev)[boxes[idx, 3] - 1, :, :w_max]  # [G, S_w, w_max]
         wx = torch.where(flip[idx, None, None], wx.flip(1), wx)  # a flipped output reads columns backwards
-        vert = wy @ padded.view(g, h_max, w_max * 3).float()  # [G, S_h, w_max * 3] (HWC)
-        vert = vert.view(g, sh, w_max, 3).permute(0, 3, 1, 2).reshape(g, 3 * sh, w_max)  # [G, 3 S_h, w_max]
-        res = torch.bmm(vert, wx.transpose(1, 2))  # [G, 3 S_h, S_w] = [G, 3, S_h, S_w], contiguous
+        vert = wy @ padded.view(g, h_max, w_max * c).float()  # [G, S_h, w_max * C] (HWC)
+        vert = vert.view(g, sh, w_max, c).permute(0, 3, 1, 2).reshape(g, c * sh, w_max)  # [G, C S_h, w_max]
+        res = torch.bmm(vert, wx.transpose(1, 2))  # [G, C S_h, S_w] = [G, C, S_h, S_w], contiguous
         if group == list(range(group[0], group[0] + g)):
-            out[group[0]:group[0] + g] = res.view(g, 3, sh, sw)  # a plain copy
+            out[group[0]:group[0] + g] = res.view(g, c, sh, sw)  # a plain copy
         else:
-            out[idx] = res.view(g, 3, sh, sw)
+            out[idx] = res.view(g, c, sh, sw)
     for i in sorted(set(range(n)) - set(small)):
         o, hh, ww, t, l, h, w = rows[i]
-        crop = data[o:o + 3 * hh * ww].view(hh, ww, 3)[t:t + h, l:l + w].permute(2, 0, 1).float()  # [3, h, w]
+        crop = data[o:o + c * hh * ww].view(hh, ww, c)[t:t + h, l:l + w].permute(2, 0, 1).float()  # [C, h, w]
         x = F.interpolate(crop[None], size=(sh, sw), mode="bicubic", antialias=True, align_corners=False)[0]
-        out[i] = x.flip(-1) if mirror[i] else x
-    scale = torch.tensor([1 / (255 * s) for s in std], device=dev).view(3, 1, 1)
-    bias = torch.tensor([-m / s for m, s in zip(mean, std)], device=dev).view(3, 1, 1)
-    return out.mul_(scale).add_(bias).to(out_dtype)  # (x / 255 - mean) / std
+        x = x.flip(-1) if mirror[i] else x
+        out[i] = x.flip(-2) if upside_down[i] else x
+    full = FULL_SCALE[data.dtype]
+    scale = torch.tensor([1 / (full * s) for s in std], device=dev).view(c, 1, 1)
+    bias = torch.tensor([-m / s for m, s in zip(mean, std)], device=dev).view(c, 1, 1)
+    return out.mul_(scale).add_(bias).to(out_dtype)  # (x / full - mean) / std

@@ -131,7 +131,7 @@ def test_hf_loads_cleanly_and_gives_the_same_loss(tmp_path, capsys, trained):
     assert stdout.splitlines() == [
         f"wrote {out} (0.5 MB): {ckpt} as a ViTMAEForPreTraining directory; left out: " + ", ".join(TRAINING_STATE),
         f"load it with: transformers.ViTMAEForPreTraining.from_pretrained({str(out)!r})"]
-    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]  # only weights and config
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "preprocessor_config.json"]
     assert all(k.startswith(("vit.", "decoder.")) for k in load_file(out / "model.safetensors"))
     config = json.loads((out / "config.json").read_text())
     assert config["norm_pix_loss"] is True and config["mask_ratio"] == 0.6  # from the args, from --mask-ratio
@@ -200,7 +200,7 @@ def test_hf_never_replaces_a_directory_with_other_files(tmp_path, capsys, traine
     (out / "notes.txt").write_text("mine")
     code, _, err = export(capsys, "--checkpoint", ckpt, "--format", "hf", "--out", out, "--force")
     assert code == 2 and err == (f"fastmae: error: --out {out} holds files other than an earlier export's "
-                                 "(config.json, model.safetensors); choose a new or empty directory\n")
+                                 "(config.json, model.safetensors, preprocessor_config.json); choose a new or empty directory\n")
     assert os.listdir(out) == ["notes.txt"]
 
 

@@ -378,7 +378,7 @@ def _truncated_checkpoint(path):
 @pytest.mark.parametrize("extra, message", [
     (["--data", "{tmp}/missing"], "data directory not found: {tmp}/missing"),
     (["--data", "{tmp}/tiny.pth"], "{tmp}/tiny.pth is not a directory"),
-    (["--data", "{tmp}/empty"], "no .jpg/.jpeg/.png images in data directory {tmp}/empty"),
+    (["--data", "{tmp}/empty"], "no .jpg/.jpeg/.png/.npy/.tif/.tiff images in data directory {tmp}/empty"),
     (["--data", "{tmp}/corrupt"], "none of the 2 image files in {tmp}/corrupt can be read"),
     (["--num-images", "6"], "--batch-size 8 is larger than the data (6 images)"),
     (["--accum-iter", "5"], "--accum-iter 5 is more than the 4 iterations"),

@@ -238,7 +238,7 @@ def test_export_hf_directory_loads_cleanly_and_can_be_rewritten(tmp_path):
         convert.export(ckpt, "hf", out, mask_ratio=0.75)
         loaded, info = ViTMAEForPreTraining.from_pretrained(out, output_loading_info=True)
         assert loading_info_is_clean(info)
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "preprocessor_config.json"]
     from safetensors.torch import load_file
     assert convert.hf_layout(load_file(out / "model.safetensors")) == ("hub", False)  # what transformers 4 reads too
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # nothing left beside it

@@ -24,20 +24,28 @@ from helpers import DEVICE, DTYPES, assert_close, poisoned, requires_kernels
 ATOL_FP32 = 1e-4  # the issue's agreement, normalised units
 
 
-def ragged(sizes, seed=0):
-    """Random uint8 images of ``sizes [(H, W)]`` packed as ``data [B]``, ``meta [N, 3]``."""
+def _pixels(count, dtype, g):
+    """``count`` random values spanning ``dtype``'s range: uint8 and uint16 whole; float32 signed, wide."""
+    if dtype == torch.float32:
+        return torch.randn(count, generator=g, device="cpu") * 1000.0  # e.g. elevations, reflectances x 1e4
+    top = 256 if dtype == torch.uint8 else 65536
+    return torch.randint(0, top, (count,), dtype=torch.int32, generator=g, device="cpu").to(dtype)
+
+
+def ragged(sizes, seed=0, dtype=torch.uint8, channels=3):
+    """Random images of ``sizes [(H, W)]``, ``channels`` each, packed as ``data [B]``, ``meta [N, 3]``."""
     g = torch.Generator().manual_seed(seed)
     parts, meta, off = [], [], 0
     for hh, ww in sizes:
-        parts.append(torch.randint(0, 256, (hh * ww * 3,), dtype=torch.uint8, generator=g, device="cpu"))
+        parts.append(_pixels(hh * ww * channels, dtype, g))
         meta.append((off, hh, ww))
-        off += hh * ww * 3
+        off += hh * ww * channels
     # on the GPU run (tests/conftest.py) tensors made without a device land on CUDA: data goes there too
     return torch.cat(parts).to(DEVICE), torch.tensor(meta, dtype=torch.int64)
 
 
-def batch(sizes, boxes, flips, seed=0):
-    data, meta = ragged(sizes, seed)
+def batch(sizes, boxes, flips, seed=0, dtype=torch.uint8, channels=3):
+    data, meta = ragged(sizes, seed, dtype, channels)
     return data, meta, torch.tensor(boxes, dtype=torch.int64), torch.tensor(flips, dtype=torch.bool)
 
 
@@ -226,7 +234,8 @@ def _good():
 
 
 @pytest.mark.parametrize("change, err, name", [
-    (lambda a: {**a, "data": a["data"].float()}, TypeError, "data"),
+    (lambda a: {**a, "data": a["data"].double()}, TypeError, "data"),  # sources: uint8, uint16, float32
+    (lambda a: {**a, "data": a["data"].to(torch.int32)}, TypeError, "data"),
     (lambda a: {**a, "data": a["data"].view(1, -1)}, ValueError, "data"),
     (lambda a: {**a, "data": a["data"][:100]}, ValueError, "meta"),  # too short for the images
     (lambda a: {**a, "meta": a["meta"].int()}, TypeError, "meta"),
@@ -242,7 +251,12 @@ def _good():
     (lambda a: {**a, "size": (0, 4)}, ValueError, "size"),
     (lambda a: {**a, "size": (4, 4, 4)}, TypeError, "size"),
     (lambda a: {**a, "size": 2.5}, TypeError, "size"),
-    (lambda a: {**a, "mean": (0.5, 0.5)}, ValueError, "mean"),
+    (lambda a: {**a, "mean": (0.5, float("nan"), 0.5)}, ValueError, "mean"),
+    (lambda a: {**a, "mean": ()}, ValueError, "mean"),
+    (lambda a: {**a, "std": (0.2, 0.2)}, ValueError, "std"),  # C = len(mean) = 3
+    (lambda a: {**a, "mean": (0.5,) * 4, "std": (0.2,) * 4}, ValueError, "meta"),  # 4 channels: past data
+    (lambda a: {**a, "vflip": a["flip"].to(torch.uint8)}, TypeError, "vflip"),
+    (lambda a: {**a, "vflip": a["flip"][:1]}, ValueError, "vflip"),
     (lambda a: {**a, "std": (0.2, 0.0, 0.2)}, ValueError, "std"),
     (lambda a: {**a, "out_dtype": torch.int32}, TypeError, "out_dtype"),
     (lambda a: {**a, "meta": a["meta"].to("meta")}, ValueError, "meta"),  # another device
@@ -252,3 +266,79 @@ def test_bad_input(change, err, name, backend):
     # validation runs before the backend is resolved: the same errors with or without the interpreter
     with pytest.raises(err, match=rf"^{name}\b"):
         ops.resized_crop(**change(_good()), backend=backend)
+
+
+# --------------------------------------------------------------------------------------------------
+# C channels, uint8 / uint16 / float32 sources, upside-down flips
+# --------------------------------------------------------------------------------------------------
+
+# Statistics in the units resized_crop states (reference.FULL_SCALE): integer sources mapped to [0, 1],
+# float32 as stored; chosen like a data set's own, so outputs are O(1) as in training.
+STATS = {torch.uint8: (0.45, 0.25), torch.uint16: (0.3, 0.2), torch.float32: (10.0, 900.0)}
+
+# a ragged batch mixing the regimes (upscale, 2x downscale, both flips) small enough to interpret
+MIXED = ([(9, 11), (16, 24)], [(1, 2, 7, 8), (0, 0, 16, 24)], [True, False], (5, 6))
+
+
+def _stats(dtype, channels):
+    m, s = STATS[dtype]
+    return dict(mean=tuple(m + 0.01 * c for c in range(channels)), std=tuple(s * (1 + 0.1 * c) for c in range(channels)))
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4, 13])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.uint16, torch.float32], ids=str)
+@pytest.mark.parametrize("backend", [pytest.param("triton", marks=requires_kernels), "torch"])
+def test_sources_and_channels_match_reference(backend, dtype, channels):
+    # every source dtype and channel count of the contract: 1 (grey, medical), 2, 3 (RGB: the kernel's
+    # three-accumulator path), 4 (one full group of 4 lanes), 13 (Sentinel-2: four groups, the last with
+    # one band); both flips
+    sizes, boxes, flips, size = MIXED
+    args = batch(sizes, boxes, flips, seed=channels, dtype=dtype, channels=channels)
+    out, _ = _check(args, size, backend, vflip=torch.tensor([False, True]), **_stats(dtype, channels))
+    assert out.shape == (2, channels, *size)
+
+
+def test_channel_groups_regime():
+    # what the regimes above rely on: 3 channels in one program per tile, 13 in four groups, 1 in one lane
+    assert -(-3 // kernel.launch_blocks((5, 6), 3)[2]) == 1
+    assert -(-13 // kernel.launch_blocks((5, 6), 13)[2]) == 4
+    assert kernel.launch_blocks((5, 6), 1)[2] == 1
+
+
+@pytest.mark.parametrize("backend", [pytest.param("triton", marks=requires_kernels), "torch"])
+def test_uint16_extremes_and_8x_downscale(backend):
+    # a 0 / 65535 checkerboard, 13 bands, downscaled 8x (33 taps): every tap at the extremes, where
+    # uint16 read as signed int16 (-1) or a 255 scale would show at once
+    hh, ww, c = 16, 24, 13
+    board = ((torch.arange(hh)[:, None] + torch.arange(ww)[None, :]) % 2).to(torch.int32) * 65535  # [H, W]
+    data = board[..., None].expand(hh, ww, c).reshape(-1).to(torch.uint16).to(DEVICE)
+    meta = torch.tensor([(0, hh, ww)])
+    args = (data, meta, torch.tensor([(0, 0, hh, ww)]), torch.tensor([False]))
+    out, ref = _check(args, (2, 3), backend, **_stats(torch.uint16, c))
+    assert ref.max() > (0.5 - 0.3) / 0.2 - 0.5  # the mean of 0 and 65535 in [0, 1] units, normalised
+
+
+@pytest.mark.parametrize("backend", [pytest.param("triton", marks=requires_kernels), "torch"])
+def test_float_source_one_pixel_crop_and_upscale(backend):
+    # float32 sources, 1 channel: a 1-pixel crop (constant output) and a 4x upscale with both flips
+    args = batch([(5, 4), (6, 6)], [(2, 1, 1, 1), (1, 1, 3, 3)], [False, True], dtype=torch.float32, channels=1)
+    out, _ = _check(args, (12, 12), backend, vflip=torch.tensor([True, True]), **_stats(torch.float32, 1))
+    assert_close(out[0], out[0, :1, :1, :1].expand_as(out[0]))  # constant up to float32 rounding
+
+
+@requires_kernels
+def test_kernel_vflip_is_upside_down_of_unflipped():
+    data, meta, boxes, _ = batch([(14, 19)], [(2, 3, 11, 13)], [False], dtype=torch.uint16, channels=2)
+    st = _stats(torch.uint16, 2)
+    no = torch.tensor([False])
+    plain = ops.resized_crop(data, meta, boxes, no, (5, 7), **st, backend="triton")
+    upside_down = ops.resized_crop(data, meta, boxes, no, (5, 7), **st, vflip=torch.tensor([True]), backend="triton")
+    assert torch.equal(upside_down, plain.flip(-2))
+
+
+@requires_kernels
+@pytest.mark.parametrize("dtype", [d for d in DTYPES if d != torch.float32], ids=str)
+def test_kernel_low_precision_outputs_from_uint16(dtype):
+    sizes, boxes, flips, size = MIXED
+    _check(batch(sizes, boxes, flips, dtype=torch.uint16, channels=13), size, "triton", dtype,
+           **_stats(torch.uint16, 13))

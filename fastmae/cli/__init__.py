@@ -1,4 +1,4 @@
-"""The ``fastmae`` command line: ``pretrain``, ``visualize``, ``mask``, ``export`` and ``probe``.
+"""The ``fastmae`` command line: ``pretrain``, ``visualize``, ``mask``, ``export``, ``probe`` and ``stats``.
 
 Errors the user can act on print as one line, ``fastmae: error: ...``, and exit with 2 (bad
 arguments or inputs) or 1 (a failure while running); Ctrl-C exits with 130; no traceback.
@@ -23,6 +23,7 @@ COMMANDS = {
     "mask": "the masking lesson: MaskGenerator masks written as PNGs",
     "export": "a checkpoint's weights only, for timm, Hugging Face (ViTMAEForPreTraining) or as an encoder",
     "probe": "the official linear probe on a checkpoint's frozen encoder, against random initialisations",
+    "stats": "per-channel mean and std of a data set (multi-band, 16-bit, float), for pretrain",
 }
 
 

@@ -36,7 +36,7 @@ PAPER_RECIPE = {"blr": 1.5e-4, "warmup_epochs": 40, "epochs": 800}
 # On resume, those the command line does not pass come from the checkpoint.
 TRAJECTORY_OPTIONS = ("model", "input_size", "mask_ratio", "norm_pix_loss", "data", "num_images",
                       "batch_size", "accum_iter", "epochs", "warmup_epochs", "blr", "lr", "min_lr",
-                      "weight_decay", "amp", "seed")
+                      "weight_decay", "amp", "seed", "demo", "in_chans", "mean", "std", "vflip", "layout")
 # The options the lr is computed from: the checkpoint's lr is kept only when none of them is passed.
 LR_OPTIONS = ("lr", "blr", "batch_size", "accum_iter")
 
@@ -75,6 +75,15 @@ class RunConfig:
     print_freq: int
     device: torch.device
     dist: DistInfo
+    # multi-band, 16-bit and float data (fastmae.cli.bands): resolved from the data once it is opened
+    demo: str | None = None  # the embedded set without --data: "shapes" (None) or "multiband"
+    in_chans: int | None = None
+    mean: list | None = None  # per channel, in resized_crop's units
+    std: list | None = None
+    source_dtype: str | None = None  # uint8, uint16 or float32: the unit of mean/std (exports need it)
+    stats: str | None = None  # a fastmae stats file
+    layout: str = "auto"  # of .npy files
+    vflip: bool = False
 
     @property
     def eff_batch(self):
@@ -116,7 +125,7 @@ def resolve(args, dist, device, stored=None):
             ``--lr``, ``--blr``, ``--batch-size`` and ``--accum-iter`` is passed.
     """
     passed = getattr(args, "passed", None)
-    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
+    options = {f.name: getattr(args, f.name, f.default) for f in dataclasses.fields(RunConfig)
                if f.name not in ("device", "dist")}
     if stored and passed is not None:
         lr_passed = any(k in passed for k in LR_OPTIONS)

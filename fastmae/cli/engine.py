@@ -91,9 +91,9 @@ def train_one_epoch(model, loader, optimizer, scaler, run, epoch, console, *, re
     loss_sum = lr_sum = 0.0
     skipped = 0
     first = 0  # the first iteration the guard's record holds
-    batches = fd.Prefetcher(_batches(loader), run.device, run.amp_dtype or torch.float32,
+    batches = fd.Prefetcher(_batches(loader), run.device, run.amp_dtype or torch.float32, run.mean, run.std,
                             backend=run.backend, overlap=overlap_copy)
-    for step, (batch, imgs) in enumerate(batches):  # RaggedBatch (host), imgs [B, 3, S, S] (device)
+    for step, (batch, imgs) in enumerate(batches):  # RaggedBatch (host), imgs [B, C, S, S] (device)
         if step == 0:
             t0 = time.perf_counter()  # the first batch is in hand: the loader's start-up not counted
         bad = _skipped_indices(batch)

@@ -57,9 +57,13 @@ def reconstruct(model, imgs, mask_ratio, noise):
     return [imgs, masked, recon, masked + recon * removed]
 
 
-def panel_rows(model, imgs, mask_ratio, seed):
+def panel_rows(model, imgs, mask_ratio, seed, to_image=None):
     """Per image, the four panels as ``[H, W, 3]`` uint8 arrays, with masking noise drawn from a
-    generator seeded by ``seed`` (the global RNG is left alone)."""
+    generator seeded by ``seed`` (the global RNG is left alone).
+
+    ``to_image(x [C, H, W], key)`` makes a panel displayable; default ``to_uint8`` (ImageNet RGB). For
+    other images, ``fastmae.cli.bands.stretch_display`` (three bands, percentile-stretched per image:
+    ``key`` is the image's index, so its four panels share one stretch)."""
     was_training = model.training
     model.eval()
     num_patches = model.patchify(imgs[:1]).shape[1]
@@ -68,4 +72,6 @@ def panel_rows(model, imgs, mask_ratio, seed):
         panels = reconstruct(model, imgs, mask_ratio, noise.to(imgs.device))
     finally:
         model.train(was_training)
-    return [[to_uint8(p[i]) for p in panels] for i in range(len(imgs))]
+    if to_image is None:
+        return [[to_uint8(p[i]) for p in panels] for i in range(len(imgs))]
+    return [[to_image(p[i], i) for p in panels] for i in range(len(imgs))]

@@ -44,7 +44,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import fastmae
 import fastmae.data as fd
-from fastmae.cli import distributed
+from fastmae.cli import bands, distributed
 from fastmae.cli.aliases import add_official_aliases, ignored_warning
 from fastmae.cli.argtypes import (nonnegative_float, nonnegative_int, positive_float, positive_int,
                                   ratio, seed)
@@ -86,6 +86,7 @@ def add_arguments(p):
                       "install -e \".[shards]\"); default: the embedded procedural set")
     data.add_argument("--num-images", type=positive_int, default=2048,
                       help="size of the procedural set (ignored with --data)")
+    bands.add_arguments(data)
     data.add_argument("--num-workers", type=nonnegative_int,
                       help="data loader processes (persistent across epochs); default: the cores this "
                       "process may use, shared by the processes of the node, one left for training "
@@ -193,6 +194,8 @@ def _train(args, dist, device, console):
                 f"{run.output_dir}: building the model and the optimizer{scanning}{compiling}...")
     _seed_everything(run.seed + dist.rank)
     images, loader = _build_data(run, console)
+    bands.check_resume_channels(images, ckpt, args.resume)
+    run = bands.resolve_channels(run, images, console)
     model = _build_model(run).to(device)
     for warning in small_grid_warnings(model, run.mask_ratio, run.model):
         console.warn(warning)
@@ -306,14 +309,13 @@ def _build_data(run, console):
     """The images (procedural, a folder or tar shards) and this rank's ``fastmae.data`` loader."""
     dist = run.dist
     try:
-        if run.data is None:
-            images = fd.ProceduralImages(run.num_images, size=2 * run.input_size)
-        elif fd.is_shard_spec(run.data):
-            images = fd.open_source(run.data)
+        if run.data is None or fd.is_shard_spec(run.data):
+            images = bands.open_images(run.data, run.demo, run.num_images, run.input_size, run.in_chans, run.layout)
         else:  # scanned once, by rank 0 (warnings included), and the file list sent to the others
-            images = distributed.from_main(lambda: _scan(run.data, console.warn), dist)
+            images = distributed.from_main(lambda: _scan(run, console.warn), dist)
         loader = fd.build_loader(images, run.batch_size, run.input_size, run.seed, world_size=dist.world_size,
-                                 rank=dist.rank, num_workers=run.num_workers, pin_memory=run.device.type == "cuda")
+                                 rank=dist.rank, num_workers=run.num_workers, pin_memory=run.device.type == "cuda",
+                                 vflip_p=0.5 if run.vflip else 0.0)
     except fd.DataError as e:
         raise UsageError(str(e)) from None
     except ValueError as e:  # a batch larger than this rank's share of the data
@@ -327,10 +329,10 @@ def _build_data(run, console):
     return images, loader
 
 
-def _scan(data, warn):
+def _scan(run, warn):
     """``--data`` as a ``fastmae.data.ImageFolder``, its errors as one-line ``UsageError``s (on rank 0)."""
     try:
-        return fd.ImageFolder(data, warn=warn)
+        return fd.ImageFolder(run.data, warn=warn, channels=run.in_chans, layout=run.layout)
     except fd.DataError as e:
         raise UsageError(str(e)) from None
 
@@ -340,7 +342,7 @@ def _build_model(run):
     if run.model not in fastmae.MODELS:
         raise UsageError(f"unknown model '{run.model}'; available: {', '.join(fastmae.MODELS)}")
     try:
-        model = fastmae.create_model(run.model, img_size=run.input_size,
+        model = fastmae.create_model(run.model, img_size=run.input_size, in_chans=run.in_chans or 3,
                                      norm_pix_loss=run.norm_pix_loss, backend=run.backend)
     except ValueError as e:
         raise UsageError(f"cannot build {run.model} at --input-size {run.input_size}: {e}") from None
@@ -441,18 +443,26 @@ def _save_reconstructions(model, images, run, num=8):
     """Rank 0: the demo panels for the first ``num`` images, as ``OUT/reconstructions.png``."""
     size = (run.input_size, run.input_size)
     device = next(model.parameters()).device
+    photos = (run.in_chans or 3) == 3 and bands.signature_of(images).dtype == np.uint8
+
+    def prepare(image):  # photographs as before; other images resized whole, normalised with the run's statistics
+        if photos and not isinstance(image, np.ndarray):
+            return resize_normalized(image, size)
+        return bands.whole_image_input(image, size, run.mean, run.std)
+
     if hasattr(images, "first_images"):  # tar shards: a stream, no random access
-        decoded = [resize_normalized(img, size) for img in images.first_images(num)]
+        decoded = [prepare(img) for img in images.first_images(num)]
     else:
         decoded = []
         for i in range(len(images)):
             if len(decoded) == num:
                 break
             try:
-                decoded.append(resize_normalized(images.image(i), size))
+                decoded.append(prepare(images.image(i)))
             except fd.DataError:
                 continue  # already warned about during training
     imgs = torch.stack(decoded).to(device)
     path = os.path.join(run.output_dir, "reconstructions.png")
-    grid(panel_rows(model, imgs, run.mask_ratio, run.seed), TITLES).save(path)
+    to_image = None if photos else bands.stretch_display(bands.parse_bands(None, imgs.shape[1]))
+    grid(panel_rows(model, imgs, run.mask_ratio, run.seed, to_image), TITLES).save(path)
     return path

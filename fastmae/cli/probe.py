@@ -29,17 +29,20 @@ initialisation, one seed each); their spread says how large a gap the data can s
 
 import time
 
+import numpy as np
 import torch
 
 import fastmae
 import fastmae.data as fd
+from fastmae.cli import bands
 from fastmae.cli.argtypes import nonnegative_int, positive_int, ratio, seed
 from fastmae.cli.checkpoint import inspect_checkpoint, load_checkpoint
 from fastmae.cli.console import Console, count
 from fastmae.cli.errors import UsageError
-from fastmae.cli.images import eval_transform
+from fastmae.cli.images import EVAL_CROP, eval_transform
 from fastmae.cli.runtime import parse_device
 from fastmae.linprobe import linear_probe
+from fastmae.official import checkpoint_args
 from fastmae.vit import VisionTransformer
 
 def add_arguments(parser):
@@ -79,7 +82,8 @@ def run(args):
     ckpt = load_checkpoint(args.checkpoint)
     encoder = _encoder(ckpt, args.checkpoint, args.num_heads)
     size = encoder.patch_embed.img_size[0]  # square: _encoder checks it
-    train, test, classes, source = _data(args, size, console.warn)
+    norm = _normalisation(checkpoint_args(ckpt), encoder.in_chans, args.checkpoint)
+    train, test, classes, source = _data(args, size, console.warn, norm)
     num_train = train[0].shape[0]
     batch = min(args.batch_size, num_train)
     features = "global-pool (fc_norm)" if encoder.global_pool else "cls"
@@ -117,8 +121,6 @@ def _encoder(ckpt, path, num_heads=None):
     if info.img_size is None:
         raise UsageError(f"{path}: its position table ({info.num_patches} patches) is not a square "
                          "grid; the probe needs square images")
-    if info.in_chans != 3:
-        raise UsageError(f"{path} takes {info.in_chans}-channel images; the probe feeds RGB ones")
     if info.factory is None and num_heads is None:
         raise UsageError(f"{path}: no fastmae factory has its shapes, and the weights do not hold the "
                          "number of attention heads; pass --num-heads")
@@ -146,9 +148,25 @@ def _random_like(encoder, seed_value):
                                                  global_pool=encoder.global_pool).eval()
 
 
-def _data(args, size, warn):
-    """``(train, test, classes, description)``: train and test as ``(images [N, 3, S, S], labels [N])``."""
+def _normalisation(stored, channels, path):
+    """``(channels, mean, std)`` the encoder was pretrained with: the checkpoint's stored statistics
+    (``fastmae pretrain`` keeps them), else ImageNet's for RGB."""
+    mean, std = stored.get("mean"), stored.get("std")
+    if mean is not None and std is not None and len(mean) == channels:
+        return channels, list(mean), list(std)
+    if channels != 3:
+        raise UsageError(f"{path} takes {channels}-channel images but stores no per-channel mean/std to "
+                         "normalise them with")
+    return channels, None, None
+
+
+def _data(args, size, warn, norm=(3, None, None)):
+    """``(train, test, classes, description)``: train and test as ``(images [N, C, S, S], labels [N])``."""
     passed = getattr(args, "passed", frozenset())  # the options given on the command line
+    channels = norm[0]
+    if args.data is None and channels != 3:
+        raise UsageError(f"{args.checkpoint} takes {channels}-channel images; the procedural set is RGB: "
+                         "pass --data")
     if args.data is None:
         if "holdout" in passed:
             raise UsageError("--holdout applies to --data only: the procedural set's test images are new ones")
@@ -162,9 +180,11 @@ def _data(args, size, warn):
     if "num_images" in passed:
         raise UsageError("--num-images applies to the procedural set only, not to --data")
     try:
-        folder = fd.ImageFolder(args.data, warn=warn)
+        folder = fd.ImageFolder(args.data, warn=warn, channels=1 if channels == 1 else None)
     except fd.DataError as e:
         raise UsageError(str(e)) from None
+    if folder.signature.channels != channels:
+        raise UsageError(f"--data {args.data} has {folder.signature}; {args.checkpoint} takes {channels} channel(s)")
     unlabelled = sum(folder.label(i) < 0 for i in range(len(folder)))
     if unlabelled:
         raise UsageError(f"--data {args.data}: {count(unlabelled, 'image')} outside a class sub-directory; "
@@ -176,10 +196,23 @@ def _data(args, size, warn):
     if not held:
         raise UsageError(f"--data {args.data}: --holdout {args.holdout:g} of each class leaves no test image "
                          "(each class keeps at least one for training); raise --holdout or add images")
-    train = _tensors(folder, fit, size, "training", warn)
+    train = _tensors(folder, fit, size, "training", warn, norm)
     if train[0].shape[0] < 2:
         raise UsageError(f"--data {args.data}: fewer than 2 training images decode")
-    return train, _tensors(folder, held, size, "test", warn), folder.classes, args.data
+    return train, _tensors(folder, held, size, "test", warn, norm), folder.classes, args.data
+
+
+def eval_transform_array(image, size, mean, std):
+    """:func:`eval_transform` for any image (``[H, W, C]`` array or PIL): the centre crop of the shorter
+    side's ``0.875``, resized to ``size`` (antialiased bicubic, ``resized_crop``), normalised by ``mean``/``std``."""
+    arr = np.ascontiguousarray(bands.image_array(image))
+    h, w, _ = arr.shape
+    side = max(1, min(h, w, round(min(h, w) * EVAL_CROP)))
+    top, left = (h - side) // 2, (w - side) // 2
+    out = fastmae.ops.resized_crop(torch.from_numpy(arr.reshape(-1).copy()), torch.tensor([[0, h, w]]),
+                                   torch.tensor([[top, left, side, side]]), torch.zeros(1, dtype=torch.bool),
+                                   size, mean, std, backend="torch")
+    return out[0]
 
 
 def _stratified_split(labels, holdout, seed_value):
@@ -196,13 +229,19 @@ def _stratified_split(labels, holdout, seed_value):
     return sorted(train), sorted(test)
 
 
-def _tensors(source, indices, size, split, warn):
-    """The images ``indices`` of ``source`` through :func:`eval_transform`, and their labels; images
+def _tensors(source, indices, size, split, warn, norm=(3, None, None)):
+    """The images ``indices`` of ``source`` through :func:`eval_transform` (RGB photographs) or
+    :func:`eval_transform_array` (others, with the pretraining statistics), and their labels; images
     that do not decode are left out with one warning."""
     images, labels, bad = [], [], 0
+    _, mean, std = norm
     for i in indices:
         try:
-            images.append(eval_transform(source.image(i), size))
+            image = source.image(i)
+            if mean is None and not isinstance(image, np.ndarray):
+                images.append(eval_transform(image, size))
+            else:
+                images.append(eval_transform_array(image, size, mean, std))
         except fd.DataError:
             bad += 1
             continue

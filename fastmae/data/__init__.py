@@ -25,6 +25,8 @@ run, for any number of workers (folders), with persistent workers, and after a r
 This package does not import ``fastmae.cli``; it raises :class:`DataError` and ``ValueError``.
 """
 
+from .arrays import Signature, open_array, read_signature
+from .bands import ProceduralBands
 from .batch import RaggedBatch, collate_crops, to_model_input
 from .boxes import RATIO, SCALE, draw_flip, random_resized_crop_box, sample_rng
 from .crops import Crop, CropDataset, CropSpec, load_crop
@@ -33,12 +35,14 @@ from .loader import (CropLoader, DataWait, build_loader, default_num_workers, de
 from .prefetch import Prefetcher
 from .sampler import EpochSampler
 from .shards import ShardCrops, Shards, is_shard_spec
-from .sources import IMAGE_EXTENSIONS, DataError, ImageFolder, ProceduralImages
+from .sources import IMAGE_EXTENSIONS, DataError, DataFormatError, ImageFolder, ProceduralImages
 from .synthetic import photo_like, photo_like_jpeg, write_photo_like_jpegs
 
 __all__ = [
-    "Crop", "CropDataset", "CropLoader", "CropSpec", "DataError", "DataWait", "EpochSampler", "IMAGE_EXTENSIONS",
-    "ImageFolder", "Prefetcher", "ProceduralImages", "RATIO", "RaggedBatch", "SCALE", "ShardCrops", "Shards", "build_loader",
+    "Crop", "CropDataset", "CropLoader", "CropSpec", "DataError", "DataFormatError", "DataWait", "ProceduralBands",
+    "Signature", "open_array", "read_signature", "EpochSampler", "IMAGE_EXTENSIONS",
+    "ImageFolder", "Prefetcher", "ProceduralImages", "RATIO", "RaggedBatch", "SCALE", "ShardCrops", "Shards",
+    "build_loader",
     "collate_crops", "default_num_workers", "default_prefetch_factor", "draw_flip", "is_shard_spec", "load_crop",
     "open_source", "photo_like", "photo_like_jpeg", "random_resized_crop_box", "sample_rng", "to_model_input",
     "use_pillow_block_cache", "worker_memory_settings", "write_photo_like_jpegs",

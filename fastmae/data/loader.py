@@ -27,16 +27,18 @@ __all__ = ["CropLoader", "DataWait", "build_loader", "default_num_workers", "def
            "use_pillow_block_cache", "keep_freed_memory", "worker_memory_settings"]
 
 
-def open_source(data: str, warn=print, num_samples: int | None = None):
+def open_source(data: str, warn=print, num_samples: int | None = None, channels: int | None = None,
+                layout: str = "auto"):
     """What ``--data`` names: tar shards (a ``.tar`` path, a brace pattern, or a folder of ``.tar``
-    files) as :class:`~fastmae.data.shards.Shards`, else a folder of images as an ``ImageFolder``.
+    files) as :class:`~fastmae.data.shards.Shards`, else a folder of images as an ``ImageFolder``
+    (``channels``: 1 converts photographs to grey; ``layout``: of ``.npy`` files, ``fastmae.data.arrays``).
 
     Raises:
         DataError: nothing usable there (see the two classes), or shards without ``webdataset``.
     """
     if is_shard_spec(data):
-        return Shards(data, num_samples=num_samples)
-    return ImageFolder(data, warn=warn)
+        return Shards(data, num_samples=num_samples, channels=channels, layout=layout)
+    return ImageFolder(data, warn=warn, channels=channels, layout=layout)
 
 
 def _usable_cores() -> int:
@@ -182,6 +184,7 @@ def build_loader(
     scale=SCALE,
     ratio=RATIO,
     flip_p: float = 0.5,
+    vflip_p: float = 0.0,
 ) -> CropLoader:
     """Ragged uint8 batches of RandomResizedCrop crops (not resized) with their flips, for this rank.
 
@@ -198,6 +201,8 @@ def build_loader(
         prefetch_factor: batches queued per worker; default :func:`default_prefetch_factor`.
         draft: let JPEGs decode at reduced scale where the crop stays at least ``size``.
         scale, ratio, flip_p: the augmentation's distributions (the official recipe's by default).
+        vflip_p: the probability of an upside-down flip (0: none, the recipe; 0.5 for overhead imagery),
+            applied on the device by ``resized_crop`` with the other flip.
 
     Raises:
         ValueError: ``batch_size`` is larger than this rank's share of the data.
@@ -209,7 +214,7 @@ def build_loader(
     source = open_source(source) if isinstance(source, str) else source
     num_workers = default_num_workers(local_world_size) if num_workers is None else num_workers
     pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-    spec = CropSpec(size, tuple(scale), tuple(ratio), flip_p, draft)
+    spec = CropSpec(size, tuple(scale), tuple(ratio), flip_p, draft, vflip_p)
     workers = num_workers > 0
     prefetch_factor = (prefetch_factor or default_prefetch_factor(num_workers)) if workers else None
     # pinned batches are copied out of the worker's buffer before anyone reads them: the buffers can be

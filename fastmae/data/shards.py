@@ -1,8 +1,8 @@
 """WebDataset-style tar shards: many images per file, read in sequence (``pip install -e ".[shards]"``).
 
 A folder of a million small files on a network filesystem makes every image an open and a seek;
-shards (``train-000000.tar``, ... each holding ``<key>.jpg`` and optionally ``<key>.cls`` files, the
-WebDataset convention) make it a sequential read. ``--data`` takes a directory of ``.tar`` files or
+shards (``train-000000.tar``, ... each holding ``<key>.jpg`` — or ``.png``, ``.npy``, ``.tif`` — and
+optionally ``<key>.cls`` files, the WebDataset convention) make it a sequential read. ``--data`` takes a directory of ``.tar`` files or
 a brace pattern (``shards/train-{000000..000146}.tar``). Reading uses the ``webdataset`` package.
 
 Splitting, per epoch: the shard list is shuffled by ``(seed, epoch)``, then dealt out to the
@@ -27,12 +27,34 @@ import torch
 from PIL import Image
 
 from .boxes import sample_rng
+from .arrays import ARRAY_EXTENSIONS, Signature, open_array
 from .crops import Crop, CropSpec, load_crop
-from .sources import IMAGE_EXTENSIONS, DataError
+from .sources import IMAGE_EXTENSIONS, DataError, DataFormatError, decoded_rgb, is_16bit_grey
 
 __all__ = ["Shards", "ShardCrops", "is_shard_spec", "require_webdataset"]
 
 _IMAGE_SUFFIXES = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+
+
+def decode_member(name: str, data: bytes, what: str, layout: str = "auto", photo_mode: str = "RGB"):
+    """A shard member's image: a ``PIL.Image`` (a photograph, not yet decoded) or a ``[H, W, C]`` array
+    (``.npy``, TIFF, 16-bit grey PNG); a :class:`DataError` when it does not decode."""
+    if ("." + name.lower()).endswith(ARRAY_EXTENSIONS):
+        return open_array("." + name, layout, data=data, what=what)
+    try:
+        im = Image.open(io.BytesIO(data))
+    except Exception as e:  # noqa: BLE001 - bytes that are no image
+        raise DataError(f"cannot decode image {what}: {e}") from None
+    if is_16bit_grey(im):
+        return open_array(".png", "hwc", data=data, what=what)
+    return im
+
+
+def member_signature(image, photo_mode: str = "RGB") -> Signature:
+    """What a decoded shard member gives the batch: an array's channels and dtype, a photograph's mode."""
+    if isinstance(image, np.ndarray):
+        return Signature(image.shape[2], image.dtype)
+    return Signature(1 if photo_mode == "L" else 3, np.dtype(np.uint8))
 
 
 def require_webdataset():
@@ -92,8 +114,12 @@ class Shards:
     classes = None
     num_classes = 0
 
-    def __init__(self, spec: str, num_samples: int | None = None):
+    def __init__(self, spec: str, num_samples: int | None = None, channels: int | None = None,
+                 layout: str = "auto"):
         require_webdataset()
+        if channels not in (None, 1, 3) and channels < 1:
+            raise ValueError(f"channels must be at least 1, got {channels}")
+        self.layout, self.photo_mode = layout, "L" if channels == 1 else "RGB"
         self.urls = _expand(spec)
         if not self.urls:
             raise DataError(f"no .tar shards match {spec}")
@@ -106,15 +132,34 @@ class Shards:
             except (tarfile.TarError, OSError) as e:
                 raise DataError(f"cannot read the shards of {spec}: {e}") from None
         if num_samples < 1:
-            raise DataError(f"the shards of {spec} hold no .jpg/.jpeg/.png sample")
+            raise DataError(f"the shards of {spec} hold no {'/'.join(IMAGE_EXTENSIONS)} sample")
         self.num_samples = num_samples
+        self.signature = self._first_signature()
         self.name = f"{spec} ({len(self.urls)} shards, {num_samples} images)"
 
     def __len__(self) -> int:
         return self.num_samples
 
+    def _first_signature(self) -> Signature | None:
+        """The channels and dtype of the first sample that decodes: every other must match it."""
+        from webdataset.tariterators import tarfile_samples
+
+        for url in self.urls:
+            for sample in tarfile_samples([{"url": url}]):
+                name = _image_key(sample)
+                if name is None:
+                    continue
+                what = f"{sample.get('__key__')}.{name} in {url}"
+                try:
+                    return member_signature(decode_member(name, sample[name], what, self.layout), self.photo_mode)
+                except DataFormatError:
+                    raise
+                except DataError:
+                    continue
+        return None
+
     def first_images(self, count: int) -> list:
-        """The first ``count`` images that decode, in shard order, as RGB PIL images (a stream has no
+        """The first ``count`` images that decode, in shard order, as RGB/grey PIL images or arrays (a stream has no
         random access: for previews such as the pretraining run's reconstructions)."""
         from webdataset.tariterators import tarfile_samples
 
@@ -124,9 +169,10 @@ class Shards:
                 name = _image_key(sample)
                 if name is None:
                     continue
+                what = f"{sample.get('__key__')}.{name} in {url}"
                 try:
-                    with Image.open(io.BytesIO(sample[name])) as im:
-                        images.append(im.convert("RGB"))
+                    im = decode_member(name, sample[name], what, self.layout)
+                    images.append(im if isinstance(im, np.ndarray) else decoded_rgb(im, what, self.photo_mode))
                 except Exception:  # noqa: BLE001 - a sample that does not decode is skipped, as in training
                     continue
                 if len(images) == count:
@@ -195,8 +241,16 @@ class ShardCrops(torch.utils.data.IterableDataset):
             return None
         what = f"{sample.get('__key__')}.{name} in {url}"
         rng = sample_rng(*key)
+        shards = self.shards
         try:
-            pixels, flip = load_crop(Image.open(io.BytesIO(sample[name])), self.spec, rng, what)
+            image = decode_member(name, sample[name], what, shards.layout)
+            got = member_signature(image, shards.photo_mode)
+            if shards.signature is not None and got != shards.signature:
+                raise DataFormatError(f"{what} has {got}, but the shards' first image has {shards.signature}: "
+                                      f"every image of a data set needs the same channels and dtype")
+            pixels, flip = load_crop(image, self.spec, rng, what, shards.photo_mode)
+        except DataFormatError:
+            raise  # never skipped: the data set as a whole is wrong
         except Exception as e:  # DataError, or Image.open on bytes that are no image
             warnings.warn(f"skipping a sample that does not decode: {what}: {e}", stacklevel=2)
             return None

@@ -1,9 +1,11 @@
 """Where images come from: the embedded procedural set and a folder of image files.
 
 A source is indexable: ``len(source)``, ``source.open(i)`` (a ``PIL.Image`` not necessarily decoded
-yet, so that a JPEG can still be told to decode at a reduced scale), ``source.image(i)`` (decoded
-RGB), ``source.label(i)`` (``-1`` where there is none), ``source.classes`` and ``source.name``.
-Tar shards (``fastmae.data.shards``) are read as a stream instead.
+yet, so that a JPEG can still be told to decode at a reduced scale; or, for multi-band, 16-bit and
+float images, a ``[H, W, C]`` numpy array, possibly memory-mapped: ``fastmae.data.arrays``),
+``source.image(i)`` (decoded: RGB or grey, or the array), ``source.label(i)`` (``-1`` where there is
+none), ``source.classes``, ``source.name`` and ``source.signature`` (channels and dtype, shared by
+every image). Tar shards (``fastmae.data.shards``) are read as a stream instead.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["DataError", "IMAGE_EXTENSIONS", "ProceduralImages", "ImageFolder", "decoded_rgb"]
+__all__ = ["DataError", "DataFormatError", "IMAGE_EXTENSIONS", "PHOTO_EXTENSIONS", "ProceduralImages",
+           "ImageFolder", "decoded_rgb", "is_16bit_grey"]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png")
+IMAGE_EXTENSIONS = PHOTO_EXTENSIONS + (".npy", ".tif", ".tiff")  # arrays: fastmae.data.arrays
+_GREY16_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # Pillow's modes for a 16-bit grey PNG
 
 
 class DataError(RuntimeError):
@@ -24,11 +29,21 @@ class DataError(RuntimeError):
     fails to decode (the loader replaces such a file by the next one that decodes), a missing extra."""
 
 
-def decoded_rgb(im: Image.Image, what: str) -> Image.Image:
-    """``im`` decoded (``load``) and in RGB, or a one-line :class:`DataError` naming ``what``."""
+class DataFormatError(DataError):
+    """Images the data set cannot be trained on as they are, never skipped: an unsupported dtype, a
+    file whose channels or dtype differ from the others', a photo asked for other than 1 or 3 channels."""
+
+
+def is_16bit_grey(im: Image.Image) -> bool:
+    """Whether Pillow opened ``im`` (a PNG) as 16-bit grey: read as uint16, never converted to RGB."""
+    return im.mode in _GREY16_MODES
+
+
+def decoded_rgb(im: Image.Image, what: str, mode: str = "RGB") -> Image.Image:
+    """``im`` decoded (``load``) and in ``mode`` (RGB, or L for grey), or a one-line :class:`DataError`."""
     try:
         im.load()
-        return im if im.mode == "RGB" else im.convert("RGB")
+        return im if im.mode == mode else im.convert(mode)
     except Exception as e:  # Pillow raises many types for a damaged file
         raise DataError(f"cannot decode image {what}: {e}") from None
 
@@ -51,7 +66,10 @@ class ProceduralImages:
     num_classes = len(classes)
 
     def __init__(self, num_images: int = 2048, size: int = 64, seed: int = 0):
+        from .arrays import Signature
+
         self.num_images, self.size, self.seed = num_images, size, seed
+        self.signature = Signature(3, np.dtype(np.uint8))
         self.name = f"procedural ({num_images} images, {size} px)"
 
     def __len__(self) -> int:
@@ -116,21 +134,32 @@ class ProceduralImages:
 
 
 class ImageFolder:
-    """Every ``.jpg``/``.jpeg``/``.png`` under ``root`` (any case, recursively, sorted), so both the
+    """Every image file under ``root`` (``IMAGE_EXTENSIONS``, any case, recursively, sorted), so both the
     ImageFolder layout ``root/<class>/<image>`` and a flat folder work.
+
+    Photographs (JPEG, 8-bit PNG) are converted to RGB, or to grey with ``channels=1``; a 16-bit grey
+    PNG is one uint16 channel; ``.npy`` and TIFF files are arrays of C channels (``fastmae.data.arrays``,
+    ``layout`` for ``.npy``). Every image must have the same channels and dtype (``signature``).
 
     Labels: the index of an image's first directory under ``root`` among the sorted class
     directories (``classes``); ``-1`` for images directly in ``root``.
 
     With ``verify``, files are checked when the folder is scanned (``Image.open`` + ``verify``, no
-    full decode): those that fail are skipped with one ``warn`` giving their count. A file that fails
-    to decode later is replaced by the loader with the next one that decodes.
+    full decode; an array file's header): those that fail are skipped with one ``warn`` giving their
+    count. A file that fails to decode later is replaced by the loader with the next one that decodes.
 
     Raises:
         DataError: ``root`` is missing or not a directory, holds no image files, or none can be read.
+        DataFormatError: a file's channels or dtype differ from the first file's (named, with what was
+            expected), an unsupported dtype, or ``channels`` other than 1 or 3 for photographs.
     """
 
-    def __init__(self, root: str, warn=print, verify: bool = True):
+    def __init__(self, root: str, warn=print, verify: bool = True, channels: int | None = None,
+                 layout: str = "auto"):
+        from .arrays import ARRAY_EXTENSIONS, LAYOUTS, read_signature
+
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         if not os.path.exists(root):
             raise DataError(f"data directory not found: {root}")
         if not os.path.isdir(root):
@@ -140,21 +169,35 @@ class ImageFolder:
             for d, _, names in os.walk(root, followlinks=True)
             for f in names if f.lower().endswith(IMAGE_EXTENSIONS))
         if not files:
-            raise DataError(f"no .jpg/.jpeg/.png images in data directory {root}")
-        self.files, bad = [], []
+            raise DataError(f"no {'/'.join(IMAGE_EXTENSIONS)} images in data directory {root}")
+        self.layout = layout
+        self.photo_mode = "L" if channels == 1 else "RGB"  # what photographs are converted to
+        self.files, self._arrays, bad = [], [], []
+        expected = None  # (signature, the file that set it)
         for path in files:
             try:
-                if verify:
-                    with Image.open(path) as im:
-                        im.verify()
+                if path.lower().endswith(ARRAY_EXTENSIONS):
+                    sig, is_array = read_signature(path, layout)[0], True
+                else:
+                    sig, is_array = self._photo_signature(path, verify, channels)
                 self.files.append(path)
+                self._arrays.append(is_array)
+            except DataFormatError:
+                raise
             except Exception as e:  # Pillow raises many types for a damaged file
                 bad.append(f"{path} ({type(e).__name__})")
+                continue
+            if expected is None:
+                expected = (sig, path)
+            elif sig != expected[0]:
+                raise DataFormatError(f"{path} has {sig}, but the images before it have {expected[0]} (as "
+                                      f"{expected[1]}): every image of a data set needs the same channels and dtype")
         if not self.files:
             raise DataError(f"none of the {len(files)} image files in {root} can be read (first: {bad[0]})")
         if bad:
             warn(f"skipped {len(bad)} of {len(files)} files in {root} that are not readable images "
                  f"(first: {bad[0]})")
+        self.signature = expected[0]
         parts = [os.path.relpath(p, root).split(os.sep) for p in self.files]
         self.classes = tuple(sorted({p[0] for p in parts if len(p) > 1}))
         self.num_classes = len(self.classes)
@@ -163,19 +206,42 @@ class ImageFolder:
         self.root = root
         self.name = f"{root} ({len(self.files)} images)"
 
+    @staticmethod
+    def _photo_signature(path: str, verify: bool, channels: int | None):
+        """A photograph's or 16-bit PNG's signature from its header (and ``verify``), and whether it is an array."""
+        from .arrays import Signature
+
+        with Image.open(path) as im:
+            grey16 = is_16bit_grey(im)
+            if verify:
+                im.verify()
+        if grey16:
+            return Signature(1, np.dtype(np.uint16)), True
+        if channels not in (None, 1, 3):
+            raise DataFormatError(f"{path} is a photograph: it gives 3 channels (RGB) or 1 (grey), not {channels}")
+        return Signature(channels or 3, np.dtype(np.uint8)), False
+
     def __len__(self) -> int:
         return len(self.files)
 
     def label(self, index: int) -> int:
         return self._labels[index]
 
-    def open(self, index: int) -> Image.Image:
-        """The ``index``-th file opened (header read, not decoded), or a :class:`DataError` naming it."""
-        try:
-            return Image.open(self.files[index])
-        except Exception as e:
-            raise DataError(f"cannot decode image {self.files[index]}: {e}") from None
+    def open(self, index: int):
+        """The ``index``-th file opened: a ``PIL.Image`` (header read, not decoded) for a photograph, a
+        ``[H, W, C]`` array (memory-mapped where possible) otherwise; or a :class:`DataError` naming it."""
+        path = self.files[index]
+        if self._arrays[index]:
+            from .arrays import open_array
 
-    def image(self, index: int) -> Image.Image:
-        """The ``index``-th image, decoded to RGB, or a :class:`DataError` naming its file."""
-        return decoded_rgb(self.open(index), self.files[index])
+            return open_array(path, self.layout)
+        try:
+            return Image.open(path)
+        except Exception as e:
+            raise DataError(f"cannot decode image {path}: {e}") from None
+
+    def image(self, index: int):
+        """The ``index``-th image decoded (RGB or grey ``PIL.Image``; an array for other files), or a
+        :class:`DataError` naming its file."""
+        im = self.open(index)
+        return im if isinstance(im, np.ndarray) else decoded_rgb(im, self.files[index], self.photo_mode)
