@@ -114,6 +114,16 @@ def cpu_default_device():
 
 
 @pytest.fixture
+def one_thread():
+    """For the command-line tests: tiny models run faster on one thread, and stay fast when other
+    jobs share the CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def without_webdataset(monkeypatch):
     """Imports of ``webdataset`` (the ``shards`` extra) fail, as where it is not installed."""
     import builtins

@@ -14,16 +14,7 @@ import fastmae
 from fastmae.cli import main, pretrain
 from fastmae.cli.lr_sched import lr_at
 
-pytestmark = pytest.mark.usefixtures("cpu_default_device")  # see tests/conftest.py
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread, and stay fast when other jobs share the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("cpu_default_device", "one_thread")  # see tests/conftest.py
 
 
 def base_args(out, *extra):

@@ -13,15 +13,7 @@ from PIL import Image
 
 from fastmae.cli import main
 
-pytestmark = pytest.mark.usefixtures("cpu_default_device")  # see tests/conftest.py
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("cpu_default_device", "one_thread")  # see tests/conftest.py
 
 
 def run(capsys, argv):

@@ -29,13 +29,7 @@ except ImportError:
 requires_tiff = pytest.mark.skipif(tifffile is None, reason='the tiff extra is missing: pip install -e ".[tiff]"')
 ATOL_FP32 = 1e-4  # resized_crop's agreement with its _ref (tests/test_resized_crop.py), normalised units
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def scenes(count, channels=13, dtype="uint16", size=24):

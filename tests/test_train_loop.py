@@ -15,18 +15,10 @@ from fastmae.cli import config, engine, main, parse_args, pretrain
 from fastmae.cli.distributed import DistInfo
 from sync_counter import SyncCounter
 
-pytestmark = pytest.mark.usefixtures("cpu_default_device")  # see tests/conftest.py
+pytestmark = pytest.mark.usefixtures("cpu_default_device", "one_thread")  # see tests/conftest.py
 
 # 32 images at batch 8: 4 iterations an epoch; --print-freq 2 reads the device after iterations 1 and 3.
 ITERS, PRINT_FREQ = 4, 2
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def base_args(out, *extra):
