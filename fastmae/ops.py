@@ -13,7 +13,8 @@ The backend is read on every call, in this order: the ``backend=`` argument, the
 
 Every op validates its arguments before anything runs (shapes, dtypes, devices, index ranges where
 cheap) and makes its inputs contiguous, so the implementations below see fixed-rank dense tensors.
-All ops are differentiable; none reads tensor data on the host.
+Every op but ``masking_ids`` and ``resized_crop`` (they make indices and inputs) is differentiable.
+None reads CUDA tensor data on the host (index checks there are opt-in: ``FASTMAE_CHECK_INDICES=1``).
 """
 
 from __future__ import annotations

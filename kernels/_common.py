@@ -183,7 +183,7 @@ def inverse_ids(ids: torch.Tensor, num_patches: int) -> torch.Tensor:
     """``ids [N, K]`` -> ``inv [N, L]`` int32: ``inv[n, ids[n, k]] = k``, -1 where no id names the patch.
 
     An id outside ``[0, L)`` names no patch (it is skipped). The ids of a row are expected distinct
-    (``random_masking`` guarantees it); then the result is deterministic.
+    (``masking_ids`` makes them so); then the result is deterministic.
     """
     n, k = ids.shape
     inv = torch.full((n, num_patches), -1, dtype=torch.int32, device=ids.device)  # [N, L]

@@ -15,7 +15,7 @@ The column sums come from one kernel that walks ``n`` in a fixed order per progr
 per-program partials, summed in a fixed order afterwards: deterministic, no atomics. The pos-embed
 rows are found through the inverse map ``inv[n, l] = k`` (-1 where ``l`` is not kept; built by
 ``inverse_ids`` in ``_common``, shared with patchify_gather's backward), which assumes the ids of one
-sample are distinct (``random_masking`` guarantees it); with a repeated id only one of its rows would
+sample are distinct (``masking_ids`` makes them so); with a repeated id only one of its rows would
 be counted.
 
 Out-of-range ids (possible only when the caller skipped validation on CUDA) never read or write out of
