@@ -19,7 +19,7 @@ prints the tables ``benchmarks/NOTES.md`` quotes: per op and pass, and one train
 import argparse
 import math
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import lru_cache
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -185,14 +185,13 @@ def op_bytes(op: str, variant: dict, sh: MAEShape, dtype, table_dtype=None, imgs
 
 
 # --------------------------------------------------------------------------------------------------
-# what the implementation moves in a training step, now and before issue 10's changes
+# what the implementation moves in a training step
 # --------------------------------------------------------------------------------------------------
 
 
-def implementation_extra(op: str, sh: MAEShape, before: bool = False) -> int:
+def implementation_extra(op: str, sh: MAEShape) -> int:
     """Bytes the fast path's kernels move beyond the minimal ones in a training step (fwd + bwd),
-    from their launch geometry; ``before``: the implementation before issue 10 (decoder_input's
-    backward in 8-tile programs over the flat rows, so fewer partials).
+    from their launch geometry.
 
     decoder_input: the mask-token partials, ``[programs, Dd]`` float32, written then summed.
     encoder_input: the cls partials, ``[cdiv(N, 64), D]`` float32, written then summed.
@@ -205,10 +204,7 @@ def implementation_extra(op: str, sh: MAEShape, before: bool = False) -> int:
     n, num, dd = sh.batch, sh.num_patches, sh.decoder_dim
     block_r, _ = _common.row_blocks(dd)
     if op == "decoder_input":
-        if before:
-            programs = -(-(n * (num + 1)) // (8 * block_r))
-        else:
-            programs = n * -(-(num + 1) // (decoder_input._BWD_TILES_PER_PROG * block_r))
+        programs = n * -(-(num + 1) // (decoder_input._BWD_TILES_PER_PROG * block_r))
         return 2 * programs * dd * 4
     if op == "encoder_input":
         return 2 * -(-n // encoder_input._BWD_N_PER_PROG) * sh.embed_dim * 4
@@ -221,32 +217,6 @@ def implementation_extra(op: str, sh: MAEShape, before: bool = False) -> int:
         # forward: the partials written and read, loss and inv_den written; backward: both scalars read
         return 2 * programs * 4 * 2 + 8 + 8
     return 0
-
-
-def _masked_tokens_before(x, ids_restore, len_keep):
-    """The masked rows as the fast path took them before issue 10: ``ids_shuffle`` rebuilt with a
-    ``scatter_``, then a torch gather of ``x[:, 1:]`` (its backward: zero fill + scatter-add)."""
-    n, num = ids_restore.shape
-    arange = torch.arange(num, device=x.device).expand(n, -1)
-    ids_masked = torch.empty_like(ids_restore).scatter_(1, ids_restore, arange)[:, len_keep:]
-    return torch.gather(x[:, 1:], 1, ids_masked.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
-
-def before_bytes(piece, sh: MAEShape, amp_dtype, now: int) -> int:
-    """Bytes the fast path moved for ``piece`` before issue 10 (``now``: what it moves today)."""
-    if piece.op == "masked_tokens":
-        inputs, _ = make_inputs("masked_tokens", {}, sh, torch.float32, "meta")
-        fwd, bwd = count_bytes(partial(_masked_tokens_before, len_keep=sh.len_keep),
-                               {"x": inputs["x"], "ids_restore": inputs["ids_restore"]}, ("x",), backward=True)
-        return fwd + bwd
-    if piece.op == "patchify_gather":  # float32 rows written, then cast to the GEMM's dtype by F.linear
-        rows = sh.batch * sh.len_keep * sh.patch_dim
-        return now + rows * (4 - amp_dtype.itemsize) + rows * (4 + amp_dtype.itemsize)
-    if piece.op == "decoder_input":
-        return now - implementation_extra("decoder_input", sh) + implementation_extra("decoder_input", sh, before=True)
-    if piece.op == "masking_ids":  # ids_masked was not written: the scatter_ above rebuilt it
-        return now - sh.batch * sh.num_masked * 8
-    return now
 
 
 def _mb(nbytes: int) -> str:
@@ -281,7 +251,7 @@ def step_rows(sh: MAEShape, amp_dtype=torch.bfloat16, imgs_dtype=None) -> list[d
     """One row per fused op of a training step (``cases.STEP``) under ``amp_dtype`` autocast, images in
     ``imgs_dtype`` (default ``amp_dtype``, the CLI's; see ``_step_dtypes``):
     ``piece``, ``fast`` (op and passes), ``minimal`` bytes, ``implementation`` (what its kernels move,
-    ``implementation_extra``), ``before`` (what the fast path moved before issue 10), ``official``
+    ``implementation_extra``), ``official``
     (the code it replaces) and that code's counted ``reference`` bytes."""
     rows = []
     for piece in STEP:
@@ -294,17 +264,15 @@ def step_rows(sh: MAEShape, amp_dtype=torch.bfloat16, imgs_dtype=None) -> list[d
             piece.official, tuple(sorted(piece.official_variant.items())), sh, True, **dtypes)[mode]
         rows.append({"piece": piece.piece, "fast": f"{variant_label(piece.op, piece.variant)} ({mode})",
                      "minimal": minimal, "implementation": implementation,
-                     "before": before_bytes(piece, sh, amp_dtype, implementation),
                      "official": piece.official_label, "reference": ref})
     return rows
 
 
 def step_summary(sh: MAEShape, amp_dtype=torch.bfloat16, imgs_dtype=None) -> str:
-    """One line: the fused ops' bytes per training step against their minimal bytes, now and before."""
+    """One line: the fused ops' bytes per training step against their minimal bytes."""
     rows = step_rows(sh, amp_dtype, imgs_dtype)
-    mini, now, before = (sum(r[key] for r in rows) for key in ("minimal", "implementation", "before"))
-    return (f"fused ops per training step: {_mb(now)} MB moved = {now / mini:.3f}x the minimal {_mb(mini)} MB "
-            f"(before issue 10: {_mb(before)} MB = {before / mini:.3f}x)")
+    mini, now = (sum(r[key] for r in rows) for key in ("minimal", "implementation"))
+    return f"fused ops per training step: {_mb(now)} MB moved = {now / mini:.3f}x the minimal {_mb(mini)} MB"
 
 
 def step_table(sh: MAEShape, amp_dtype=torch.bfloat16, bandwidth: float = NOTES_BANDWIDTH, imgs_dtype=None) -> str:
@@ -312,7 +280,7 @@ def step_table(sh: MAEShape, amp_dtype=torch.bfloat16, bandwidth: float = NOTES_
     the others are totalled): a new figure per op is one more key in ``step_rows`` and one more column."""
     columns = (("step piece", "piece", str), ("fast path op", "fast", str), ("minimal MB", "minimal", _mb),
                (f"ideal µs at {bandwidth / 1e12:.1f} TB/s", "minimal", lambda b: f"{b / bandwidth * 1e6:.1f}"),
-               ("implementation MB", "implementation", _mb), ("before issue 10 MB", "before", _mb),
+               ("implementation MB", "implementation", _mb),
                ("official path", "official", str), ("reference MB", "reference", _mb))
     rows = step_rows(sh, amp_dtype, imgs_dtype)
     total = {key: sum(r[key] for r in rows) for _, key, fmt in columns if fmt is not str}

@@ -85,11 +85,7 @@ def test_notes_tables_are_current():
 
 
 def test_fused_ops_of_a_step_move_at_most_a_tenth_more_than_the_minimum():
-    """Issue 10's criterion at ViT-B/16, batch 256, bf16 autocast; and the old fast path moved more
-    (its masked-row gather alone was ~0.8 GB)."""
+    """At ViT-B/16, batch 256, bf16 autocast: the kernels as launched move within 10% of the minimal bytes."""
     rows = bm.step_rows(VIT_B)
-    mini, now, before = (sum(r[k] for r in rows) for k in ("minimal", "implementation", "before"))
+    mini, now = (sum(r[k] for r in rows) for k in ("minimal", "implementation"))
     assert now <= 1.1 * mini
-    assert before > 1.4 * mini
-    masked = next(r for r in rows if r["fast"].startswith("masked_tokens"))
-    assert masked["before"] == pytest.approx(797e6, rel=0.01)  # ~154 MB forward + ~643 MB backward

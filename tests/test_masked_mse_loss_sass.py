@@ -16,7 +16,7 @@ for sm_90 and sm_80 by whichever Triton is installed, and asserts:
 - the row kernels are straight-line code (no loop), and every launch that moves >= 50 MB fills
   >= 4 waves of the 132 SMs of an H100 and moves >= 9 DRAM bytes per executed warp-instruction.
 
-Waves and bytes per warp-instruction use the definitions of issue 10: resident programs per SM
+Waves and bytes per warp-instruction are defined as in ``tools/throughput.py``: resident programs per SM
 from registers (65,536 per SM; a thread's count rounded up to 8, allocated per warp), shared memory
 (228 KB per SM, 1 KB reserved per block), 64 warps and 32 blocks per SM; bytes are the spec's
 ``"bytes"`` (each input read once, each output written once), instructions the kernel's SASS
@@ -157,7 +157,7 @@ def compile_edges(arch: int = 90) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------------
-# the figures of issue 10
+# waves and bytes per warp-instruction
 # --------------------------------------------------------------------------------------------------
 
 
