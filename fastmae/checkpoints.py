@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .pos_embed import square_side
+
 __all__ = ["KINDS", "StateInfo", "encoder_of", "inspect_state_dict", "load_mae_encoder", "mae_factory_shapes",
            "is_decoder_key", "official_rank", "preview", "state_dict_of", "unplaced_error"]
 
@@ -120,8 +122,8 @@ class StateInfo:
     @property
     def img_size(self) -> int | None:
         """The image side the position table was built for (None unless the grid is square)."""
-        side = int(round(self.num_patches**0.5))
-        return side * self.patch_size if side * side == self.num_patches else None
+        side = square_side(self.num_patches)
+        return None if side is None else side * self.patch_size
 
     @property
     def vit_factory(self) -> str | None:

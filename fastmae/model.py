@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from . import _validate as check
 from . import ops
 from .layers import Block, PatchEmbed
-from .pos_embed import get_2d_sincos_pos_embed, interpolate_pos_embed
+from .pos_embed import get_2d_sincos_pos_embed, interpolate_pos_embed, square_side
 from .reference import encoder_input_official_ref
 
 __all__ = ["MaskedAutoencoderViT", "MODELS", "create_model"]
@@ -215,8 +215,8 @@ class MaskedAutoencoderViT(nn.Module):
             return tuple(grid_size)
         if num_patches == self.patch_embed.num_patches:
             return self.patch_embed.grid_size
-        side = int(round(num_patches**0.5))
-        if side * side != num_patches:
+        side = square_side(num_patches)
+        if side is None:
             raise ValueError(f"ids_restore has {num_patches} patches: pass grid_size=(h, w)")
         return (side, side)
 

@@ -28,6 +28,7 @@ from .backends import BACKENDS, get_backend, resolve_backend, use_backend
 from .backends import check_name as check_backend_name
 from .kernel_modules import kernels as _kernel_modules  # no Triton import until a kernel is used
 from . import reference, torch_ops
+from .pos_embed import square_side
 
 __all__ = [
     "BACKENDS",
@@ -98,8 +99,8 @@ def unpatchify(
         raise ValueError(f"x has {pdim} values per patch, expected patch_size² * in_chans = "
                          f"{patch_size ** 2 * in_chans}")
     if grid_size is None:
-        side = int(round(num_patches**0.5))
-        if side * side != num_patches:
+        side = square_side(num_patches)
+        if side is None:
             raise ValueError(f"x has {num_patches} patches, not a square grid; pass grid_size=(h, w)")
         grid_size = (side, side)
     if grid_size[0] * grid_size[1] != num_patches:

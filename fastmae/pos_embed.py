@@ -10,10 +10,18 @@ the result are patches in row-major order; with ``cls_token=True`` a zero row is
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 __all__ = ["get_1d_sincos_pos_embed", "get_2d_sincos_pos_embed", "interpolate_pos_embed"]
+
+
+def square_side(num_patches: int) -> int | None:
+    """The side of a square grid of ``num_patches`` patches, or None when it is not a square."""
+    side = math.isqrt(num_patches)
+    return side if side * side == num_patches else None
 
 
 def get_1d_sincos_pos_embed(embed_dim: int, pos: torch.Tensor) -> torch.Tensor:
@@ -72,8 +80,8 @@ def interpolate_pos_embed(
     grid = pos_embed[:, num_extra_tokens:]
     n = grid.shape[1]
     if old_grid is None:
-        side = int(round(n**0.5))
-        if side * side != n:
+        side = square_side(n)
+        if side is None:
             raise ValueError(f"cannot infer a square grid from {n} position rows; pass old_grid")
         old_grid = (side, side)
     if old_grid[0] * old_grid[1] != n:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from .pos_embed import square_side
+
 __all__ = [
     "patchify_ref",
     "unpatchify_ref",
@@ -54,7 +56,9 @@ def unpatchify_ref(
     p = patch_size
     c = in_chans if in_chans is not None else pdim // (p * p)
     if grid_size is None:
-        side = int(round(num_patches**0.5))
+        side = square_side(num_patches)
+        if side is None:
+            raise ValueError(f"x has {num_patches} patches, not a square grid; pass grid_size=(h, w)")
         grid_size = (side, side)
     h, w = grid_size
     x = x.reshape(n, h, w, p, p, c)
