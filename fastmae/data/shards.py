@@ -140,43 +140,39 @@ class Shards:
     def __len__(self) -> int:
         return self.num_samples
 
-    def _first_signature(self) -> Signature | None:
-        """The channels and dtype of the first sample that decodes: every other must match it."""
+    def _image_members(self):
+        """``(name, data, what)`` of each sample's image, in shard order (``what`` names it in errors)."""
         from webdataset.tariterators import tarfile_samples
 
         for url in self.urls:
             for sample in tarfile_samples([{"url": url}]):
                 name = _image_key(sample)
-                if name is None:
-                    continue
-                what = f"{sample.get('__key__')}.{name} in {url}"
-                try:
-                    return member_signature(decode_member(name, sample[name], what, self.layout), self.photo_mode)
-                except DataFormatError:
-                    raise
-                except DataError:
-                    continue
+                if name is not None:
+                    yield name, sample[name], f"{sample.get('__key__')}.{name} in {url}"
+
+    def _first_signature(self) -> Signature | None:
+        """The channels and dtype of the first sample that decodes: every other must match it."""
+        for name, data, what in self._image_members():
+            try:
+                return member_signature(decode_member(name, data, what, self.layout), self.photo_mode)
+            except DataFormatError:
+                raise
+            except DataError:
+                continue
         return None
 
     def first_images(self, count: int) -> list:
         """The first ``count`` images that decode, in shard order, as RGB/grey PIL images or arrays (a stream has no
         random access: for previews such as the pretraining run's reconstructions)."""
-        from webdataset.tariterators import tarfile_samples
-
         images = []
-        for url in self.urls:
-            for sample in tarfile_samples([{"url": url}]):
-                name = _image_key(sample)
-                if name is None:
-                    continue
-                what = f"{sample.get('__key__')}.{name} in {url}"
-                try:
-                    im = decode_member(name, sample[name], what, self.layout)
-                    images.append(im if isinstance(im, np.ndarray) else decoded_rgb(im, what, self.photo_mode))
-                except Exception:  # noqa: BLE001 - a sample that does not decode is skipped, as in training
-                    continue
-                if len(images) == count:
-                    return images
+        for name, data, what in self._image_members():
+            try:
+                im = decode_member(name, data, what, self.layout)
+                images.append(im if isinstance(im, np.ndarray) else decoded_rgb(im, what, self.photo_mode))
+            except Exception:  # noqa: BLE001 - a sample that does not decode is skipped, as in training
+                continue
+            if len(images) == count:
+                return images
         return images
 
 
