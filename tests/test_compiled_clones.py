@@ -57,6 +57,15 @@ def traced():
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
+def test_triton_ops_are_visible_to_torch_compile(traced):
+    # Compiled (not interpreted), the ops are torch.library.triton_op: AOTAutograd's functionalised
+    # graph of the fast path, what torch.compile hands inductor, launches every kernel of a training
+    # step as a triton_kernel_wrapper node and keeps no fastmae op opaque.
+    assert traced["use_triton_op"] and traced["opaque_ops"] == []
+    missing = set(_kernel_names()) - set(traced["kernels"])
+    assert not missing, sorted(missing)
+
+
 def test_the_analysis_reads_every_kernel(traced):
     # a kernel the analysis cannot read logs a warning and has every input cloned
     assert traced["analysis_failures"] == []

@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import triton
 
 from fastmae.kernel_modules import KERNEL_MODULES
@@ -172,26 +171,3 @@ def test_sass_loops_and_counts():
     assert loops(instrs) == [(0x10, 0x20)]
     assert executed_per_warp(instrs, (5,)) == 1 + 5 * 2 + 1  # S2R, the loop 5 times, EXIT
     assert executed_per_warp(instrs) is None  # trips unknown
-
-
-@pytest.mark.slow
-def test_triton_ops_are_visible_to_torch_compile():
-    # Compiled (not interpreted), the ops are torch.library.triton_op: AOTAutograd's functionalised
-    # graph of the fast path — what torch.compile hands inductor — launches every kernel as a
-    # triton_kernel_wrapper node and keeps no fastmae op opaque. Traced on fake CUDA tensors, so no GPU
-    # is needed; in a subprocess, since this session interprets the kernels.
-    if not hasattr(torch.library, "triton_op"):
-        pytest.skip(f"torch {torch.__version__} has no torch.library.triton_op (torch >= 2.6)")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-m", "tools.trace_triton_ops"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    traced = json.loads(run.stdout.strip().splitlines()[-1])
-    assert traced["use_triton_op"] and traced["opaque_ops"] == []
-    expected = set()
-    for module in KERNEL_MODULES:
-        if module == "resized_crop":  # the input pipeline's op, not part of a training step's graph
-            continue
-        mod = importlib.import_module(f"fastmae.kernels.{module}")
-        expected |= {name for name, v in vars(mod).items() if name.endswith("_kernel") and hasattr(v, "fn")}
-    assert expected <= set(traced["kernels"]), sorted(expected - set(traced["kernels"]))
