@@ -169,6 +169,17 @@ def _inject_nan(monkeypatch, at_call, into="loss"):
     monkeypatch.setattr(pretrain, "_build_model", build)
 
 
+def _made_optimizers(monkeypatch, impl):
+    """The optimizers ``fastmae pretrain`` makes, each an AdamW of ``impl`` ("foreach" or "fused")."""
+    optimizers, real_make_optimizer = [], pretrain.make_optimizer
+
+    def make_optimizer(model, run, impl_=None):
+        optimizers.append(real_make_optimizer(model, run, impl))
+        return optimizers[-1]
+    monkeypatch.setattr(pretrain, "make_optimizer", make_optimizer)
+    return optimizers
+
+
 def _snapshot_each_step(setattr_, snapshots):
     """Append a snapshot of the optimizer before each of the loop's optimizer steps (dropped or not)."""
     real = engine.step_unless
@@ -195,14 +206,8 @@ def test_non_finite_loss_drops_its_update_and_stops_at_the_next_read(tmp_path, c
                                                                       impl, amp):
     bad_epoch, bad_iter = 1, 2  # the read after iteration 3 finds it; the one after 1 printed a line
     _inject_nan(monkeypatch, bad_epoch * ITERS + bad_iter)
-    before_step, optimizers = [], []
-    real_make_optimizer = pretrain.make_optimizer
+    before_step, optimizers = [], _made_optimizers(monkeypatch, impl)
     _snapshot_each_step(monkeypatch.setattr, before_step)
-
-    def make_optimizer(model, run, impl_=None):
-        optimizers.append(real_make_optimizer(model, run, impl))
-        return optimizers[-1]
-    monkeypatch.setattr(pretrain, "make_optimizer", make_optimizer)
     out = tmp_path / "run"
     code, stdout, err = run(capsys, base_args(out, "--amp", amp))
     assert code == 1
@@ -228,14 +233,8 @@ def test_non_finite_loss_drops_its_update_and_stops_at_the_next_read(tmp_path, c
 @pytest.mark.parametrize("impl", ["foreach", "fused"])
 def test_non_finite_gradients_without_a_scaler_stop_the_run_too(tmp_path, capsys, monkeypatch, impl):
     _inject_nan(monkeypatch, ITERS + 2, into="grads")
-    before_step, optimizers = [], []
-    real_make_optimizer = pretrain.make_optimizer
+    before_step, optimizers = [], _made_optimizers(monkeypatch, impl)
     _snapshot_each_step(monkeypatch.setattr, before_step)
-
-    def make_optimizer(model, run, impl_=None):
-        optimizers.append(real_make_optimizer(model, run, impl))
-        return optimizers[-1]
-    monkeypatch.setattr(pretrain, "make_optimizer", make_optimizer)
     out = tmp_path / "run"
     code, _, err = run(capsys, base_args(out))
     assert code == 1
