@@ -27,7 +27,7 @@ from torch.utils._pytree import tree_flatten
 
 import fastmae
 
-from .cases import OP_VARIANTS, STEP, MAEShape, make_inputs, op_call, shape_for, variant_label
+from .cases import OP_VARIANTS, OPS, STEP, MAEShape, make_inputs, op_call, shape_for, variant_label
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
@@ -113,52 +113,13 @@ class Traffic:
 
 
 def minimal_bytes(op: str, sh: MAEShape, t: dict, out_itemsize: int | None = None) -> dict[str, int]:
-    """Minimal bytes per pass of ``op`` on the inputs ``t`` (their element sizes give ``s``).
+    """Minimal bytes per pass of ``op`` on the inputs ``t`` (``cases.Op.minimal``; the formulas are there).
 
-    ``s`` bytes per data element, ``s_t`` of the tables and learned tokens, ``s_o = max(s, s_t)`` of
-    the output (type promotion), ids as stored (int64: 8), the mask float32, the loss a float32 scalar.
-    ``out_itemsize``: patchify_gather's rows when written in another dtype than the images' (the
-    autocast dtype in the model).
+    Element sizes are the inputs': ``s_t`` of the tables and learned tokens, the output's the promoted
+    type's; ids as stored (int64: 8), the mask float32, the loss a float32 scalar. ``out_itemsize``:
+    patchify_gather's rows when written in another dtype than the images' (the autocast dtype in the model).
     """
-    n, num, k, m, pd = sh.batch, sh.num_patches, sh.len_keep, sh.num_masked, sh.patch_dim
-    s = {name: x.element_size() for name, x in t.items()}
-    if op in ("patchify", "unpatchify"):  # read the image, write the patches (L·P = C·H·W); back alike
-        one_copy = 2 * n * num * pd * s.get("imgs", s.get("x"))
-        return {"fwd": one_copy, "bwd": one_copy}
-    if op == "patchify_gather":  # fwd: ids + visible pixels + written; bwd: grad + ids, whole image grad
-        kept, ids = n * k * pd * s["imgs"], n * k * s["ids_keep"]
-        rows = n * k * pd * (out_itemsize or s["imgs"])
-        return {"fwd": ids + kept + rows, "bwd": rows + ids + n * num * pd * s["imgs"]}
-    if op == "encoder_input":
-        # fwd: x_vis + ids + table (L+1)·D + cls D, N·(K+1)·D written; bwd: grad read, x_vis and cls
-        # grads written (a custom op's output may not alias its input: the x_vis grad is a copy)
-        d, st = sh.embed_dim, s["pos_embed"]
-        x, out = n * k * d * s["x_vis"], n * (k + 1) * d * max(s["x_vis"], st)
-        return {"fwd": x + n * k * s["ids_keep"] + (num + 1) * d * st + d * st + out, "bwd": out + x + d * st}
-    if op == "decoder_input":
-        # fwd: x [N, K+1] + ids_restore + mask token + table (L+1)·Dd, N·(L+1)·Dd written;
-        # bwd: grad + ids read, x and mask-token grads written
-        dd, st = sh.decoder_dim, s["pos_embed"]
-        x, ids = n * (k + 1) * dd * s["x"], n * num * s["ids_restore"]
-        out = n * (num + 1) * dd * max(s["x"], st)
-        return {"fwd": x + ids + dd * st + (num + 1) * dd * st + out, "bwd": out + ids + x + dd * st}
-    if op == "masked_tokens":
-        # fwd: N·M·Dd read + ids_masked + N·M·Dd written; bwd: N·M·Dd grad + ids_restore read,
-        # the whole N·(L+1)·Dd grad written (each row once, zeros where not masked)
-        rows = n * m * sh.decoder_dim * s["x"]
-        return {"fwd": 2 * rows + n * m * s["ids_masked"],
-                "bwd": rows + n * num * s["ids_restore"] + n * (num + 1) * sh.decoder_dim * s["x"]}
-    if op == "masked_mse_loss":
-        # fwd: pred + its patches' pixels + mask (or ids) read, a scalar written; bwd: the same read
-        # again (the target is never stored) and the pred grad written. Norm-pix: arithmetic only.
-        weights = t["mask"] if "mask" in t else t["ids_masked"]
-        rows = t["pred"].shape[1]
-        pred, pix = n * rows * pd * s["pred"], n * rows * pd * s["imgs"]
-        read = pred + pix + weights.numel() * weights.element_size()
-        return {"fwd": read + 4, "bwd": read + pred + 4}
-    if op == "masking_ids":  # noise read; ids_keep + ids_masked (N·L), ids_restore, the fp32 mask written
-        return {"fwd": n * num * (s["noise"] + 8 + 8 + 4)}
-    raise ValueError(f"no minimal-bytes formula for {op!r}")
+    return OPS[op].minimal(sh, t, {name: x.element_size() for name, x in t.items()}, out_itemsize)
 
 
 @lru_cache(maxsize=None)
@@ -187,36 +148,6 @@ def op_bytes(op: str, variant: dict, sh: MAEShape, dtype, table_dtype=None, imgs
 # --------------------------------------------------------------------------------------------------
 # what the implementation moves in a training step
 # --------------------------------------------------------------------------------------------------
-
-
-def implementation_extra(op: str, sh: MAEShape) -> int:
-    """Bytes the fast path's kernels move beyond the minimal ones in a training step (fwd + bwd),
-    from their launch geometry.
-
-    decoder_input: the mask-token partials, ``[programs, Dd]`` float32, written then summed.
-    encoder_input: the cls partials, ``[cdiv(N, 64), D]`` float32, written then summed.
-    masked_mse_loss: the forward's ``[2, programs]`` float32 partials, written and read, and two scalars
-    (written by the forward, read by the backward).
-    The other ops move exactly their minimal bytes (each input read once, each output written once).
-    """
-    from fastmae.kernels import _common, decoder_input, encoder_input, masked_mse_loss
-
-    n, num, dd = sh.batch, sh.num_patches, sh.decoder_dim
-    block_r, _ = _common.row_blocks(dd)
-    if op == "decoder_input":
-        programs = n * -(-(num + 1) // (decoder_input._BWD_TILES_PER_PROG * block_r))
-        return 2 * programs * dd * 4
-    if op == "encoder_input":
-        return 2 * -(-n // encoder_input._BWD_N_PER_PROG) * sh.embed_dim * 4
-    if op == "masked_mse_loss":
-        # the launch geometry from the kernel's own arguments, on meta tensors (shapes only)
-        pred = torch.empty((n, sh.num_masked, sh.patch_dim), dtype=torch.bfloat16, device="meta")
-        imgs = torch.empty((n, sh.in_chans, *sh.img_size), dtype=torch.bfloat16, device="meta")
-        ids_masked = torch.empty((n, sh.num_masked), dtype=torch.int64, device="meta")
-        programs, _, _ = masked_mse_loss._launch_args(pred, imgs, None, ids_masked, sh.patch_size, False)
-        # forward: the partials written and read, loss and inv_den written; backward: both scalars read
-        return 2 * programs * 4 * 2 + 8 + 8
-    return 0
 
 
 def _mb(nbytes: int) -> str:
@@ -251,7 +182,7 @@ def step_rows(sh: MAEShape, amp_dtype=torch.bfloat16, imgs_dtype=None) -> list[d
     """One row per fused op of a training step (``cases.STEP``) under ``amp_dtype`` autocast, images in
     ``imgs_dtype`` (default ``amp_dtype``, the CLI's; see ``_step_dtypes``):
     ``piece``, ``fast`` (op and passes), ``minimal`` bytes, ``implementation`` (what its kernels move,
-    ``implementation_extra``), ``official``
+    ``cases.Op.extra``), ``official``
     (the code it replaces) and that code's counted ``reference`` bytes."""
     rows = []
     for piece in STEP:
@@ -259,7 +190,7 @@ def step_rows(sh: MAEShape, amp_dtype=torch.bfloat16, imgs_dtype=None) -> list[d
         out_dtype = amp_dtype if piece.op == "patchify_gather" else None  # rows written for the GEMM
         minimal = pass_bytes(piece.op, tuple(sorted(piece.variant.items())), sh, False, **dtypes,
                              out_dtype=out_dtype)[mode]
-        implementation = minimal + implementation_extra(piece.op, sh)
+        implementation = minimal + OPS[piece.op].extra(sh)
         ref = 0 if piece.official is None else pass_bytes(
             piece.official, tuple(sorted(piece.official_variant.items())), sh, True, **dtypes)[mode]
         rows.append({"piece": piece.piece, "fast": f"{variant_label(piece.op, piece.variant)} ({mode})",

@@ -66,19 +66,252 @@ def shape_for(model: str, batch: int, mask_ratio: float) -> MAEShape:
                     num - keep, p * p * m.in_chans)
 
 
-# Every (op, variant) of the per-op suite and the bytes table, in table order.
-OP_VARIANTS = (
-    *((op, {}) for op in ("patchify", "unpatchify", "patchify_gather", "encoder_input", "decoder_input",
-                          "masked_tokens")),
-    *(("masked_mse_loss", {"form": f, "norm_pix": n}) for f in ("full", "masked") for n in (False, True)),
-    ("masking_ids", {}),
-)
+class Inputs:
+    """The tensors an op's inputs are made of, at one shape and dtypes: ``data`` activations (tokens,
+    pred, images), ``table`` position tables and learned tokens, ``imgs`` the loss's images, and ``ids``
+    from one real random masking as the model draws it (int64 ids; ``mask`` float32, 1 = removed)."""
+
+    def __init__(self, sh: MAEShape, dtype, device, table_dtype, imgs_dtype, requires_grad: bool):
+        self.dtype, self.device, self.requires_grad = dtype, device, requires_grad
+        self.table_dtype, self.imgs_dtype = table_dtype or dtype, imgs_dtype or dtype
+        noise = torch.rand(sh.batch, sh.num_patches, device=device)  # small noise is kept
+        shuffle = torch.argsort(noise, dim=1)  # [N, L]
+        restore = torch.argsort(shuffle, dim=1)  # [N, L]
+        k = sh.len_keep
+        self.ids = {"noise": noise, "ids_keep": shuffle[:, :k].contiguous(), "ids_masked": shuffle[:, k:].contiguous(),
+                    "ids_restore": restore, "mask": (restore >= k).float()}
+
+    def data(self, *size, grad=False, dtype=None):
+        """A random tensor of the activations' dtype (or ``dtype``), a leaf that requires grad with ``grad``."""
+        t = torch.randn(*size, device=self.device, dtype=dtype or self.dtype)
+        return t.requires_grad_(grad and self.requires_grad)
+
+    def table(self, *size, grad=False):
+        """A position table or learned token."""
+        return self.data(*size, grad=grad, dtype=self.table_dtype)
+
+    def imgs(self, sh: MAEShape, grad=False, dtype=None):
+        """Images ``[N, C, H, W]``."""
+        return self.data(sh.batch, sh.in_chans, *sh.img_size, grad=grad, dtype=dtype)
+
+
+class Op:
+    """One fused op as the benchmarks and the bytes model see it: its variants and passes, its inputs at a
+    shape, its reference and static arguments, its minimal bytes per pass and what its kernels move beyond
+    them in a training step. Adding an op here adds it to the per-op suite, the bytes tables and the
+    benchmarks' report; ``tools/kernel_specs/<kernels>.py`` holds its compile specs."""
+
+    name: str
+    kernels: str  # the module of fastmae.kernels that runs it (its compile specs: tools/kernel_specs/<kernels>.py)
+    variants: tuple = ({},)
+    passes: tuple = ("fwd", "bwd", "fwdbwd")
+    input_dtype = None  # a fixed dtype of its data input, whatever the model's (masking_ids: float32 noise)
+
+    def inputs(self, sh: MAEShape, t: Inputs, variant: dict, reference: bool) -> dict:
+        """The keyword inputs (``reference``: of the reference call)."""
+        raise NotImplementedError
+
+    def static(self, sh: MAEShape, variant: dict) -> dict:
+        """The keyword arguments that are not tensors."""
+        return {}
+
+    def reference(self):
+        """The official algorithm, ``fastmae.reference.<name>_ref``."""
+        return getattr(reference, f"{self.name}_ref")
+
+    def minimal(self, sh: MAEShape, t: dict, s: dict, out_itemsize: int | None) -> dict[str, int]:
+        """Minimal bytes per pass on the inputs ``t``: every input read once, every output written once.
+        ``s``: bytes per element of each input; ``out_itemsize``: the written rows' when not the input's."""
+        raise NotImplementedError
+
+    def extra(self, sh: MAEShape) -> int:
+        """Bytes its kernels move beyond the minimal ones in a training step (fwd + bwd), from their
+        launch geometry; 0 for an op whose kernels read each input once and write each output once."""
+        return 0
+
+
+class Patchify(Op):
+    name, kernels = "patchify", "patchify"
+
+    def inputs(self, sh, t, variant, reference):
+        return {"imgs": t.imgs(sh, grad=True)}
+
+    def static(self, sh, variant):
+        return {"patch_size": sh.patch_size}
+
+    def minimal(self, sh, t, s, out_itemsize):  # read the image, write the patches (L·P = C·H·W); back alike
+        one_copy = 2 * sh.batch * sh.num_patches * sh.patch_dim * s.get("imgs", s.get("x"))
+        return {"fwd": one_copy, "bwd": one_copy}
+
+
+class Unpatchify(Patchify):
+    name = "unpatchify"
+
+    def inputs(self, sh, t, variant, reference):
+        return {"x": t.data(sh.batch, sh.num_patches, sh.patch_dim, grad=True)}
+
+    def static(self, sh, variant):
+        return {"patch_size": sh.patch_size, "grid_size": sh.grid, "in_chans": sh.in_chans}
+
+
+class PatchifyGather(Op):
+    name, kernels = "patchify_gather", "patchify"
+
+    def inputs(self, sh, t, variant, reference):
+        return {"imgs": t.imgs(sh, grad=True), "ids_keep": t.ids["ids_keep"]}
+
+    def static(self, sh, variant):
+        return {"patch_size": sh.patch_size}
+
+    def minimal(self, sh, t, s, out_itemsize):
+        # fwd: ids + visible pixels read, rows written; bwd: row grads + ids read, the whole image grad written
+        n, k, pd = sh.batch, sh.len_keep, sh.patch_dim
+        kept, ids, rows = n * k * pd * s["imgs"], n * k * s["ids_keep"], n * k * pd * (out_itemsize or s["imgs"])
+        return {"fwd": ids + kept + rows, "bwd": rows + ids + n * sh.num_patches * pd * s["imgs"]}
+
+
+class EncoderInput(Op):
+    name, kernels = "encoder_input", "encoder_input"
+
+    def inputs(self, sh, t, variant, reference):
+        n, num, k, d = sh.batch, sh.num_patches, sh.len_keep, sh.embed_dim
+        x = {"x": t.data(n, num, d, grad=True)} if reference else {"x_vis": t.data(n, k, d, grad=True)}
+        return {**x, "pos_embed": t.table(1, num + 1, d), "cls_token": t.table(1, 1, d, grad=True),
+                "ids_keep": t.ids["ids_keep"]}
+
+    def reference(self):
+        return reference.encoder_input_official_ref  # the official encoder order, on x [N, L, D]
+
+    def minimal(self, sh, t, s, out_itemsize):
+        # fwd: x_vis + ids + table (L+1)·D + cls D read, N·(K+1)·D written; bwd: grad read, x_vis and cls
+        # grads written (a custom op's output may not alias its input: the x_vis grad is a copy)
+        n, k, d, st = sh.batch, sh.len_keep, sh.embed_dim, s["pos_embed"]
+        x, out = n * k * d * s["x_vis"], n * (k + 1) * d * max(s["x_vis"], st)
+        return {"fwd": x + n * k * s["ids_keep"] + (sh.num_patches + 1) * d * st + d * st + out,
+                "bwd": out + x + d * st}
+
+    def extra(self, sh):  # the cls partials, [cdiv(N, samples per program), D] float32, written then summed
+        from fastmae.kernels import encoder_input
+        return 2 * -(-sh.batch // encoder_input._BWD_N_PER_PROG) * sh.embed_dim * 4
+
+
+class DecoderInput(Op):
+    name, kernels = "decoder_input", "decoder_input"
+
+    def inputs(self, sh, t, variant, reference):
+        n, num, k, dd = sh.batch, sh.num_patches, sh.len_keep, sh.decoder_dim
+        return {"x": t.data(n, k + 1, dd, grad=True), "ids_restore": t.ids["ids_restore"],
+                "mask_token": t.table(1, 1, dd, grad=True), "pos_embed": t.table(1, num + 1, dd)}
+
+    def minimal(self, sh, t, s, out_itemsize):
+        # fwd: x [N, K+1] + ids_restore + mask token + table (L+1)·Dd read, N·(L+1)·Dd written;
+        # bwd: grad + ids read, x and mask-token grads written
+        n, num, dd, st = sh.batch, sh.num_patches, sh.decoder_dim, s["pos_embed"]
+        x, ids = n * (sh.len_keep + 1) * dd * s["x"], n * num * s["ids_restore"]
+        out = n * (num + 1) * dd * max(s["x"], st)
+        return {"fwd": x + ids + dd * st + (num + 1) * dd * st + out, "bwd": out + ids + x + dd * st}
+
+    def extra(self, sh):  # the mask-token partials, [programs, Dd] float32, written then summed
+        from fastmae.kernels import _common, decoder_input
+        block_r, _ = _common.row_blocks(sh.decoder_dim)
+        programs = sh.batch * -(-(sh.num_patches + 1) // (decoder_input._BWD_TILES_PER_PROG * block_r))
+        return 2 * programs * sh.decoder_dim * 4
+
+
+class MaskedTokens(Op):
+    name, kernels = "masked_tokens", "masked_tokens"
+
+    def inputs(self, sh, t, variant, reference):
+        return {"x": t.data(sh.batch, sh.num_patches + 1, sh.decoder_dim, grad=True),
+                "ids_masked": t.ids["ids_masked"], "ids_restore": t.ids["ids_restore"]}
+
+    def minimal(self, sh, t, s, out_itemsize):
+        # fwd: N·M·Dd read + ids_masked + N·M·Dd written; bwd: N·M·Dd grad + ids_restore read,
+        # the whole N·(L+1)·Dd grad written (each row once, zeros where not masked)
+        n, dd = sh.batch, sh.decoder_dim
+        rows = n * sh.num_masked * dd * s["x"]
+        return {"fwd": 2 * rows + n * sh.num_masked * s["ids_masked"],
+                "bwd": rows + n * sh.num_patches * s["ids_restore"] + n * (sh.num_patches + 1) * dd * s["x"]}
+
+
+class DropCls(MaskedTokens):
+    """What ``masked_tokens`` replaces: the official decoder drops cls (``x[:, 1:]``); reference only."""
+
+    name, kernels = "drop_cls", ""
+
+    def inputs(self, sh, t, variant, reference):
+        return {"x": t.data(sh.batch, sh.num_patches + 1, sh.decoder_dim, grad=True)}
+
+    def reference(self):
+        return lambda x: x[:, 1:, :]
+
+
+class MaskedMSELoss(Op):
+    name, kernels = "masked_mse_loss", "masked_mse_loss"
+    variants = tuple({"form": f, "norm_pix": n} for f in ("full", "masked") for n in (False, True))
+
+    def inputs(self, sh, t, variant, reference):
+        rows, weights = (sh.num_patches, "mask") if variant.get("form", "full") == "full" else (sh.num_masked,
+                                                                                               "ids_masked")
+        return {"pred": t.data(sh.batch, rows, sh.patch_dim, grad=True), "imgs": t.imgs(sh, dtype=t.imgs_dtype),
+                weights: t.ids[weights]}
+
+    def static(self, sh, variant):
+        return {"patch_size": sh.patch_size, "norm_pix_loss": bool(variant.get("norm_pix")),
+                **({"mask": None} if variant.get("form") == "masked" else {})}
+
+    def minimal(self, sh, t, s, out_itemsize):
+        # fwd: pred + its patches' pixels + mask (or ids) read, a scalar written; bwd: the same read
+        # again (the target is never stored) and the pred grad written. Norm-pix: arithmetic only.
+        weights = t["mask"] if "mask" in t else t["ids_masked"]
+        rows = t["pred"].shape[1]
+        pred, pix = sh.batch * rows * sh.patch_dim * s["pred"], sh.batch * rows * sh.patch_dim * s["imgs"]
+        read = pred + pix + weights.numel() * weights.element_size()
+        return {"fwd": read + 4, "bwd": read + pred + 4}
+
+    def extra(self, sh):
+        # the forward's [2, programs] float32 partials written and read; loss and inv_den written by the
+        # forward, read by the backward. The launch geometry from the kernel's own arguments, on meta tensors.
+        from fastmae.kernels import masked_mse_loss
+        n = sh.batch
+        pred = torch.empty((n, sh.num_masked, sh.patch_dim), dtype=torch.bfloat16, device="meta")
+        imgs = torch.empty((n, sh.in_chans, *sh.img_size), dtype=torch.bfloat16, device="meta")
+        ids_masked = torch.empty((n, sh.num_masked), dtype=torch.int64, device="meta")
+        programs, _, _ = masked_mse_loss._launch_args(pred, imgs, None, ids_masked, sh.patch_size, False)
+        return 2 * programs * 4 * 2 + 8 + 8
+
+
+class MaskingIds(Op):
+    name, kernels = "masking_ids", "masking_ids"
+    passes, input_dtype = ("fwd",), torch.float32  # the noise is float32 whatever the model
+
+    def inputs(self, sh, t, variant, reference):
+        return {"noise": t.ids["noise"]}
+
+    def static(self, sh, variant):
+        return {"len_keep": sh.len_keep}
+
+    def minimal(self, sh, t, s, out_itemsize):  # noise read; ids_keep + ids_masked, ids_restore, the mask written
+        return {"fwd": sh.batch * sh.num_patches * (s["noise"] + 8 + 8 + 4)}
+
+
+# Every op, in table order (drop_cls: a reference piece of the step, not a fused op).
+OPS = {op.name: op for op in (Patchify(), Unpatchify(), PatchifyGather(), EncoderInput(), DecoderInput(),
+                              MaskedTokens(), MaskedMSELoss(), MaskingIds(), DropCls())}
+OP_VARIANTS = tuple((op.name, v) for op in OPS.values() if op.kernels for v in op.variants)
 
 
 def variant_label(op: str, variant: dict) -> str:
     """``masked_mse_loss[masked,norm_pix]`` style names."""
     parts = [p for p in (variant.get("form"), "norm_pix" if variant.get("norm_pix") else None) if p]
     return f"{op}[{','.join(parts)}]" if parts else op
+
+
+def _op(name: str) -> Op:
+    """The descriptor of op ``name``."""
+    if name not in OPS:
+        raise ValueError(f"unknown op {name!r}; choose one of {sorted(OPS)}")
+    return OPS[name]
 
 
 def make_inputs(op: str, variant: dict, sh: MAEShape, dtype: torch.dtype, device, *, reference: bool = False,
@@ -90,65 +323,18 @@ def make_inputs(op: str, variant: dict, sh: MAEShape, dtype: torch.dtype, device
     learned tokens', ``imgs_dtype`` the loss's images' (both default to ``dtype``; in the model under
     bf16 autocast they are float32). ``reference`` gives the inputs of the op's reference call.
     """
-    n, c, (hh, ww), num, k = sh.batch, sh.in_chans, sh.img_size, sh.num_patches, sh.len_keep
-    d, dd, pd = sh.embed_dim, sh.decoder_dim, sh.patch_dim
-    noise = torch.rand(n, num, device=device)  # a random masking, as the model draws it: small noise is kept
-    shuffle = torch.argsort(noise, dim=1)  # [N, L]
-    restore = torch.argsort(shuffle, dim=1)  # [N, L]
-    ids = {"noise": noise, "ids_keep": shuffle[:, :k].contiguous(), "ids_masked": shuffle[:, k:].contiguous(),
-           "ids_restore": restore, "mask": (restore >= k).float()}  # int64 ids; mask fp32, 1 = removed
-
-    def data(*size, grad=False, dt=None):
-        return torch.randn(*size, device=device, dtype=dt or dtype).requires_grad_(grad and requires_grad)
-
-    table = partial(data, dt=table_dtype)
-    if op == "patchify":
-        inputs = {"imgs": data(n, c, hh, ww, grad=True)}
-    elif op == "unpatchify":
-        inputs = {"x": data(n, num, pd, grad=True)}
-    elif op == "patchify_gather":
-        inputs = {"imgs": data(n, c, hh, ww, grad=True), "ids_keep": ids["ids_keep"]}
-    elif op == "encoder_input":
-        x = {"x": data(n, num, d, grad=True)} if reference else {"x_vis": data(n, k, d, grad=True)}
-        inputs = {**x, "pos_embed": table(1, num + 1, d), "cls_token": table(1, 1, d, grad=True),
-                  "ids_keep": ids["ids_keep"]}
-    elif op == "decoder_input":
-        inputs = {"x": data(n, k + 1, dd, grad=True), "ids_restore": ids["ids_restore"],
-                  "mask_token": table(1, 1, dd, grad=True), "pos_embed": table(1, num + 1, dd)}
-    elif op == "masked_tokens":
-        inputs = {"x": data(n, num + 1, dd, grad=True), "ids_masked": ids["ids_masked"],
-                  "ids_restore": ids["ids_restore"]}
-    elif op == "drop_cls":
-        inputs = {"x": data(n, num + 1, dd, grad=True)}
-    elif op == "masked_mse_loss":
-        rows, weights = (num, "mask") if variant.get("form", "full") == "full" else (sh.num_masked, "ids_masked")
-        inputs = {"pred": data(n, rows, pd, grad=True), "imgs": data(n, c, hh, ww, dt=imgs_dtype),
-                  weights: ids[weights]}
-    elif op == "masking_ids":
-        inputs = {"noise": ids["noise"]}
-    else:
-        raise ValueError(f"unknown op {op!r}")
+    inputs = _op(op).inputs(sh, Inputs(sh, dtype, device, table_dtype, imgs_dtype, requires_grad), variant, reference)
     return inputs, tuple(name for name, t in inputs.items() if t.requires_grad)
 
 
 def op_call(op: str, variant: dict, sh: MAEShape, backend: str | None = None):
     """``fn(**inputs)``: the official algorithm (``backend=None``) or ``fastmae.ops.<op>`` on ``backend``."""
+    spec = _op(op)
     if backend is None:
-        if op == "drop_cls":
-            return lambda x: x[:, 1:, :]  # the official decoder drops cls before decoder_norm
-        fn = reference.encoder_input_official_ref if op == "encoder_input" else getattr(reference, f"{op}_ref")
-        on = {}
+        fn, on = spec.reference(), {}
     else:
         fn, on = getattr(ops, op), {"backend": backend}
-    static = {
-        "patchify": {"patch_size": sh.patch_size},
-        "unpatchify": {"patch_size": sh.patch_size, "grid_size": sh.grid, "in_chans": sh.in_chans},
-        "patchify_gather": {"patch_size": sh.patch_size},
-        "masked_mse_loss": {"patch_size": sh.patch_size, "norm_pix_loss": bool(variant.get("norm_pix")),
-                            **({"mask": None} if variant.get("form") == "masked" else {})},
-        "masking_ids": {"len_keep": sh.len_keep},
-    }.get(op, {})
-    return partial(fn, **static, **on)
+    return partial(fn, **spec.static(sh, variant), **on)
 
 
 class StepPiece(NamedTuple):

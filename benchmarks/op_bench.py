@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .bytes_model import DTYPE_NAMES, op_bytes
-from .cases import MAEShape, make_inputs, op_call, shape_for, variant_label
+from .cases import OPS, MAEShape, make_inputs, op_call, shape_for, variant_label
 from .harness import BenchEnv, measure
 
 SCOPES = ("cpu", "report", "full")
@@ -66,7 +66,7 @@ def op_cases(op: str, variants, scope: str) -> list[OpCase]:
     for variant in variants:
         items = tuple(sorted(variant.items()))
         for rank, (sh, dtype) in enumerate(scope_shapes(scope)):
-            dtype = torch.float32 if op == "masking_ids" else dtype  # the noise is float32 whatever the model
+            dtype = OPS[op].input_dtype or dtype
             inputs, _ = make_inputs(op, variant, sh, dtype, "meta", reference=True)
             key = (items, tuple((k, t.shape, t.dtype) for k, t in inputs.items()),
                    tuple(sorted(op_call(op, variant, sh).keywords.items())))
@@ -76,7 +76,7 @@ def op_cases(op: str, variants, scope: str) -> list[OpCase]:
             for provider in ("reference", "reference-compiled", "fastmae"):
                 if provider == "reference-compiled" and scope == "cpu" and dtype != torch.float32:
                     continue  # inductor on CPU: one dtype keeps the suite's compile time down
-                for mode in ("fwd",) if op == "masking_ids" else ("fwd", "bwd", "fwdbwd"):
+                for mode in OPS[op].passes:
                     cases.append(OpCase(op, items, sh, dtype, provider, mode, scope, rank))
     return cases
 
