@@ -22,7 +22,7 @@ pytestmark = requires_kernels
 SHAPES = [
     (2, 16, 4, 64),  # mask 0.75 on a 4 x 4 grid
     (1, 196, 49, 40),  # ViT-B/16's grid, batch 1, D not a power of two
-    (3, 7, 3, 264),  # odd L; row tiles straddle samples; a second, mostly masked column block
+    (3, 7, 3, 264),  # odd L; M = 4 rows in a block of 8; a second column block with 8 of its 256 columns
     (2, 9, 8, 16),  # M = 1: one masked token per sample
     (2, 6, 6, 8),  # M = 0 (mask ratio 0): an empty output, a gradient of zeros
     (1, 5, 1, 1280),  # K = 1, ViT-H width: five column blocks
@@ -46,6 +46,17 @@ def _check(x, ids_masked, ids_restore, backend="triton"):
     assert out.dtype == x.dtype and out.shape == ref.shape and torch.equal(out, ref)
     assert grad_x.dtype == x.dtype and torch.equal(grad_x, ref_grad)
     return out, grad_x
+
+
+def test_shapes_reach_their_regimes():
+    """The launch geometry the SHAPES comments name: a change of ``row_blocks`` shows here first."""
+    from fastmae.kernels._common import row_blocks
+
+    block_r, block_d = row_blocks(264)
+    assert (block_r, block_d) == (8, 256)  # two column blocks; the second holds 8 live columns
+    _, num_patches, k, _ = SHAPES[2]
+    assert num_patches - k < block_r  # forward: one row block per sample, partly masked
+    assert row_blocks(1280)[1] * 5 == 1280  # ViT-H: five full column blocks
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
