@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import fastmae
-from fastmae import checkpoints, convert
+from fastmae import convert, state_dicts
 from fastmae.cli import main
-from fastmae.cli.checkpoint import rng_state, save_checkpoint
+from fastmae.cli.run_state import rng_state, save_checkpoint
 from hf_helpers import loading_info_is_clean, requires_transformers
 from helpers import rel_err
 from test_vit import timm_keys
@@ -107,7 +107,7 @@ def test_encoder_loads_back_into_the_vit_and_the_mae(tmp_path, capsys, trained):
                                       f"encoder-only layout; {LEFT_OUT}")
     saved = load(out)
     assert list(saved) == ["model"] and len(saved["model"]) == 30  # only weights: no training state
-    assert checkpoints.inspect_state_dict(saved).kind == "mae_encoder"
+    assert state_dicts.inspect_state_dict(saved).kind == "mae_encoder"
     mae = micro()
     with pytest.warns(UserWarning, match=f"{out} holds the encoder only"):
         fastmae.load_official_checkpoint(out, mae)
@@ -215,7 +215,7 @@ def test_hf_without_transformers_names_the_extra(tmp_path, capsys, monkeypatch, 
 def _files(tmp):
     """Checkpoints of every kind, and a directory that holds a pretraining run."""
     full = micro().state_dict()
-    torch.save({"model": checkpoints.encoder_of(full)}, tmp / "encoder.pth")
+    torch.save({"model": state_dicts.encoder_of(full)}, tmp / "encoder.pth")
     torch.save({"model": fastmae.create_vit("vit_micro_patch4", num_classes=3).state_dict()}, tmp / "vit.pth")
     torch.save({"model": convert.to_hf(full)}, tmp / "hfnames.pth")
     torch.save({"model": full, "args": NotAllowed()}, tmp / "unsafe.pth")
