@@ -27,7 +27,7 @@ setup(
         'triton>=3.2,<4; platform_system == "Linux" and platform_machine == "x86_64"',
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "hypothesis"],
+        "test": ["pytest>=7", "pytest-benchmark", "hypothesis", "ruff"],  # pytest 7: pyproject.toml's pythonpath
         # fastmae.integrations.hf and the hf export; apply_fastmae patches the ViTMAE of transformers 5.
         "interop": ["transformers>=5", "accelerate"],  # accelerate: transformers' Trainer (README)
         # WebDataset-style tar shards for fastmae.data
