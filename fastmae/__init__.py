@@ -49,7 +49,7 @@ __all__ = [
 # Interop: converters (fastmae.convert), checkpoint kinds (fastmae.checkpoints), the fine-tuning ViT
 # and layer-wise lr decay (fastmae.vit), the linear probe (fastmae.linprobe). transformers stays
 # optional: fastmae.integrations.hf imports it when used.
-from . import convert, state_dicts  # noqa: E402
+from . import convert  # noqa: E402
 from . import state_dicts as checkpoints  # noqa: E402
 from .state_dicts import inspect_state_dict  # noqa: E402
 from .linprobe import linear_probe  # noqa: E402

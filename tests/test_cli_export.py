@@ -168,7 +168,8 @@ def test_a_failure_midway_leaves_no_partial_file(tmp_path, capsys, monkeypatch, 
     _, ckpt = trained
     exports = tmp_path / "exports"
     exports.mkdir()
-    fresh, earlier = exports / ("fresh" if fmt == "hf" else "fresh.pth"), exports / ("old" if fmt == "hf" else "old.pth")
+    fresh = exports / ("fresh" if fmt == "hf" else "fresh.pth")
+    earlier = exports / ("old" if fmt == "hf" else "old.pth")
     assert export(capsys, "--checkpoint", ckpt, "--format", fmt, "--out", earlier)[0] == 0
     before = {p.relative_to(exports): p.read_bytes() for p in exports.rglob("*") if p.is_file()}
     _fail_midway(monkeypatch, fmt)
@@ -200,7 +201,8 @@ def test_hf_never_replaces_a_directory_with_other_files(tmp_path, capsys, traine
     (out / "notes.txt").write_text("mine")
     code, _, err = export(capsys, "--checkpoint", ckpt, "--format", "hf", "--out", out, "--force")
     assert code == 2 and err == (f"fastmae: error: --out {out} holds files other than an earlier export's "
-                                 "(config.json, model.safetensors, preprocessor_config.json); choose a new or empty directory\n")
+                                 "(config.json, model.safetensors, preprocessor_config.json); "
+                                 "choose a new or empty directory\n")
     assert os.listdir(out) == ["notes.txt"]
 
 
@@ -259,7 +261,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, train
         argv += ["--out", str(tmp_path / "out")]
     if "hf" in argv:
         # without it, the first line names the extra instead (tested elsewhere)
-        pytest.importorskip("transformers", reason="needs transformers, the optional extra: pip install -e '.[interop]'")
+        pytest.importorskip("transformers",
+                            reason="needs transformers, the optional extra: pip install -e '.[interop]'")
     before = sorted(p.name for p in tmp_path.rglob("*"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
