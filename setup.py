@@ -27,7 +27,8 @@ setup(
         'triton>=3.2,<4; platform_system == "Linux" and platform_machine == "x86_64"',
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "pytest-xdist", "hypothesis"],  # xdist: tests/ -n auto
+        # pytest 7: pyproject.toml's pythonpath; xdist: tests/ -n auto; ruff: the linter CI runs
+        "test": ["pytest>=7", "pytest-benchmark", "pytest-xdist", "hypothesis", "ruff"],
         # fastmae.integrations.hf and the hf export; apply_fastmae patches the ViTMAE of transformers 5.
         "interop": ["transformers>=5", "accelerate"],  # accelerate: transformers' Trainer (README)
         # WebDataset-style tar shards for fastmae.data

@@ -25,9 +25,10 @@ counts less) per image for:
 The pinning copy itself runs in the main process (torch's pin-memory thread), not in a worker.
 
 Each method runs over all the images at a time (the file cache is warm for all); the methods take
-turns pass by pass, the order reversed every other pass, and each figure is the median over passes. On CUDA it also times ``fastmae.ops.resized_crop`` (the Triton
-kernel) on batches of 256 of the crops from (c), images/s and GB/s (bytes: every crop pixel read
-once, the output written once, the table read once). The last line is exactly:
+turns pass by pass, the order reversed every other pass, and each figure is the median over passes.
+On CUDA it also times ``fastmae.ops.resized_crop`` (the Triton kernel) on batches of 256 of the
+crops from (c), images/s and GB/s (bytes: every crop pixel read once, the output written once, the
+table read once). The last line is exactly:
 
     cpu cost per image: fastmae X ms, decode-only floor Y ms, floor/fastmae Z
 """

@@ -93,7 +93,7 @@ def make_env() -> BenchEnv:
     src = torch.ones(nbytes // 4, device=env.device)
     dst = torch.empty_like(src)
     info["copy_gbps"] = round(2 * nbytes / median_s(lambda: dst.copy_(src)) / 1e9, 1)
-    del src, dst
+    src = dst = None  # the copy buffers are freed before the GEMM allocates its own
     if env.is_cuda:
         a = torch.randn(8192, 8192, device=env.device, dtype=torch.bfloat16)
         info["gemm_tflops"] = round(2 * 8192**3 / median_s(lambda: a @ a) / 1e12, 1)

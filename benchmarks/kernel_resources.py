@@ -1,14 +1,14 @@
-"""The compiled-resources report of every fused kernel: ``python benchmarks/kernel_resources.py``.
+"""The compiled-resources report of every fused kernel: ``python -m benchmarks.kernel_resources``.
 
-The work is in ``tools/kernel_resources.py`` (shared with ``tests/test_gpu_readiness.py``); this file
-lets the report run from the benchmarks folder, where the other reports are.
+The work is in ``tools/kernel_resources.py`` (shared with ``tests/test_gpu_readiness.py``); this module
+lets the report run from the benchmarks package, where the other reports are. Run it from the
+repository root (``-m`` puts the root on ``sys.path``, for ``tools``); it imports the tool only when run,
+since the tool turns the Triton interpreter off for the process that imports it.
 """
 
-import os
 import sys
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
     from tools.kernel_resources import main
 
     sys.exit(main())

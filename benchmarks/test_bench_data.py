@@ -30,7 +30,7 @@ def test_data_throughput(benchmark, photos, capsys):
     rc = benchmark.pedantic(data_throughput.main, args=(["--data", photos, "--size", "224", "--passes", "1"],),
                             rounds=1, iterations=1)
     out = capsys.readouterr().out.strip().splitlines()
-    assert rc == 0 and out[2].startswith("| path |") and len([l for l in out if l.startswith("| (")]) == 5
+    assert rc == 0 and out[2].startswith("| path |") and len([line for line in out if line.startswith("| (")]) == 5
     match = LAST_LINE.fullmatch(out[-1])
     assert match, out[-1]
     fastmae_ms, floor_ms, ratio = map(float, match.groups())

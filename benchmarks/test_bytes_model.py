@@ -80,7 +80,8 @@ def test_train_flops_of_vit_b16():
 def test_notes_tables_are_current():
     """NOTES.md quotes what ``python -m benchmarks.bytes_model`` prints; regenerate it when that changes."""
     notes = (Path(__file__).parent / "NOTES.md").read_text(encoding="utf-8")
-    for text in (bm.heading(VIT_B, "bf16"), bm.table(VIT_B, torch.bfloat16), bm.step_text(VIT_B, torch.bfloat16, "bf16")):
+    for text in (bm.heading(VIT_B, "bf16"), bm.table(VIT_B, torch.bfloat16),
+                 bm.step_text(VIT_B, torch.bfloat16, "bf16")):
         assert text in notes, "benchmarks/NOTES.md is stale: paste `python -m benchmarks.bytes_model` into it"
 
 

@@ -20,7 +20,7 @@ from .model import (
     mae_vit_micro_patch4,
     mae_vit_tiny_patch4,
 )
-from .official import load_official_checkpoint
+from .checkpoint_files import load_official_checkpoint
 from .ops import (
     decoder_input,
     encoder_input,
@@ -49,8 +49,9 @@ __all__ = [
 # Interop: converters (fastmae.convert), checkpoint kinds (fastmae.checkpoints), the fine-tuning ViT
 # and layer-wise lr decay (fastmae.vit), the linear probe (fastmae.linprobe). transformers stays
 # optional: fastmae.integrations.hf imports it when used.
-from . import checkpoints, convert  # noqa: E402
-from .checkpoints import inspect_state_dict  # noqa: E402
+from . import convert  # noqa: E402
+from . import state_dicts as checkpoints  # noqa: E402
+from .state_dicts import inspect_state_dict  # noqa: E402
 from .linprobe import linear_probe  # noqa: E402
 from .vit import VIT_MODELS, VisionTransformer, create_vit, param_groups_lrd  # noqa: E402
 

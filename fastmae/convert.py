@@ -20,7 +20,7 @@ dict is in. timm's ``VisionTransformer`` uses the official encoder names (:func:
 Every converter returns a new dict whose tensors are the input's (not copies), except the split
 or concatenated attention projections; round trips are bitwise. A dict with a key a converter
 cannot place is refused with a ``ValueError`` naming those keys. What kind of model a dict holds
-(full MAE, encoder only, fine-tuned ViT) is ``fastmae.checkpoints``; :func:`export` writes files.
+(full MAE, encoder only, fine-tuned ViT) is ``fastmae.state_dicts``; :func:`export` writes files.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ import re
 
 import torch
 
-from .checkpoints import (DECODER_FIXED, OFFICIAL_BLOCK, inspect_state_dict, mae_factory_shapes, official_rank,
+from .state_dicts import (DECODER_FIXED, OFFICIAL_BLOCK, inspect_state_dict, mae_factory_shapes, official_rank,
                           state_dict_of, unplaced_error)
-from .official import checkpoint_args, read_checkpoint
+from .checkpoint_files import checkpoint_args, read_checkpoint
 
 __all__ = ["EXPORT_FORMATS", "HF_FILES", "HF_LAYOUTS", "export", "from_hf", "hf_config", "hf_layout",
            "timm_model_name", "to_hf", "to_timm"]
@@ -209,7 +209,7 @@ def from_hf(state_dict, layout: str | None = None) -> dict[str, torch.Tensor]:
     Returns:
         A new dict in the official key order (``cls_token, pos_embed, mask_token, ...``); ``query``,
         ``key``, ``value`` concatenated into ``attn.qkv`` ``[3D, D]``. An encoder-only input gives
-        an encoder-only dict (what ``fastmae.checkpoints`` calls ``"mae_encoder"``).
+        an encoder-only dict (what ``fastmae.state_dicts`` calls ``"mae_encoder"``).
     Raises:
         ValueError: keys that do not belong to the layout, named in the message.
     """
@@ -281,7 +281,7 @@ def timm_model_name(state_dict) -> str | None:
 
     A position table for another grid still names the 224 px architecture: pass
     ``img_size=`` to ``timm.create_model`` then. The small fastmae sizes have no timm name; build
-    ``timm.models.VisionTransformer`` with their shapes (``fastmae.checkpoints.mae_factory_shapes``).
+    ``timm.models.VisionTransformer`` with their shapes (``fastmae.state_dicts.mae_factory_shapes``).
     """
     info = inspect_state_dict(state_dict)
     if info.mlp_hidden != 4 * info.embed_dim or info.in_chans != 3:

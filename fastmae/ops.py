@@ -225,7 +225,8 @@ def decoder_input(
 def masked_tokens(
     x: torch.Tensor, ids_masked: torch.Tensor, ids_restore: torch.Tensor, *, backend: str | None = None
 ) -> torch.Tensor:
-    """The decoder's masked tokens: ``x [N, L+1, D]`` (cls first) -> ``[N, M, D]``, row ``m`` = ``x[1 + ids_masked[m]]``.
+    """The decoder's masked tokens: ``x [N, L+1, D]`` (cls first) -> ``[N, M, D]``, row ``m`` =
+    ``x[1 + ids_masked[m]]``.
 
     ``ids_masked [N, M]`` and ``ids_restore [N, L]`` are the ones :func:`masking_ids` returned
     together (``ids_restore[ids_masked[m]] == K + m``, ``K = L - M``): the fused backward writes each

@@ -167,7 +167,8 @@ def decoder_input_ref(
 
 
 def masked_tokens_ref(x: torch.Tensor, ids_masked: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
-    """The decoder's masked tokens: ``x [N, L+1, D]`` (cls first) -> ``[N, M, D]``, row ``m`` = ``x[1 + ids_masked[m]]``.
+    """The decoder's masked tokens: ``x [N, L+1, D]`` (cls first) -> ``[N, M, D]``, row ``m`` =
+    ``x[1 + ids_masked[m]]``.
 
     ``ids_restore`` (what the fused backward uses to write every row once) is not needed here.
     """

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from . import _validate as check
-from .checkpoints import FC_NORM, HEAD, inspect_state_dict, mae_factory_shapes, state_dict_of
+from .state_dicts import FC_NORM, HEAD, inspect_state_dict, mae_factory_shapes, state_dict_of
 from .layers import Block, PatchEmbed
 from .pos_embed import interpolate_pos_embed
 
@@ -153,7 +153,7 @@ class VisionTransformer(nn.Module):
         Raises:
             ValueError: anything else missing or of another shape (names the keys).
         """
-        from .official import read_checkpoint
+        from .checkpoint_files import read_checkpoint
 
         obj = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
         state = state_dict_of(obj)
@@ -184,7 +184,7 @@ class VisionTransformer(nn.Module):
         ``overrides`` (``global_pool``, ``drop_path_rate``, ``img_size``, ``num_heads`` when no
         factory fits ...) go to the constructor. The image size defaults to the checkpoint's grid.
         """
-        from .official import read_checkpoint
+        from .checkpoint_files import read_checkpoint
 
         obj = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
         info = inspect_state_dict(obj)

@@ -7,20 +7,16 @@ off unless asked for (``TRITON_INTERPRET=1``): the same tests then run on the GP
 """
 
 import os
-import sys
 import zlib
-from pathlib import Path
 
 import torch
 
 if not torch.cuda.is_available():  # asks the driver only: no CUDA context is made here
     os.environ.setdefault("TRITON_INTERPRET", "1")
-# The repository root, for ``tools`` (the kernels' compile specs) whatever directory pytest runs from.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pytest  # noqa: E402
+import pytest
 
-from helpers import DEVICE, interpreting  # noqa: E402
+from helpers import DEVICE, interpreting
 
 if DEVICE == "cuda":
     # With the interpreter off on a GPU machine, tensors the tests create without a device land on
@@ -64,11 +60,6 @@ def pytest_configure(config):
     problem = _interpreter_numpy_problem()
     if problem:
         pytest.exit(problem, returncode=pytest.ExitCode.USAGE_ERROR)
-    config.addinivalue_line(
-        "markers",
-        "slow: a test of 2 s or more (real GPU compiles, inductor, several processes); "
-        "`pytest -m 'not slow'` is the quick inner loop, the README's command and CI run everything",
-    )
 
 
 # CI installs every optional extra and sets FASTMAE_REQUIRE_EXTRAS=1: a test that would skip for a

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import fastmae
-from fastmae import checkpoints, convert
+from fastmae import convert, state_dicts
 from fastmae.cli import main
-from fastmae.cli.checkpoint import rng_state, save_checkpoint
+from fastmae.cli.run_state import rng_state, save_checkpoint
 from hf_helpers import loading_info_is_clean, requires_transformers
 from helpers import rel_err
 from test_vit import timm_keys
@@ -107,7 +107,7 @@ def test_encoder_loads_back_into_the_vit_and_the_mae(tmp_path, capsys, trained):
                                       f"encoder-only layout; {LEFT_OUT}")
     saved = load(out)
     assert list(saved) == ["model"] and len(saved["model"]) == 30  # only weights: no training state
-    assert checkpoints.inspect_state_dict(saved).kind == "mae_encoder"
+    assert state_dicts.inspect_state_dict(saved).kind == "mae_encoder"
     mae = micro()
     with pytest.warns(UserWarning, match=f"{out} holds the encoder only"):
         fastmae.load_official_checkpoint(out, mae)
@@ -168,7 +168,8 @@ def test_a_failure_midway_leaves_no_partial_file(tmp_path, capsys, monkeypatch, 
     _, ckpt = trained
     exports = tmp_path / "exports"
     exports.mkdir()
-    fresh, earlier = exports / ("fresh" if fmt == "hf" else "fresh.pth"), exports / ("old" if fmt == "hf" else "old.pth")
+    fresh = exports / ("fresh" if fmt == "hf" else "fresh.pth")
+    earlier = exports / ("old" if fmt == "hf" else "old.pth")
     assert export(capsys, "--checkpoint", ckpt, "--format", fmt, "--out", earlier)[0] == 0
     before = {p.relative_to(exports): p.read_bytes() for p in exports.rglob("*") if p.is_file()}
     _fail_midway(monkeypatch, fmt)
@@ -200,7 +201,8 @@ def test_hf_never_replaces_a_directory_with_other_files(tmp_path, capsys, traine
     (out / "notes.txt").write_text("mine")
     code, _, err = export(capsys, "--checkpoint", ckpt, "--format", "hf", "--out", out, "--force")
     assert code == 2 and err == (f"fastmae: error: --out {out} holds files other than an earlier export's "
-                                 "(config.json, model.safetensors, preprocessor_config.json); choose a new or empty directory\n")
+                                 "(config.json, model.safetensors, preprocessor_config.json); "
+                                 "choose a new or empty directory\n")
     assert os.listdir(out) == ["notes.txt"]
 
 
@@ -215,7 +217,7 @@ def test_hf_without_transformers_names_the_extra(tmp_path, capsys, monkeypatch, 
 def _files(tmp):
     """Checkpoints of every kind, and a directory that holds a pretraining run."""
     full = micro().state_dict()
-    torch.save({"model": checkpoints.encoder_of(full)}, tmp / "encoder.pth")
+    torch.save({"model": state_dicts.encoder_of(full)}, tmp / "encoder.pth")
     torch.save({"model": fastmae.create_vit("vit_micro_patch4", num_classes=3).state_dict()}, tmp / "vit.pth")
     torch.save({"model": convert.to_hf(full)}, tmp / "hfnames.pth")
     torch.save({"model": full, "args": NotAllowed()}, tmp / "unsafe.pth")
@@ -259,7 +261,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, train
         argv += ["--out", str(tmp_path / "out")]
     if "hf" in argv:
         # without it, the first line names the extra instead (tested elsewhere)
-        pytest.importorskip("transformers", reason="needs transformers, the optional extra: pip install -e '.[interop]'")
+        pytest.importorskip("transformers",
+                            reason="needs transformers, the optional extra: pip install -e '.[interop]'")
     before = sorted(p.name for p in tmp_path.rglob("*"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")

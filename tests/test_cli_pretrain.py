@@ -252,7 +252,7 @@ def test_resume_from_an_encoder_only_checkpoint_trains_the_decoder_from_scratch(
 
     src = fastmae.create_model("mae_vit_micro_patch4", img_size=16)
     encoder = tmp_path / "mae_pretrain_vit_micro.pth"  # the layout of the official mae_pretrain_vit_*.pth
-    torch.save({"model": fastmae.checkpoints.encoder_of(src.state_dict())}, encoder)
+    torch.save({"model": fastmae.state_dicts.encoder_of(src.state_dict())}, encoder)
     # An lr of 1e-12 leaves the weights where they started: the encoder the file's, the decoder fresh.
     argv = base_args(tmp_path / "run", "--epochs", "1", "--warmup-epochs", "0", "--lr", "1e-12", "--resume",
                      str(encoder))
@@ -270,7 +270,7 @@ def test_resume_from_a_fine_tuned_vit_or_another_encoder_is_one_line(tmp_path, c
     vit, tiny = tmp_path / "mae_finetuned_vit_micro.pth", tmp_path / "tiny_encoder.pth"
     torch.save({"model": fastmae.create_vit("vit_micro_patch4", img_size=16, num_classes=3).state_dict()}, vit)
     tiny_state = fastmae.create_model("mae_vit_tiny_patch4", img_size=16).state_dict()
-    torch.save({"model": fastmae.checkpoints.encoder_of(tiny_state)}, tiny)
+    torch.save({"model": fastmae.state_dicts.encoder_of(tiny_state)}, tiny)
     for path, message in (
             (vit, f"{vit} is a fine-tuned ViT (a classifier: no decoder): mae_vit_micro_patch4 starts from an MAE "
                   "checkpoint, with a decoder or encoder-only (as the official mae_pretrain_vit_*.pth)"),

@@ -16,7 +16,7 @@ from PIL import Image
 import fastmae
 import fastmae.data as fd
 from fastmae.cli import main
-from fastmae.cli.checkpoint import save_checkpoint
+from fastmae.cli.run_state import save_checkpoint
 from fastmae.cli.images import eval_transform
 from fastmae.cli.probe import _random_like, _stratified_split
 from fastmae.data import ProceduralImages
@@ -80,7 +80,7 @@ def test_every_checkpoint_kind_gives_the_same_encoder_figure(checkpoint, tmp_pat
     # a full MAE, its encoder-only export and a fine-tuned ViT with a head: the same encoder weights
     model, path = checkpoint
     encoder_only = tmp_path / "encoder.pth"
-    save_checkpoint({"model": fastmae.checkpoints.encoder_of(model.state_dict())}, encoder_only)
+    save_checkpoint({"model": fastmae.state_dicts.encoder_of(model.state_dict())}, encoder_only)
     vit = VisionTransformer.from_checkpoint(model.state_dict(), num_classes=5)
     finetuned = tmp_path / "vit.pth"
     save_checkpoint({"model": vit.state_dict()}, finetuned)

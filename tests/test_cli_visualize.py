@@ -141,7 +141,7 @@ WITH_DECODER = ("reconstructions need a checkpoint with a decoder, such as the o
 
 @pytest.mark.parametrize("args", [None, {"model": "mae_vit_micro_patch4"}])
 def test_encoder_only_checkpoint_is_one_line_naming_a_file_with_a_decoder(tmp_path, capsys, images, args):
-    state = fastmae.checkpoints.encoder_of(fastmae.create_model("mae_vit_micro_patch4").state_dict())
+    state = fastmae.state_dicts.encoder_of(fastmae.create_model("mae_vit_micro_patch4").state_dict())
     ckpt = tmp_path / "mae_pretrain_vit_micro.pth"  # the layout of the official mae_pretrain_vit_*.pth
     torch.save({"model": state, **({"args": args} if args else {})}, ckpt)
     code, _, err = visualize(capsys, ckpt, images, tmp_path / "out")

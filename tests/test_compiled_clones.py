@@ -20,18 +20,13 @@ compile: each kernel must build that way too.
 from __future__ import annotations
 
 import importlib
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from fastmae.kernel_modules import KERNEL_MODULES
+from tools.sass import run_compiling
 
-ROOT = Path(__file__).resolve().parents[1]
 # the input pipeline's op is not part of a training step's graph, and is traced elsewhere
 TRACED_MODULES = [m for m in KERNEL_MODULES if m != "resized_crop"]
 
@@ -50,11 +45,7 @@ def _kernel_names() -> list[str]:
 def traced():
     if not hasattr(torch.library, "triton_op"):
         pytest.skip(f"torch {torch.__version__} has no torch.library.triton_op (torch >= 2.6)")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-m", "tools.trace_triton_ops"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return run_compiling("-m", "tools.trace_triton_ops", timeout=600)
 
 
 def test_triton_ops_are_visible_to_torch_compile(traced):

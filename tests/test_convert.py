@@ -1,4 +1,4 @@
-"""Converters (fastmae.convert), checkpoint kinds (fastmae.checkpoints) and export.
+"""Converters (fastmae.convert), checkpoint kinds (fastmae.state_dicts) and export.
 
 The Hugging Face side is checked against the installed transformers (strict loads, outputs for the
 same noise, from_pretrained of written directories) and against its hub names written out below;
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import fastmae
-from fastmae import checkpoints, convert
+from fastmae import convert, state_dicts
 from hf_helpers import hf_twin, loading_info_is_clean, requires_transformers
 from helpers import rel_err
 from test_vit import timm_keys
@@ -82,9 +82,14 @@ def test_converters_refuse_what_they_cannot_place_and_name_it():
     with pytest.raises(ValueError, match="from_hf"):
         convert.to_timm(hf)
     with pytest.raises(ValueError, match="mystery"):
-        checkpoints.inspect_state_dict({**sd, "mystery": torch.zeros(1)})
+        state_dicts.inspect_state_dict({**sd, "mystery": torch.zeros(1)})
     with pytest.raises(ValueError, match="layout must be one of"):
         convert.to_hf(sd, layout="hf4")
+
+
+def test_state_dicts_keeps_its_exported_name():
+    # fastmae.__all__ exports the state-dict module as ``fastmae.checkpoints`` too
+    assert "checkpoints" in fastmae.__all__ and fastmae.checkpoints is state_dicts
 
 
 def test_to_timm_gives_timms_encoder_names():
@@ -122,7 +127,7 @@ def test_timm_loads_the_export_when_timm_imports():
 def test_kinds_and_factories_from_shapes(name):
     with torch.device("meta"):
         sd = fastmae.create_model(name).state_dict()
-    full, enc = checkpoints.inspect_state_dict(sd), checkpoints.inspect_state_dict(encoder_only(sd))
+    full, enc = state_dicts.inspect_state_dict(sd), state_dicts.inspect_state_dict(encoder_only(sd))
     assert (full.kind, full.factory, enc.kind, enc.factory) == ("mae", name, "mae_encoder", name)
     official = {"mae_vit_base_patch16": "vit_base_patch16_224", "mae_vit_large_patch16": "vit_large_patch16_224",
                 "mae_vit_huge_patch14": "vit_huge_patch14_224"}
@@ -133,28 +138,28 @@ def test_kinds_and_factories_from_shapes(name):
 
 def test_kind_of_a_fine_tuned_vit_and_of_incomplete_dicts():
     tuned = fastmae.create_vit("vit_micro_patch4", num_classes=4, global_pool=True).state_dict()
-    info = checkpoints.inspect_state_dict(tuned)
+    info = state_dicts.inspect_state_dict(tuned)
     assert (info.kind, info.num_classes, info.global_pool, info.vit_factory) == ("vit", 4, True, "vit_micro_patch4")
     sd = micro().state_dict()
     with pytest.raises(ValueError, match="missing decoder_pred.bias"):
-        checkpoints.inspect_state_dict({k: v for k, v in sd.items() if k != "decoder_pred.bias"})
+        state_dicts.inspect_state_dict({k: v for k, v in sd.items() if k != "decoder_pred.bias"})
     with pytest.raises(ValueError, match="decoder_blocks.0.norm2.weight"):
-        checkpoints.inspect_state_dict({k: v for k, v in sd.items() if k != "decoder_blocks.0.norm2.weight"})
+        state_dicts.inspect_state_dict({k: v for k, v in sd.items() if k != "decoder_blocks.0.norm2.weight"})
     with pytest.raises(ValueError, match="a decoder .* and a fine-tuning head"):
-        checkpoints.inspect_state_dict({**sd, "head.weight": torch.zeros(4, 64), "head.bias": torch.zeros(4)})
+        state_dicts.inspect_state_dict({**sd, "head.weight": torch.zeros(4, 64), "head.bias": torch.zeros(4)})
 
 
 def test_load_mae_encoder_loads_strictly_and_names_what_it_left():
     src, dst = micro(), micro()
-    left = checkpoints.load_mae_encoder(dst, {"model": encoder_only(src.state_dict())})
+    left = state_dicts.load_mae_encoder(dst, {"model": encoder_only(src.state_dict())})
     assert set(left) == set(src.state_dict()) - set(encoder_only(src.state_dict())) and "mask_token" in left
     assert dst.blocks[1].attn.qkv.weight.equal(src.blocks[1].attn.qkv.weight)
     assert not dst.decoder_pred.weight.equal(src.decoder_pred.weight)  # the decoder keeps its init
     with pytest.raises(ValueError, match="encoder-only"):
-        checkpoints.load_mae_encoder(dst, src.state_dict())
+        state_dicts.load_mae_encoder(dst, src.state_dict())
     tiny = fastmae.create_model("mae_vit_tiny_patch4")
     with pytest.raises(ValueError, match="does not fit.*blocks.2"):
-        checkpoints.load_mae_encoder(dst, encoder_only(tiny.state_dict()))
+        state_dicts.load_mae_encoder(dst, encoder_only(tiny.state_dict()))
 
 
 def test_hf_config_from_a_model_and_from_its_state_dict():
@@ -175,7 +180,7 @@ def test_export_writes_only_the_weights_atomically(tmp_path):
     timm_file = convert.export(ckpt, "timm", tmp_path / "timm.pth")
     assert_same(torch.load(timm_file, weights_only=True), convert.to_timm(model.state_dict()))
     enc = torch.load(convert.export(ckpt, "encoder", tmp_path / "enc.pth"), weights_only=True)
-    assert list(enc) == ["model"] and checkpoints.inspect_state_dict(enc).kind == "mae_encoder"
+    assert list(enc) == ["model"] and state_dicts.inspect_state_dict(enc).kind == "mae_encoder"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-3.pth", "enc.pth", "timm.pth"]  # no temporaries
     with pytest.raises(ValueError, match="fine-tuned ViT"):
         convert.export(fastmae.create_vit("vit_micro_patch4").state_dict(), "encoder", tmp_path / "x.pth")

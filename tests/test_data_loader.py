@@ -102,7 +102,8 @@ def test_loader_draws_each_sample_from_its_key():
     # crop resized): same shape, the same flip
     from fastmae.data.pillow_path import pillow_pretrain_transform
 
-    out = pillow_pretrain_transform(source.image(int(batch.index[0])), (24, 24), fd.sample_rng(3, 2, int(batch.index[0])))
+    first = int(batch.index[0])
+    out = pillow_pretrain_transform(source.image(first), (24, 24), fd.sample_rng(3, 2, first))
     assert out.shape == (3, 24, 24)
 
 

@@ -37,7 +37,7 @@ def _write_shards(folder, shards, per_shard):
 def _labels_and_sizes(loader, epoch):
     loader.set_epoch(epoch)
     batches = list(loader)
-    return batches, sorted(l for b in batches for l in b.labels.tolist())
+    return batches, sorted(label for b in batches for label in b.labels.tolist())
 
 
 def test_shards_from_a_folder_and_a_brace_pattern(tmp_path):

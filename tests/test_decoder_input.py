@@ -93,12 +93,12 @@ def test_out_of_range_ids_take_the_mask_token():
     ids_restore[0, 1] = 1000
     ids_restore[0, 3] = -7
     out = kernel.decoder_input(x, ids_restore, mask_token, pos_embed)
-    for l in (1, 3):
-        assert_close(out[0, 1 + l], (mask_token[0, 0] + pos_embed[0, 1 + l]).detach())
+    for pos in (1, 3):
+        assert_close(out[0, 1 + pos], (mask_token[0, 0] + pos_embed[0, 1 + pos]).detach())
     grad = torch.randn_like(out)
     _, grad_mask = torch.autograd.grad(out, (x, mask_token), grad)
-    masked = [l for l in range(5) if not 0 <= int(ids_restore[0, l]) < 3]
-    assert_close(grad_mask[0, 0], grad[0, [1 + l for l in masked]].sum(0), reduced=len(masked))
+    masked = [pos for pos in range(5) if not 0 <= int(ids_restore[0, pos]) < 3]
+    assert_close(grad_mask[0, 0], grad[0, [1 + pos for pos in masked]].sum(0), reduced=len(masked))
 
 
 def test_compile_fullgraph():

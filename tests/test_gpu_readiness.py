@@ -1,9 +1,10 @@
 """GPU readiness without a GPU: every kernel compiles for sm_90 and sm_80, and its cubin is clean.
 
 ``python -m tools.kernel_resources --json`` compiles each kernel module's specs (``tools/kernel_specs``) with the
-specialisation the JIT gives aligned tensors and reads the cubin back (``cuobjdump``, ``ptxas -v``).
-It runs ONCE, in a subprocess without ``TRITON_INTERPRET`` (this session interprets kernels, and an
-interpreted kernel cannot be compiled). Per kernel module and architecture the tests then assert:
+specialisation the JIT gives aligned tensors and reads the cubin back (``cuobjdump``, ``ptxas -v``,
+through ``tools/sass.py``). It runs ONCE, in a subprocess without ``TRITON_INTERPRET``
+(``tools.sass.run_compiling``: this session interprets kernels, and an interpreted kernel cannot be
+compiled). Per kernel module and architecture the tests then assert:
 
 - every spec compiles;
 - no register spills, no local memory, no stack frame (all of which live in slow local memory);
@@ -15,20 +16,14 @@ interpreted kernel cannot be compiled). Per kernel module and architecture the t
 from __future__ import annotations
 
 import importlib
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import triton
 
 from fastmae.kernel_modules import KERNEL_MODULES
 from tools.kernel_specs import compile_specs
-from tools.throughput import tools_missing
+from tools.sass import run_compiling, tools_missing
 
-ROOT = Path(__file__).resolve().parents[1]
 ARCHS = (90, 80)
 SPEC_KEYS = {"name", "kernel", "signature", "constexprs", "aligned", "num_warps", "expect_vector_io", "why_not_vector"}
 
@@ -39,15 +34,7 @@ def resources():
     missing = tools_missing()
     if missing:
         pytest.skip(missing)
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run(
-        [sys.executable, "-m", "tools.kernel_resources", "--json", "--arch", *map(str, ARCHS)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
-    try:
-        return json.loads(run.stdout)
-    except json.JSONDecodeError:
-        pytest.fail(f"kernel_resources.py printed no JSON (exit {run.returncode}):\n{run.stderr[-3000:]}")
+    return run_compiling("-m", "tools.kernel_resources", "--json", "--arch", *map(str, ARCHS), timeout=600)
 
 
 def _describe(rec: dict) -> str:
@@ -124,7 +111,8 @@ def test_headline_bandwidth_kernels_meet_the_targets(resources):
     checked = [r for r in resources if r.get("ok") and r["arch"] == 90 and r.get("headline") and is_bandwidth_kernel(r)]
     assert len(checked) >= 8, [r["name"] for r in checked]
     missed = [f"{r['name']}: {r['bytes_per_warp_instruction']} B/warp-instr (floor {ISSUE_BOUND_BYTES}), "
-              f"{r['waves']} waves{' (persistent)' if r['persistent'] else ''}" for r in checked if not meets_targets(r)]
+              f"{r['waves']} waves{' (persistent)' if r['persistent'] else ''}"
+              for r in checked if not meets_targets(r)]
     assert not missed, missed
 
 
@@ -136,8 +124,9 @@ def test_persistent_grids_fit_one_wave(resources):
 
     checked = [r for r in resources if r.get("ok") and r["arch"] == 90 and r.get("persistent")]
     assert len(checked) >= 4, [r["name"] for r in checked]
-    missed = [f"{r['name']}: {r['programs']} programs, {r['resident']} resident an SM ({r['registers']} registers), "
-              f"{r['waves']:.2f} waves, {r['persistent_work']} images in {r['persistent_groups']} groups"
+    missed = [f"{r['name']}: {r['programs']} programs, {r['resident']} resident an SM "
+              f"({r['registers']} registers), {r['waves']:.2f} waves, "
+              f"{r['persistent_work']} images in {r['persistent_groups']} groups"
               for r in checked if not persistent_fits(r)]
     assert not missed, missed
 
@@ -156,7 +145,8 @@ def test_persistent_fits():
 def test_sass_loops_and_counts():
     # the instruction counter on a hand-written listing: a loop (a backward branch) weighs its trips,
     # the final self-branch is not a loop, NOPs do not count
-    from tools.throughput import executed_per_warp, instructions, loops
+    from tools.sass import instructions, loops
+    from tools.throughput import executed_per_warp
 
     sass = """
         /*0000*/                   S2R R0, SR_TID.X ;

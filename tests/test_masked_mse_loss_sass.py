@@ -22,27 +22,20 @@ from registers (65,536 per SM; a thread's count rounded up to 8, allocated per w
 ``"bytes"`` (each input read once, each output written once), instructions the kernel's SASS
 instructions other than ``NOP`` (straight-line code runs each once).
 
-Compiling takes a while (``@pytest.mark.slow``). The cubins are built once, in a subprocess without
-``TRITON_INTERPRET`` (this session interprets the kernels): ``python tests/test_masked_mse_loss_sass.py``
-prints the table the tests read.
+Compiling takes a while (``@pytest.mark.slow``). The cubins are built once, by :func:`compiled_records`
+in a subprocess without ``TRITON_INTERPRET`` (``tools.sass.call_compiling``: this session interprets
+the kernels); ``python -m tools.sass tests/test_masked_mse_loss_sass.py:table`` prints the table of
+the records the tests read.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # for ``tools`` when this file runs as the compiling subprocess
+from tools import throughput
+from tools.sass import call_compiling, instructions, loops, opcode_counts, tools_missing
+from tools.throughput import SMS, executed_per_warp
 
-from tools import throughput  # noqa: E402
-from tools.throughput import SMS, tools_missing  # noqa: E402
 ARCHS = (90, 80)
 
 BIG_LAUNCH = 50e6  # bytes: the launches the waves and bytes-per-instruction floors apply to
@@ -53,7 +46,6 @@ MIN_BYTES_PER_WARP_INSTRUCTION = 9.0
 MAX_SHARED_ACCESSES = 8
 
 _SIZE = {"bf16": 2, "fp16": 2, "fp32": 4}
-_INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)((?:\.[A-Z0-9_]+)*)([^;]*);")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -64,15 +56,10 @@ _INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A
 def read_sass(sass: str) -> dict:
     """Opcode counts (with modifiers) and control flow of one kernel's SASS (``cuobjdump -sass``);
     instructions and loops as ``tools/throughput.py`` counts them."""
-    from tools.throughput import executed_per_warp, instructions, loops
-
-    opcodes: dict = {}
-    for m in _INSTRUCTION.finditer(sass):
-        full = m.group(2) + m.group(3)
-        opcodes[full] = opcodes.get(full, 0) + 1
     instrs = instructions(sass)
     spans = loops(instrs)  # static count: each loop body once
-    return {"instructions": executed_per_warp(instrs, (1,) * len(spans)), "loops": spans, "opcodes": opcodes}
+    return {"instructions": executed_per_warp(instrs, (1,) * len(spans)), "loops": spans,
+            "opcodes": dict(opcode_counts(sass))}
 
 
 def collect(archs=ARCHS) -> list[dict]:
@@ -175,7 +162,17 @@ def bytes_per_warp_instruction(rec: dict) -> float:
     return rec["bytes"] / (rec["programs"] * rec["num_warps"] * rec["instructions"])
 
 
-def table(records) -> str:
+def compiled_records() -> dict:
+    """``{"records": collect(), "edges": compile_edges()}``: what the tests read (run where the kernels
+    compile)."""
+    return {"records": collect(), "edges": compile_edges()}
+
+
+def table(records=None) -> str:
+    """The records (by default :func:`collect`'s) as a table, one line per kernel and arch."""
+    import triton
+
+    records = collect() if records is None else records
     head = (f"{'kernel':44} {'sm':>3} {'regs':>4} {'smem':>5} {'STS/LDS':>7} {'instr':>5} {'waves':>6} {'B/wi':>5}"
             f"  loads / stores")
     lines = [head]
@@ -185,7 +182,7 @@ def table(records) -> str:
             f"{r['name']:44} {r['arch']:>3} {r['registers']:>4} {r['shared']:>5} {shared_ops:>7} "
             f"{r['instructions']:>5} {waves(r):>6.2f} {bytes_per_warp_instruction(r):>5.1f}  "
             + " ".join(f"{k}x{v}" for k, v in {**r["loads"], **r["stores"]}.items()))
-    return "\n".join(lines)
+    return f"triton {triton.__version__}\n" + "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -199,13 +196,7 @@ def compiled():
     missing = tools_missing()
     if missing:
         pytest.skip(missing)
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, __file__, "--json"], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=1200)
-    try:
-        return json.loads(run.stdout)
-    except json.JSONDecodeError:
-        pytest.fail(f"{__file__} printed no JSON (exit {run.returncode}):\n{run.stderr[-3000:]}")
+    return call_compiling(compiled_records, timeout=1200)
 
 
 @pytest.fixture(scope="module")
@@ -351,16 +342,3 @@ def test_waves_definition():
     # shared memory bound: 228 KB / (20 KB + 1 KB) = 10.9
     assert resident_programs(16, 20 * 1024, 1) == 10
 
-
-if __name__ == "__main__":
-    os.environ.pop("TRITON_INTERPRET", None)  # compile for real (must precede importing the kernels)
-    sys.path.insert(0, str(ROOT))
-    archs = tuple(int(a) for a in sys.argv[sys.argv.index("--arch") + 1:]) if "--arch" in sys.argv else ARCHS
-    result = collect(archs)
-    if "--json" in sys.argv:
-        json.dump({"records": result, "edges": compile_edges()}, sys.stdout)
-    else:
-        import triton
-
-        print(f"triton {triton.__version__}")
-        print(table(result))

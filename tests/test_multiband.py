@@ -330,7 +330,8 @@ def test_visualize_bands(tmp_path, capsys, multiband_checkpoint):
 
 
 def test_hf_export_writes_the_run_statistics(tmp_path, capsys, multiband_checkpoint):
-    transformers = pytest.importorskip("transformers", reason='the interop extra is missing: pip install -e ".[interop]"')
+    transformers = pytest.importorskip("transformers",
+                                       reason='the interop extra is missing: pip install -e ".[interop]"')
     out = tmp_path / "hf"
     assert main(["export", "--checkpoint", str(multiband_checkpoint), "--format", "hf", "--out", str(out)]) == 0
     args = torch.load(multiband_checkpoint, weights_only=False)["args"]

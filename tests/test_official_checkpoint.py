@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import fastmae
-from fastmae import checkpoints, convert
+from fastmae import convert, state_dicts
 
 ENCODER, DECODER = 30, 20
 
@@ -24,7 +24,7 @@ def micro():
 def encoder_file(tmp_path, model):
     """What the official encoder-only downloads hold: ``{'model': encoder}``."""
     path = tmp_path / "mae_pretrain_vit_micro.pth"
-    torch.save({"model": checkpoints.encoder_of(model.state_dict())}, path)
+    torch.save({"model": state_dicts.encoder_of(model.state_dict())}, path)
     return path
 
 
@@ -36,7 +36,7 @@ def same_encoder_output(a, b):
 
 def test_encoder_only_file_loads_the_encoder_strictly_and_warns_naming_what_it_left(tmp_path):
     src, dst = micro(), micro()
-    decoder_before = {k: v.clone() for k, v in dst.state_dict().items() if checkpoints.is_decoder_key(k)}
+    decoder_before = {k: v.clone() for k, v in dst.state_dict().items() if state_dicts.is_decoder_key(k)}
     path = encoder_file(tmp_path, src)
     with pytest.warns(UserWarning) as record:
         state = fastmae.load_official_checkpoint(path, dst)
@@ -56,7 +56,7 @@ def test_encoder_only_load_is_strict_about_the_encoder(tmp_path):
     tiny = fastmae.create_model("mae_vit_tiny_patch4")  # 4 blocks of 128: another encoder
     with pytest.raises(ValueError, match=r"does not fit this model \(unexpected: blocks\.2\..*shape: cls_token"):
         fastmae.load_official_checkpoint(encoder_file(tmp_path, tiny), micro())
-    enc = checkpoints.encoder_of(micro().state_dict())
+    enc = state_dicts.encoder_of(micro().state_dict())
     del enc["blocks.1.mlp.fc2.bias"]
     with pytest.raises(ValueError, match="incomplete blocks: missing blocks.1.mlp.fc2.bias"):
         fastmae.load_official_checkpoint(enc, micro())
@@ -70,7 +70,7 @@ def test_a_dict_of_no_official_layout_is_named_not_listed():
 
 def test_encoder_only_non_strict_loads_what_is_there():
     src, dst = micro(), micro()
-    enc = {k: v for k, v in checkpoints.encoder_of(src.state_dict()).items() if k != "pos_embed"}
+    enc = {k: v for k, v in state_dicts.encoder_of(src.state_dict()).items() if k != "pos_embed"}
     with pytest.warns(UserWarning, match=f"loaded its {ENCODER - 1} encoder entries, and {DECODER + 1} entries"):
         fastmae.load_official_checkpoint(enc, dst, strict=False, encoder_only=True)
     assert dst.blocks[1].attn.qkv.weight.equal(src.blocks[1].attn.qkv.weight)

@@ -54,7 +54,8 @@ def test_the_model_reads_the_backend_per_call(monkeypatch):
     for name in ("masking_ids", "patchify_gather", "encoder_input", "decoder_input", "masked_tokens",
                  "masked_mse_loss"):
         real = getattr(ops, name)
-        monkeypatch.setattr(ops, name, lambda *a, _n=name, _f=real, **k: calls.append((_n, k["backend"])) or _f(*a, **k))
+        monkeypatch.setattr(ops, name,
+                            lambda *a, _n=name, _f=real, **k: calls.append((_n, k["backend"])) or _f(*a, **k))
     imgs = torch.randn(1, 3, 32, 32)
     with ops.use_backend("reference"):
         model(imgs)

@@ -282,7 +282,8 @@ MIXED = ([(9, 11), (16, 24)], [(1, 2, 7, 8), (0, 0, 16, 24)], [True, False], (5,
 
 def _stats(dtype, channels):
     m, s = STATS[dtype]
-    return dict(mean=tuple(m + 0.01 * c for c in range(channels)), std=tuple(s * (1 + 0.1 * c) for c in range(channels)))
+    return dict(mean=tuple(m + 0.01 * c for c in range(channels)),
+                std=tuple(s * (1 + 0.1 * c) for c in range(channels)))
 
 
 @pytest.mark.parametrize("channels", [1, 2, 3, 4, 13])

@@ -1,12 +1,13 @@
 """Resource table for every fused kernel, compiled for real GPUs on any machine (no GPU needed).
 
-    python -m tools.kernel_resources [--arch 90 80] [--module NAME ...] [--json]      (or: python benchmarks/kernel_resources.py)
+    python -m tools.kernel_resources [--arch 90 80] [--module NAME ...] [--json]
+    python -m benchmarks.kernel_resources ...                                      (the same)
 
 Every module in ``fastmae.kernel_modules.KERNEL_MODULES`` has its kernels at ViT-B/16 shapes listed by
-``tools.kernel_specs.<module>.compile_specs()``. Each spec is compiled with ``triton.compile`` for ``sm_<arch>`` with the
-specialisation the JIT gives aligned tensors (pointer and int arguments named in ``"aligned"`` marked
-divisible by 16), then read back from the cubin with the CUDA tools that ship in the triton wheel
-(``triton/backends/nvidia/bin``):
+``tools.kernel_specs.<module>.compile_specs()``. Each spec is compiled with ``triton.compile`` for
+``sm_<arch>`` with the specialisation the JIT gives aligned tensors (pointer and int arguments named
+in ``"aligned"`` marked divisible by 16), then read back from the cubin with the CUDA tools that ship
+in the triton wheel (``triton/backends/nvidia/bin``, run and parsed by ``tools/sass.py``):
 
 - ``cuobjdump -res-usage``: registers per thread, stack, local memory (per thread), static shared;
 - ``ptxas -v`` on the kernel's PTX: spill stores / loads in bytes;
@@ -30,95 +31,17 @@ os.environ.pop("TRITON_INTERPRET", None)  # before triton or the kernels are imp
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import re  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import traceback  # noqa: E402
-from collections import Counter  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource, make_backend  # noqa: E402
 
+from .sass import disassemble, memory_accesses, ptxas_spills, res_usage  # noqa: E402
 from .throughput import launch_figures, summary_line  # noqa: E402
-
-_BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-
-# global memory opcodes in SASS: loads, stores, async global->shared copies, atomics
-# (the lookahead keeps LDGDEPBAR, REDUX, ATOMS ... out)
-_SASS_OP = re.compile(r"\b(LDGSTS|LDG|STG|LDL|STL|ATOMG|ATOM|RED)(?![A-Z0-9_])((?:\.[A-Z0-9_]+)*)")
-_RES = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
-_SPILL = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
-
-
-def _tool(name: str) -> str:
-    path = os.path.join(_BIN, name)
-    if os.path.isfile(path):
-        return path
-    found = shutil.which(name)
-    if found is None:
-        raise FileNotFoundError(f"{name} is neither in {_BIN} nor on PATH")
-    return found
-
-
-def access_bytes(opcode: str) -> int:
-    """Bytes one thread moves with the SASS load/store ``opcode``
-    (``LDG.E.128`` -> 16, ``STG.E.U16`` -> 2)."""
-    for part in opcode.split(".")[1:]:
-        if part.isdigit() and int(part) in (64, 128, 256):
-            return int(part) // 8
-        if part in ("U8", "S8"):
-            return 1
-        if part in ("U16", "S16"):
-            return 2
-    return 4
-
-
-def _ptxas_candidates(arch: int) -> list[str]:
-    """The ptxas Triton itself uses for ``arch`` first (3.9 uses ``ptxas-blackwell`` from sm_90 on)."""
-    paths = []
-    try:
-        from triton.backends.nvidia.compiler import get_ptxas
-
-        try:
-            paths.append(get_ptxas(arch).path)
-        except TypeError:  # older Triton: get_ptxas() takes no argument
-            paths.append(get_ptxas().path)
-    except (ImportError, AttributeError, RuntimeError):
-        pass
-    for name in ("ptxas-blackwell", "ptxas"):
-        try:
-            paths.append(_tool(name))
-        except FileNotFoundError:
-            pass
-    return list(dict.fromkeys(paths))
-
-
-# What Triton itself passes to ptxas beyond -v (3.9 adds --regAllocOptLevel=2, which changes the
-# register allocation: without it the report would describe another binary). Tried in order, the
-# first a ptxas accepts wins.
-_PTXAS_FLAGS = (["-lineinfo", "--regAllocOptLevel=2"], ["-lineinfo"])
-
-
-def _ptxas_log(arch: int, ptx: str, out: str) -> str:
-    """``ptxas -v`` on the kernel's PTX, with the options Triton uses (the first ptxas that accepts
-    its PTX version): its report."""
-    errors = []
-    for ptxas in _ptxas_candidates(arch):
-        for flags in _PTXAS_FLAGS:
-            run = subprocess.run([ptxas, "-v", *flags, f"--gpu-name={_sm(arch)}", ptx, "-o", out],
-                                 capture_output=True, text=True)
-            if run.returncode == 0:
-                return run.stdout + run.stderr
-            errors.append(f"{ptxas} {' '.join(flags)}: {run.stderr.strip()[:200]}")
-    raise RuntimeError("no ptxas accepted the PTX: " + "; ".join(errors))
-
-
-def _sm(arch: int) -> str:
-    return f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"  # what Triton targets (wgmma etc. need 90a)
 
 
 def _jit_function(kernel):
@@ -163,31 +86,17 @@ def inspect_cubin(compiled, arch: int, workdir: str, stem: str) -> tuple[dict, s
         f.write(compiled.asm["cubin"])
     with open(ptx, "w") as f:
         f.write(compiled.asm["ptx"])
-    res = subprocess.run([_tool("cuobjdump"), "-res-usage", cubin],
-                         capture_output=True, text=True, check=True)
-    regs, stack, static_shared, local = (int(v) for v in _RES.search(res.stdout).groups())
-    log = _ptxas_log(arch, ptx, cubin + ".v")
-    spills = [tuple(int(v) for v in m) for m in _SPILL.findall(log)]
-    if not spills:
-        raise RuntimeError(f"no spill report in the ptxas -v output:\n{log}")
-    sass = subprocess.run([_tool("cuobjdump"), "-sass", cubin],
-                          capture_output=True, text=True, check=True).stdout
-    ops = Counter(op + mods for op, mods in _SASS_OP.findall(sass))
-    loads = {k: v for k, v in ops.items() if k.startswith("LDG")}  # LDG and LDGSTS
-    stores = {k: v for k, v in ops.items() if k.startswith("STG")}
-    wide = sum(v for k, v in {**loads, **stores}.items() if access_bytes(k) >= 16)
+    res = res_usage(cubin)
+    spill_stores, spill_loads = ptxas_spills(arch, ptx, cubin + ".v")
+    sass = disassemble(cubin)
     return {
-        "registers": regs,
-        "stack": stack,
-        "local": local,
-        "shared": max(static_shared, int(getattr(compiled.metadata, "shared", 0) or 0)),
-        "spill_stores": sum(s for s, _ in spills),
-        "spill_loads": sum(l for _, l in spills),
-        "local_ops": sum(v for k, v in ops.items() if k.startswith(("LDL", "STL"))),
-        "atomics": sum(v for k, v in ops.items() if k.startswith(("ATOM", "RED"))),
-        "loads": dict(sorted(loads.items())),
-        "stores": dict(sorted(stores.items())),
-        "wide_accesses": wide,  # global loads/stores of >= 16 bytes per thread
+        "registers": res["registers"],
+        "stack": res["stack"],
+        "local": res["local"],
+        "shared": max(res["shared"], int(getattr(compiled.metadata, "shared", 0) or 0)),
+        "spill_stores": spill_stores,
+        "spill_loads": spill_loads,
+        **memory_accesses(sass),  # local_ops, atomics, loads, stores, wide_accesses
     }, sass
 
 
@@ -248,8 +157,8 @@ def _fmt(x, spec: str) -> str:
 
 
 def format_table(records) -> str:
-    head = ("kernel" + " (* headline)", "sm", "warps", "regs", "spill st/ld", "local", "smem", "MB", "waves", "B/warp-instr",
-            "global loads", "global stores")
+    head = ("kernel" + " (* headline)", "sm", "warps", "regs", "spill st/ld", "local", "smem", "MB", "waves",
+            "B/warp-instr", "global loads", "global stores")
     rows = []
     for r in records:
         if not r["ok"]:

@@ -1,8 +1,8 @@
 """What the compiled code says about a kernel's speed: occupancy, waves, instructions per byte.
 
-Read off the cubin (registers, shared memory) and the SASS (``cuobjdump -sass``) of one kernel
-specialisation, with the launch it gets at the headline shape (``programs`` and ``bytes`` in its spec,
-``tools/kernel_specs``):
+Read off the cubin (registers, shared memory) and the SASS (``cuobjdump -sass``, parsed by
+``tools/sass.py``) of one kernel specialisation, with the launch it gets at the headline shape
+(``programs`` and ``bytes`` in its spec, ``tools/kernel_specs``):
 
 resident programs per SM
     the smallest of: registers (65,536 per SM; a warp holds ``ceil(regs / 8) * 8 * 32`` registers,
@@ -12,10 +12,10 @@ waves
     ``programs / (SMS * resident)``, ``SMS = 132`` (H100 SXM). Below ~4 waves the last, partial wave
     leaves SMs idle for a large part of the kernel's time.
 executed warp-instructions
-    per warp, every SASS instruction but ``NOP`` and the closing branch-to-itself counted once, and the instructions inside a loop
-    (a backward branch) times its trip count (``loop_trips`` in the spec, outer loops first; nested
-    loops multiply). Forward branches that skip code are counted as if taken: an upper bound, so the
-    bytes per instruction below is a lower bound.
+    per warp, every SASS instruction but ``NOP`` and the closing branch-to-itself counted once, and
+    the instructions inside a loop (a backward branch) times its trip count (``loop_trips`` in the
+    spec, outer loops first; nested loops multiply). Forward branches that skip code are counted as
+    if taken: an upper bound, so the bytes per instruction below is a lower bound.
 DRAM bytes per executed warp-instruction
     ``bytes / (programs * warps * executed_per_warp)``. An H100 issues ~1.05e12 warp-instructions/s
     (132 SMs x 4 schedulers x 1.98 GHz) against ~4 TB/s of DRAM bandwidth (3.35 TB/s H100 SXM,
@@ -26,7 +26,8 @@ DRAM bytes per executed warp-instruction
 from __future__ import annotations
 
 import math
-import re
+
+from .sass import instructions, loops
 
 SMS = 132  # H100 SXM streaming multiprocessors
 REGS_PER_SM = 65536
@@ -36,49 +37,6 @@ SMEM_PER_SM = 228 * 1024
 SMEM_RESERVED_PER_BLOCK = 1024
 ISSUE_BOUND_BYTES = 9.0  # DRAM bytes per warp-instruction below which an H100 kernel is issue-bound
 BANDWIDTH_KERNEL_BYTES = 50e6  # kernels that move at least this much at the headline shape
-
-# "/*0170*/   @P0 BRA 0x190 ;" -> address, opcode, and for a branch its target
-_INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)([^;]*);")
-_TARGET = re.compile(r"0x([0-9a-f]+)")
-
-
-def tools_missing() -> str | None:
-    """Why the CUDA tools the compiled-code reports need (the triton wheel's ``cuobjdump`` and
-    ``ptxas``) are not there, or ``None``: for tests to skip. Imports nothing with side effects."""
-    import os
-
-    try:
-        import triton
-    except ImportError:
-        return "triton is not installed"
-    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    for tool in ("cuobjdump", "ptxas"):
-        if not os.path.isfile(os.path.join(bin_dir, tool)):
-            return f"{tool} is not shipped in {bin_dir}"
-    return None
-
-
-def instructions(sass: str) -> list[tuple[int, str, int | None]]:
-    """``(address, opcode, branch target or None)`` of every SASS instruction of one kernel."""
-    out = []
-    for addr, opcode, operands in _INSTR.findall(sass):
-        target = None
-        if opcode == "BRA":
-            found = _TARGET.search(operands)
-            target = int(found.group(1), 16) if found else None
-        out.append((int(addr, 16), opcode, target))
-    return out
-
-
-def loops(instrs) -> list[tuple[int, int]]:
-    """``(start, end)`` addresses of each loop (a branch back to an earlier address), by start address.
-
-    The branch a kernel ends with, to its own address (``BRA`` to itself after ``EXIT``), is not a loop.
-    """
-    found = {(target, addr) for addr, opcode, target in instrs
-             if opcode == "BRA" and target is not None and target < addr}
-    return sorted(found)
-
 
 def executed_per_warp(instrs, loop_trips=()) -> int | None:
     """Warp-instructions one warp executes (see the module docstring); None when a loop's trips are unknown."""

@@ -7,7 +7,6 @@ process and none of this touches ``torch.distributed``.
 import os
 from dataclasses import dataclass
 
-import torch
 import torch.distributed as dist
 
 from fastmae.cli.errors import CLIError

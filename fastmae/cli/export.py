@@ -26,9 +26,9 @@ import os
 import re
 
 from fastmae import convert
-from fastmae.checkpoints import inspect_state_dict, is_decoder_key
+from fastmae.state_dicts import inspect_state_dict, is_decoder_key
 from fastmae.cli.argtypes import ratio
-from fastmae.cli.checkpoint import load_checkpoint, without_decoder
+from fastmae.cli.run_state import load_checkpoint, without_decoder
 from fastmae.cli.console import count
 from fastmae.cli.errors import CLIError, UsageError
 from fastmae.cli.rundir import holds_run

@@ -48,8 +48,8 @@ from fastmae.cli import bands, distributed
 from fastmae.cli.aliases import add_official_aliases, ignored_warning
 from fastmae.cli.argtypes import (nonnegative_float, nonnegative_int, positive_float, positive_int,
                                   ratio, seed)
-from fastmae.cli.checkpoint import (load_checkpoint, load_model_state, remove_stale_temporaries,
-                                    rng_state, set_rng_state)
+from fastmae.cli.run_state import (load_checkpoint, load_model_state, remove_stale_temporaries,
+                                   rng_state, set_rng_state)
 from fastmae.cli.config import (DEFAULT_OUTPUT_DIR, DEMO_MODELS, DEMO_RECIPE, PAPER_RECIPE, changed_options,
                                 resolve, resume_command)
 from fastmae.cli.console import Console, RunProgress, count, duration
@@ -63,7 +63,7 @@ from fastmae.cli.panels import TITLES, panel_rows
 from fastmae.cli.rundir import check_output_dir, check_writable, save_epoch, truncate_log
 from fastmae.cli.runtime import check_backend, check_keeps_patch, parse_device, small_grid_warnings
 from fastmae.cli.tblog import StepLogger, check_tensorboard
-from fastmae.official import checkpoint_args
+from fastmae.checkpoint_files import checkpoint_args
 
 
 def add_arguments(p):

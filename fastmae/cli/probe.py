@@ -36,13 +36,13 @@ import fastmae
 import fastmae.data as fd
 from fastmae.cli import bands
 from fastmae.cli.argtypes import nonnegative_int, positive_int, ratio, seed
-from fastmae.cli.checkpoint import inspect_checkpoint, load_checkpoint
+from fastmae.cli.run_state import inspect_checkpoint, load_checkpoint
 from fastmae.cli.console import Console, count
 from fastmae.cli.errors import UsageError
 from fastmae.cli.images import EVAL_CROP, eval_transform
 from fastmae.cli.runtime import parse_device
 from fastmae.linprobe import linear_probe
-from fastmae.official import checkpoint_args
+from fastmae.checkpoint_files import checkpoint_args
 from fastmae.vit import VisionTransformer
 
 def add_arguments(parser):

@@ -10,7 +10,7 @@ import json
 import os
 import tempfile
 
-from fastmae.cli.checkpoint import link_atomically, save_checkpoint, write_text_atomically
+from fastmae.cli.run_state import link_atomically, save_checkpoint, write_text_atomically
 from fastmae.cli.errors import UsageError
 
 RUN_MARKERS = ("checkpoint-last.pth", "log.txt")

@@ -23,14 +23,14 @@ from PIL import Image
 import fastmae
 import fastmae.data as fd
 from fastmae.cli import bands
-from fastmae.checkpoints import OFFICIAL_WITH_DECODER
+from fastmae.state_dicts import OFFICIAL_WITH_DECODER
 from fastmae.cli.argtypes import positive_int, ratio, seed
-from fastmae.cli.checkpoint import inspect_checkpoint, load_checkpoint, load_model_state, without_decoder
+from fastmae.cli.run_state import inspect_checkpoint, load_checkpoint, load_model_state, without_decoder
 from fastmae.cli.errors import UsageError
 from fastmae.cli.images import grid, open_image, output_names, resize_normalized
 from fastmae.cli.panels import NORM_PIX_NOTE, PANELS, TITLES, panel_rows
 from fastmae.cli.runtime import check_backend, check_keeps_patch, parse_device
-from fastmae.official import checkpoint_args
+from fastmae.checkpoint_files import checkpoint_args
 
 
 def add_arguments(parser):

@@ -2,8 +2,9 @@
 
 A folder of a million small files on a network filesystem makes every image an open and a seek;
 shards (``train-000000.tar``, ... each holding ``<key>.jpg`` — or ``.png``, ``.npy``, ``.tif`` — and
-optionally ``<key>.cls`` files, the WebDataset convention) make it a sequential read. ``--data`` takes a directory of ``.tar`` files or
-a brace pattern (``shards/train-{000000..000146}.tar``). Reading uses the ``webdataset`` package.
+optionally ``<key>.cls`` files, the WebDataset convention) make it a sequential read. ``--data`` takes a
+directory of ``.tar`` files or a brace pattern (``shards/train-{000000..000146}.tar``). Reading uses the
+``webdataset`` package.
 
 Splitting, per epoch: the shard list is shuffled by ``(seed, epoch)``, then dealt out to the
 ``world_size * num_workers`` streams (rank-major: stream ``rank * num_workers + worker`` takes shards

@@ -20,7 +20,7 @@ import warnings
 
 import torch
 
-from .checkpoints import OFFICIAL_WITH_DECODER, encoder_of, inspect_state_dict, load_mae_encoder, preview
+from .state_dicts import OFFICIAL_WITH_DECODER, encoder_of, inspect_state_dict, load_mae_encoder, preview
 
 __all__ = ["checkpoint_args", "load_official_checkpoint", "model_state", "read_checkpoint", "read_hf_directory"]
 
@@ -148,7 +148,7 @@ def load_official_checkpoint(checkpoint, model: torch.nn.Module | None = None, s
                              encoder_only: bool | None = None) -> dict:
     """The model weights of an official (or fastmae) checkpoint, loaded into ``model`` if given.
 
-    The official release has three kinds of files (``fastmae.checkpoints``): full pretraining
+    The official release has three kinds of files (``fastmae.state_dicts``): full pretraining
     models with a decoder (``mae_visualize_vit_{base,large}.pth``, every ``checkpoint-N.pth`` of a
     pretraining run, fastmae's included), encoder-only ones (``mae_pretrain_vit_{base,large,huge}.pth``:
     no ``mask_token``, no decoder) and fine-tuned ViTs (``mae_finetuned_vit_*.pth``: a ``head``).

@@ -6,7 +6,7 @@ beside the target, fsync, ``os.replace``, fsync of the directory), which the exp
 
 A checkpoint written here is ``{'model', 'optimizer', 'scaler', 'epoch', 'args', 'rng'}`` with
 ``args`` a plain dict, so it loads with ``torch.load(weights_only=True)`` and nothing else. Reading
-goes through ``fastmae.official.read_checkpoint`` (official checkpoints, whose ``args`` is an
+goes through ``fastmae.checkpoint_files.read_checkpoint`` (official checkpoints, whose ``args`` is an
 ``argparse.Namespace``, load too); its errors become one-line ``CheckpointError``s here.
 """
 
@@ -20,9 +20,9 @@ import torch
 
 import fastmae
 from fastmae._files import TEMPORARY, fsync_dir, temporary_name, write_file
-from fastmae.checkpoints import OFFICIAL_WITH_DECODER, inspect_state_dict, is_decoder_key
+from fastmae.state_dicts import OFFICIAL_WITH_DECODER, inspect_state_dict, is_decoder_key
 from fastmae.cli.errors import UsageError
-from fastmae.official import checkpoint_args, model_state, read_checkpoint
+from fastmae.checkpoint_files import checkpoint_args, model_state, read_checkpoint
 
 
 FIXED_TABLES = ("pos_embed", "decoder_pos_embed")
@@ -104,7 +104,7 @@ def _alive(pid):
 
 
 def load_checkpoint(path):
-    """Read a checkpoint on the CPU with ``fastmae.official.read_checkpoint`` (weights only; a
+    """Read a checkpoint on the CPU with ``fastmae.checkpoint_files.read_checkpoint`` (weights only; a
     Hugging Face ViTMAE directory is read as ``{'model': official names, 'args': from its config}``).
 
     Returns:

@@ -60,7 +60,8 @@ def preview(keys, most: int = 12, quote: bool = True) -> str:
 def unplaced_error(what: str, keys, hint: str = "") -> ValueError:
     """A ``ValueError`` that names (up to 12 of) the ``keys`` that could not be placed."""
     keys = list(keys)
-    return ValueError(f"{what}: {len(keys)} key(s) could not be placed: {preview(keys)}" + (f". {hint}" if hint else ""))
+    return ValueError(f"{what}: {len(keys)} key(s) could not be placed: {preview(keys)}"
+                      + (f". {hint}" if hint else ""))
 
 
 def is_decoder_key(key: str) -> bool:

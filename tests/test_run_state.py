@@ -10,8 +10,8 @@ import time
 import pytest
 import torch
 
-from fastmae.cli import checkpoint
-from fastmae.cli.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fastmae.cli import run_state
+from fastmae.cli.run_state import CheckpointError, load_checkpoint, save_checkpoint
 
 
 def _ckpt(value, numel=1000):
@@ -33,7 +33,7 @@ def test_official_format_with_namespace_loads(tmp_path):
     path = tmp_path / "official.pth"
     torch.save({"model": {"w": torch.ones(2)}, "args": argparse.Namespace(model="m"), "epoch": 7}, path)
     ckpt = load_checkpoint(path)
-    assert checkpoint.checkpoint_args(ckpt) == {"model": "m"} and ckpt["epoch"] == 7
+    assert run_state.checkpoint_args(ckpt) == {"model": "m"} and ckpt["epoch"] == 7
 
 
 class _Payload:
@@ -89,7 +89,7 @@ def test_save_failing_midway_keeps_the_old_file(tmp_path, monkeypatch):
         f.write(b"PK\x03\x04 partial bytes")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoint.torch, "save", half_then_fail)
+    monkeypatch.setattr(run_state.torch, "save", half_then_fail)
     with pytest.raises(OSError, match="No space"):
         save_checkpoint(_ckpt(2), path)
     monkeypatch.undo()
@@ -99,7 +99,7 @@ def test_save_failing_midway_keeps_the_old_file(tmp_path, monkeypatch):
 
 _SAVER = """
 import sys, torch
-from fastmae.cli.checkpoint import save_checkpoint
+from fastmae.cli.run_state import save_checkpoint
 big = {"model": {"w": torch.full((32 * 2**20,), 2.0)}, "epoch": 2}  # 128 MiB
 print("saving", flush=True)
 save_checkpoint(big, sys.argv[1])
@@ -132,16 +132,16 @@ def test_load_model_state_names_the_other_model(tmp_path):
     tiny = fastmae.create_model("mae_vit_tiny_patch4")
     ckpt = {"model": micro.state_dict(), "args": {"model": "mae_vit_micro_patch4"}}
     with pytest.raises(CheckpointError, match="holds a mae_vit_micro_patch4 model, not mae_vit_tiny"):
-        checkpoint.load_model_state(tiny, ckpt, "c.pth", "mae_vit_tiny_patch4")
+        run_state.load_model_state(tiny, ckpt, "c.pth", "mae_vit_tiny_patch4")
     # Without args the model is named from the shapes (fastmae.inspect_state_dict)...
     with pytest.raises(CheckpointError, match="holds a mae_vit_micro_patch4 model, not mae_vit_tiny"):
-        checkpoint.load_model_state(tiny, {"model": micro.state_dict()}, "c.pth", "mae_vit_tiny_patch4")
+        run_state.load_model_state(tiny, {"model": micro.state_dict()}, "c.pth", "mae_vit_tiny_patch4")
     # ... and when no factory has them, the message names the first mismatching entry instead.
     odd = fastmae.MaskedAutoencoderViT(img_size=32, patch_size=4, embed_dim=48, depth=1, num_heads=2,
                                        decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
     with pytest.raises(CheckpointError, match="does not fit mae_vit_tiny_patch4: 'cls_token' is"):
-        checkpoint.load_model_state(tiny, {"model": odd.state_dict()}, "c.pth", "mae_vit_tiny_patch4")
-    checkpoint.load_model_state(micro, ckpt, "c.pth", "mae_vit_micro_patch4")
+        run_state.load_model_state(tiny, {"model": odd.state_dict()}, "c.pth", "mae_vit_tiny_patch4")
+    run_state.load_model_state(micro, ckpt, "c.pth", "mae_vit_micro_patch4")
 
 
 def test_rng_state_roundtrip_through_weights_only_file(tmp_path):
@@ -152,9 +152,9 @@ def test_rng_state_roundtrip_through_weights_only_file(tmp_path):
     torch.manual_seed(0)
     np.random.seed(0)
     random.seed(0)
-    save_checkpoint({"model": {}, "rng": checkpoint.rng_state()}, tmp_path / "r.pth")
+    save_checkpoint({"model": {}, "rng": run_state.rng_state()}, tmp_path / "r.pth")
     expected = (torch.rand(3), np.random.rand(3), random.random())
-    checkpoint.set_rng_state(load_checkpoint(tmp_path / "r.pth")["rng"])
+    run_state.set_rng_state(load_checkpoint(tmp_path / "r.pth")["rng"])
     got = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(expected[0], got[0]) and (expected[1] == got[1]).all() and expected[2] == got[2]
 
@@ -165,7 +165,7 @@ def test_fixed_position_tables_are_rebuilt_for_another_grid():
     at16 = fastmae.create_model("mae_vit_micro_patch4", img_size=16)
     at32 = fastmae.create_model("mae_vit_micro_patch4", img_size=32)
     fresh = {k: v.clone() for k, v in at32.state_dict().items()}
-    checkpoint.load_model_state(at32, {"model": at16.state_dict()}, "c.pth", "mae_vit_micro_patch4")
+    run_state.load_model_state(at32, {"model": at16.state_dict()}, "c.pth", "mae_vit_micro_patch4")
     state = at32.state_dict()
     # Trainable weights come from the checkpoint; the sin-cos tables stay the model's own.
     assert torch.equal(state["cls_token"], at16.state_dict()["cls_token"])
@@ -174,16 +174,16 @@ def test_fixed_position_tables_are_rebuilt_for_another_grid():
     # A missing trainable entry is still an error.
     partial = {k: v for k, v in at16.state_dict().items() if k != "cls_token"}
     with pytest.raises(CheckpointError, match="'cls_token' is missing"):
-        checkpoint.load_model_state(at32, {"model": partial}, "c.pth", "mae_vit_micro_patch4")
+        run_state.load_model_state(at32, {"model": partial}, "c.pth", "mae_vit_micro_patch4")
 
 
 def test_copy_and_text_writes_are_atomic_and_exact(tmp_path):
     src, dst, log = tmp_path / "a.pth", tmp_path / "b.pth", tmp_path / "log.txt"
     save_checkpoint(_ckpt(1), src)
-    checkpoint.copy_atomically(src, dst)
+    run_state.copy_atomically(src, dst)
     assert dst.read_bytes() == src.read_bytes()
     log.write_text("old\n")
-    checkpoint.write_text_atomically("new\n", log)
+    run_state.write_text_atomically("new\n", log)
     assert log.read_text() == "new\n"
     assert sorted(os.listdir(tmp_path)) == ["a.pth", "b.pth", "log.txt"]  # no temporaries left
 
@@ -195,7 +195,7 @@ def test_remove_stale_temporaries_only_of_dead_processes(tmp_path):
              f".checkpoint-3.pth.tmp-{os.getpid()}", "checkpoint-last.pth", "notes.tmp-1"]
     for name in names:
         (tmp_path / name).write_bytes(b"x")
-    removed = checkpoint.remove_stale_temporaries(tmp_path)
+    removed = run_state.remove_stale_temporaries(tmp_path)
     assert sorted(removed) == sorted(names[:2])
     assert sorted(os.listdir(tmp_path)) == sorted(names[2:])
 
@@ -203,9 +203,9 @@ def test_remove_stale_temporaries_only_of_dead_processes(tmp_path):
 def test_link_keeps_its_bytes_when_the_source_is_saved_again(tmp_path):
     last, periodic = tmp_path / "checkpoint-last.pth", tmp_path / "checkpoint-0.pth"
     save_checkpoint(_ckpt(0), last)
-    checkpoint.link_atomically(last, periodic)
+    run_state.link_atomically(last, periodic)
     assert os.stat(periodic).st_ino == os.stat(last).st_ino  # one file on disk
-    checkpoint.link_atomically(last, periodic)  # linking again is harmless
+    run_state.link_atomically(last, periodic)  # linking again is harmless
     save_checkpoint(_ckpt(1), last)  # a new inode, renamed over checkpoint-last
     assert load_checkpoint(periodic)["epoch"] == 0 and load_checkpoint(last)["epoch"] == 1
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-0.pth", "checkpoint-last.pth"]
@@ -218,8 +218,8 @@ def test_link_falls_back_to_a_copy_where_links_are_refused(tmp_path, monkeypatch
     def no_links(src, dst):
         raise OSError(1, "Operation not permitted")  # as FAT or some network file systems
 
-    monkeypatch.setattr(checkpoint.os, "link", no_links)
-    checkpoint.link_atomically(last, periodic)
+    monkeypatch.setattr(run_state.os, "link", no_links)
+    run_state.link_atomically(last, periodic)
     assert periodic.read_bytes() == last.read_bytes()
     assert os.stat(periodic).st_ino != os.stat(last).st_ino
     assert sorted(os.listdir(tmp_path)) == ["checkpoint-0.pth", "checkpoint-last.pth"]
