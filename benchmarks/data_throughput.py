@@ -92,19 +92,35 @@ def _fastmae(draft, pooled=True):
     return work
 
 
+def _per_image(fn, files, size):
+    """A method that runs ``fn(path, size, i)`` on every image."""
+    def run():
+        for i, path in enumerate(files):
+            fn(path, size, i)
+    return run
+
+
+def _take_turns(methods: dict, passes: int, count: int, before=None) -> dict:
+    """CPU ms per image of each method, median over ``passes``: the methods take turns pass by pass, in
+    reverse order every other pass, so that neither the load on the machine nor the method before
+    (whose memory traffic cools the caches) favours one. ``before(name)`` runs untimed before each."""
+    times = {k: [] for k in methods}
+    for p in range(passes):
+        for name in (list(methods) if p % 2 == 0 else list(methods)[::-1]):
+            if before:
+                before(name)
+            t = time.process_time()
+            methods[name]()
+            times[name].append(1e3 * (time.process_time() - t) / count)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def measure(files, size, passes=3, batch=16) -> tuple[dict, list]:
-    """CPU ms per image for each method (``{name: median over passes}``) and the (c'') batches of the
-    last pass. Each method runs over all the images in one go, as a worker runs only its own work;
-    the methods take turns pass by pass, in reverse order every other pass, so that neither the load
-    on the machine nor the method before (whose memory traffic cools the caches) favours one."""
+    """CPU ms per image for each method (``{name: median over passes}``, ``_take_turns``) and the (c'')
+    batches of the last pass. Each method runs over all the images in one go, as a worker runs only its
+    own work."""
     folder = _Files(files)
     spec = fd.CropSpec(size)
-
-    def per_image(fn):
-        def run():
-            for i, path in enumerate(files):
-                fn(path, size, i)
-        return run
 
     def per_batch(fn, keep):
         def run():
@@ -114,18 +130,11 @@ def measure(files, size, passes=3, batch=16) -> tuple[dict, list]:
         return run
 
     batches = []  # (c'')'s: unpooled, so still intact afterwards, for the kernel
-    methods = {"decode": per_image(_decode), "previous": per_image(_previous),
+    methods = {"decode": _per_image(_decode, files, size), "previous": _per_image(_previous, files, size),
                "fastmae": per_batch(_fastmae(True), []), "fastmae_no_draft": per_batch(_fastmae(False), []),
                "fastmae_fresh": per_batch(_fastmae(True, pooled=False), batches)}
-    times = {k: [] for k in methods}
-    for p in range(passes):
-        for name in (list(methods) if p % 2 == 0 else list(methods)[::-1]):
-            if name == "fastmae_fresh":
-                del batches[:]
-            t = time.process_time()
-            methods[name]()
-            times[name].append(1e3 * (time.process_time() - t) / len(files))
-    return {k: statistics.median(v) for k, v in times.items()}, list(batches)
+    ms = _take_turns(methods, passes, len(files), before=lambda name: name == "fastmae_fresh" and batches.clear())
+    return ms, list(batches)
 
 
 def kernel_throughput(batches, size, dtype=torch.bfloat16, reps=20) -> dict | None:
@@ -253,26 +262,15 @@ def array_report(files, size, passes=3, batch=16) -> str:
     stats = (torch.full((c, 1, 1), 0.1), torch.full((c, 1, 1), 0.05))
     spec = fd.CropSpec(size)
 
-    def per_image(fn):
-        def run():
-            for i, path in enumerate(files):
-                fn(path, size, i)
-        return run
-
     def fastmae_side():
         dataset = fd.CropDataset(folder, spec, seed=0)
         for b0 in range(0, len(files), batch):
             samples = [dataset[(0, i)] for i in range(b0, min(b0 + batch, len(files)))]
             fd.collate_crops(samples, spec.size, pool_slots=4).release()
 
-    methods = {"read": per_image(_read_only), "reference": per_image(_domain_reference(stats)), "fastmae": fastmae_side}
-    times = {k: [] for k in methods}
-    for p in range(passes):
-        for name in (list(methods) if p % 2 == 0 else list(methods)[::-1]):
-            t = time.process_time()
-            methods[name]()
-            times[name].append(1e3 * (time.process_time() - t) / len(files))
-    ms = {k: statistics.median(v) for k, v in times.items()}
+    methods = {"read": _per_image(_read_only, files, size),
+               "reference": _per_image(_domain_reference(stats), files, size), "fastmae": fastmae_side}
+    ms = _take_turns(methods, passes, len(files))
     h, w = fd.open_array(files[0]).shape[:2]
     kind = os.path.splitext(files[0])[1]
     floor = ms["read"]
