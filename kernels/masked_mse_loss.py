@@ -70,17 +70,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference import NORM_PIX_EPS
-from ._loss_rows import _magic, _pred_offsets, _row_diffs
 from ._common import empty, fake, launch, next_power_of_2, op, words_aligned
+from ._loss_rows import _magic, _pred_offsets, _row_diffs, chunks_per_row, values_per_load
 
-# Block sizes (why these: see the module docstring). A thread holds one chunk of one row: S pixels
-# of a patch row in every channel, S * C values of pred.
-_MAX_SPAN = 16  # S: pixels per chunk and channel (p = 16: a whole patch row, 16 lanes per row)
-_TILE = 2048  # BLOCK_R * BLOCK_CH * S, pixels of one channel per program: 8 rows at p = 16
+# Block sizes (why these: see the module docstring).
+_MAX_SPAN = 16  # the largest S, pixels per chunk and channel (p = 16: a whole patch row)
+_TILE = 2048  # BLOCK_R * BLOCK_CH * S (p = 16: 8 rows of 16 chunks of 16 pixels)
 _NUM_WARPS = 4
-# Partials summed per step by the single-program final reduction.
-_BLOCK_G = 2048
+_BLOCK_G = 2048  # partials summed per step by the final reduction
 
 
 # --------------------------------------------------------------------------------------------------
@@ -97,9 +94,9 @@ def _masked_mse_loss_kernel(
     PARTIAL,  # pointer to float32 [2, NUM_PROGRAMS]: [0, pid] = sum(w * e), [1, pid] = sum(w) (full form)
     NR,  # rows of pred: N * L or N * M
     R,  # rows per image: L or M
-    R_MAGIC,  # (R_MAGIC, R_SHIFT) = _magic(R)
+    R_MAGIC,  # (R_MAGIC, R_SHIFT) = _magic(R): rows // R without a division
     R_SHIFT,
-    NUM_PATCHES,  # patches per image L
+    NUM_PATCHES,  # patches per image L (ids are clamped to [0, L))
     H,  # image height in pixels
     W,  # image width in pixels
     GW,  # patches per image row, W // PATCH
@@ -109,23 +106,20 @@ def _masked_mse_loss_kernel(
     PATCH: tl.constexpr,  # patch side p
     C: tl.constexpr,  # channels
     NORM_PIX: tl.constexpr,  # normalise the target per patch
-    HAS_MASK: tl.constexpr,  # full form
-    HAS_IDS: tl.constexpr,  # masked form
-    EPS: tl.constexpr,  # norm-pix epsilon
+    HAS_MASK: tl.constexpr,  # full form (weights from MASK); else the masked form (rows are patches IDS)
     BLOCK_R: tl.constexpr,  # rows per program
-    BLOCK_CH: tl.constexpr,  # power of two >= chunks per patch
-    S: tl.constexpr,  # pixels per chunk and channel
-    VI: tl.constexpr,  # image pixels per load
-    VP: tl.constexpr,  # pred values per load
-    PRED_WORDS: tl.constexpr,  # bf16 pred read as 32-bit words (4-byte aligned)
-    IMG_WORDS: tl.constexpr,  # bf16 images read as 32-bit words (4-byte aligned)
-    EVEN: tl.constexpr,  # NR % BLOCK_R == 0
+    BLOCK_CH: tl.constexpr,  # chunks per row, chunks_per_row(PATCH, S)
+    S: tl.constexpr,  # pixels per chunk and channel: a power of two dividing PATCH
+    PRED_WORDS: tl.constexpr,  # bf16 pred on a 4-byte boundary: read as 32-bit words
+    IMG_WORDS: tl.constexpr,  # bf16 images on a 4-byte boundary: read as 32-bit words
+    EVEN: tl.constexpr,  # NR % BLOCK_R == 0: no row to mask
 ):
+    tl.static_assert(BLOCK_CH == chunks_per_row(PATCH, S))
     P: tl.constexpr = PATCH * PATCH * C
     pid = tl.program_id(0)
     diffs, w, io = _row_diffs(
-        PRED, IMGS, MASK, IDS, pid, NR, R, R_MAGIC, R_SHIFT, NUM_PATCHES, H, W, GW, GW_MAGIC, GW_SHIFT,
-        PATCH, C, NORM_PIX, HAS_MASK, HAS_IDS, EPS, BLOCK_R, BLOCK_CH, S, VI, VP, PRED_WORDS, IMG_WORDS, EVEN,
+        PRED, IMGS, MASK, IDS, NR, R, R_MAGIC, R_SHIFT, NUM_PATCHES, H, W, GW, GW_MAGIC, GW_SHIFT,
+        PATCH, C, NORM_PIX, HAS_MASK, BLOCK_R, BLOCK_CH, S, PRED_WORDS, IMG_WORDS, EVEN,
     )
     sq = diffs[0] * diffs[0]
     for k in tl.static_range(1, len(diffs)):
@@ -182,36 +176,18 @@ def _masked_mse_loss_bwd_kernel(
     MASK,  # pointer to the mask weights [N * L] (full form; a dummy otherwise)
     IDS,  # pointer to ids_masked [N * M] (masked form; a dummy otherwise)
     GRAD_PRED,  # pointer to grad_pred [NR, P] in pred's dtype (output)
-    NR,  # rows of pred: N * L or N * M
-    R,  # rows per image: L or M
-    R_MAGIC,  # (R_MAGIC, R_SHIFT) = _magic(R)
-    R_SHIFT,
-    NUM_PATCHES,  # patches per image L
-    H,  # image height in pixels
-    W,  # image width in pixels
-    GW,  # patches per image row, W // PATCH
-    GW_MAGIC,  # (GW_MAGIC, GW_SHIFT) = _magic(GW)
-    GW_SHIFT,
-    PATCH: tl.constexpr,  # patch side p
-    C: tl.constexpr,  # channels
-    NORM_PIX: tl.constexpr,  # normalise the target per patch
-    HAS_MASK: tl.constexpr,  # full form
-    HAS_IDS: tl.constexpr,  # masked form
-    EPS: tl.constexpr,  # norm-pix epsilon
-    BLOCK_R: tl.constexpr,  # rows per program
-    BLOCK_CH: tl.constexpr,  # power of two >= chunks per patch
-    S: tl.constexpr,  # pixels per chunk and channel
-    VI: tl.constexpr,  # image pixels per load
-    VP: tl.constexpr,  # pred values per load and store
-    PRED_WORDS: tl.constexpr,  # bf16 pred read as 32-bit words (4-byte aligned)
-    IMG_WORDS: tl.constexpr,  # bf16 images read as 32-bit words (4-byte aligned)
-    EVEN: tl.constexpr,  # NR % BLOCK_R == 0
+    NR, R, R_MAGIC, R_SHIFT, NUM_PATCHES, H, W, GW, GW_MAGIC, GW_SHIFT,  # as in _masked_mse_loss_kernel
+    PATCH: tl.constexpr, C: tl.constexpr, NORM_PIX: tl.constexpr, HAS_MASK: tl.constexpr,  # as in the forward
+    BLOCK_R: tl.constexpr, BLOCK_CH: tl.constexpr, S: tl.constexpr,  # as in the forward
+    PRED_WORDS: tl.constexpr, IMG_WORDS: tl.constexpr, EVEN: tl.constexpr,  # as in the forward
 ):
+    tl.static_assert(BLOCK_CH == chunks_per_row(PATCH, S))
     P: tl.constexpr = PATCH * PATCH * C
+    VP: tl.constexpr = values_per_load(PRED.dtype.element_ty.primitive_bitwidth // 8, S)  # as _row_diffs
     pid = tl.program_id(0)
     diffs, w, io = _row_diffs(
-        PRED, IMGS, MASK, IDS, pid, NR, R, R_MAGIC, R_SHIFT, NUM_PATCHES, H, W, GW, GW_MAGIC, GW_SHIFT,
-        PATCH, C, NORM_PIX, HAS_MASK, HAS_IDS, EPS, BLOCK_R, BLOCK_CH, S, VI, VP, PRED_WORDS, IMG_WORDS, EVEN,
+        PRED, IMGS, MASK, IDS, NR, R, R_MAGIC, R_SHIFT, NUM_PATCHES, H, W, GW, GW_MAGIC, GW_SHIFT,
+        PATCH, C, NORM_PIX, HAS_MASK, BLOCK_R, BLOCK_CH, S, PRED_WORDS, IMG_WORDS, EVEN,
     )
     # d loss / d pred[r, j] = g * w[r] / den * 2 * (pred[r, j] - target[r, j]) / P
     coef = tl.load(GRAD_LOSS).to(tl.float32) * tl.load(INV_DEN) * (2.0 / P)
@@ -228,23 +204,20 @@ def _masked_mse_loss_bwd_kernel(
 # --------------------------------------------------------------------------------------------------
 
 
-def _blocks(rows: int, patch: int, pred_size: int, img_size: int) -> dict:
-    """Block sizes for ``rows`` patch rows of side ``patch`` (``*_size``: bytes per value)."""
-    pow2 = patch & -patch  # the largest power of two dividing the patch side
-    span = min(_MAX_SPAN, pow2)  # S
-    block_ch = next_power_of_2(patch * patch // span)
+def _blocks(rows: int, patch: int) -> dict:
+    """``BLOCK_R``, ``BLOCK_CH`` and ``S`` for ``rows`` patch rows of side ``patch``."""
+    span = min(_MAX_SPAN, patch & -patch)  # S: patch & -patch is the largest power of two dividing it
+    block_ch = chunks_per_row(patch, span)
     block_r = max(1, min(_TILE // (block_ch * span), next_power_of_2(max(rows, 1))))
-    # 16 bytes a load; at most 8 values, what _unpack / _pack handle
-    return dict(BLOCK_R=block_r, BLOCK_CH=block_ch, S=span,
-                VI=min(16 // img_size, pow2, 8), VP=min(16 // pred_size, pow2, 8))
+    return dict(BLOCK_R=block_r, BLOCK_CH=block_ch, S=span)
 
 
-def _words(t: torch.Tensor, v: int) -> bool:
-    """Whether the kernels read bf16 ``t`` as 32-bit words (``v`` values a load): only where its data
-    starts on a 4-byte boundary. A bf16 view that starts at an odd element (``x[:, 1:]`` made
-    contiguous by its offset, a slice of a larger buffer) is read value by value instead: a word
+def _words(t: torch.Tensor, span: int) -> bool:
+    """Whether the kernels read bf16 ``t`` as 32-bit words: only where a load holds several values
+    and its data starts on a 4-byte boundary. A bf16 view that starts at an odd element (``x[:, 1:]``
+    made contiguous by its offset, a slice of a larger buffer) is read value by value instead: a word
     load from it is a misaligned address, which ends the CUDA context."""
-    return t.dtype == torch.bfloat16 and v > 1 and words_aligned(t)
+    return t.dtype == torch.bfloat16 and values_per_load(t.element_size(), span) > 1 and words_aligned(t)
 
 
 def _launch_args(pred, imgs, mask, ids_masked, patch_size: int, norm_pix_loss: bool):
@@ -253,7 +226,7 @@ def _launch_args(pred, imgs, mask, ids_masked, patch_size: int, norm_pix_loss: b
     Reads shapes and dtypes only (``tools/kernel_specs`` calls it with meta tensors)."""
     n, c, hh, ww = imgs.shape
     rows = n * pred.shape[1]
-    blocks = _blocks(rows, patch_size, pred.element_size(), imgs.element_size())
+    blocks = _blocks(rows, patch_size)
     # the kernels keep row numbers and offsets inside one image in int32
     assert rows + blocks["BLOCK_R"] <= 2**31 and c * hh * ww < 2**31, "too many patch rows or pixels per image"
     r_magic, r_shift = _magic(max(pred.shape[1], 1))
@@ -263,8 +236,8 @@ def _launch_args(pred, imgs, mask, ids_masked, patch_size: int, norm_pix_loss: b
         NR=rows, R=pred.shape[1], R_MAGIC=r_magic, R_SHIFT=r_shift,
         NUM_PATCHES=(hh // patch_size) * (ww // patch_size), H=hh, W=ww,
         GW=ww // patch_size, GW_MAGIC=gw_magic, GW_SHIFT=gw_shift,
-        PATCH=patch_size, C=c, NORM_PIX=norm_pix_loss, HAS_MASK=not has_ids, HAS_IDS=has_ids, EPS=NORM_PIX_EPS,
-        **blocks, PRED_WORDS=_words(pred, blocks["VP"]), IMG_WORDS=_words(imgs, blocks["VI"]),
+        PATCH=patch_size, C=c, NORM_PIX=norm_pix_loss, HAS_MASK=not has_ids,
+        **blocks, PRED_WORDS=_words(pred, blocks["S"]), IMG_WORDS=_words(imgs, blocks["S"]),
         EVEN=rows % blocks["BLOCK_R"] == 0, num_warps=_NUM_WARPS,
     )
     # the absent one of MASK / IDS is a dummy (pred) the kernel never reads

@@ -162,7 +162,7 @@ def test_bf16_at_an_odd_element_is_read_value_by_value(odd, form):
     mask = _mask(n, num_patches) if form == "full" else None
     ids = _ids_masked(n, num_patches, rows) if form == "masked" else None
     _, _, kwargs = kmod._launch_args(pred, imgs, mask, ids, p, True)
-    assert kwargs["VP"] == 8 and kwargs["VI"] == 8
+    assert kmod.values_per_load(2, kwargs["S"]) == 8  # 8 bf16 a load, of pred and of the image
     assert (kwargs["PRED_WORDS"], kwargs["IMG_WORDS"]) == ((False, True) if odd == "pred" else (True, False))
     _check(pred, imgs, mask, p, True, ids, "triton")
 
