@@ -70,13 +70,12 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import empty, fake, launch, next_power_of_2, op, words_aligned
+from ._common import NUM_WARPS, empty, fake, launch, next_power_of_2, op, words_aligned
 from ._loss_rows import _magic, _pred_offsets, _row_diffs, chunks_per_row, values_per_load
 
 # Block sizes (why these: see the module docstring).
 _MAX_SPAN = 16  # the largest S, pixels per chunk and channel (p = 16: a whole patch row)
 _TILE = 2048  # BLOCK_R * BLOCK_CH * S (p = 16: 8 rows of 16 chunks of 16 pixels)
-_NUM_WARPS = 4
 _BLOCK_G = 2048  # partials summed per step by the final reduction
 
 
@@ -238,7 +237,7 @@ def _launch_args(pred, imgs, mask, ids_masked, patch_size: int, norm_pix_loss: b
         GW=ww // patch_size, GW_MAGIC=gw_magic, GW_SHIFT=gw_shift,
         PATCH=patch_size, C=c, NORM_PIX=norm_pix_loss, HAS_MASK=not has_ids,
         **blocks, PRED_WORDS=_words(pred, blocks["S"]), IMG_WORDS=_words(imgs, blocks["S"]),
-        EVEN=rows % blocks["BLOCK_R"] == 0, num_warps=_NUM_WARPS,
+        EVEN=rows % blocks["BLOCK_R"] == 0, num_warps=NUM_WARPS,
     )
     # the absent one of MASK / IDS is a dummy (pred) the kernel never reads
     return triton.cdiv(rows, blocks["BLOCK_R"]), ((pred, ids_masked) if has_ids else (mask, pred)), kwargs
@@ -247,10 +246,10 @@ def _launch_args(pred, imgs, mask, ids_masked, patch_size: int, norm_pix_loss: b
 def _sum_args(programs: int, rows: int, has_mask: bool) -> dict:
     """Keyword arguments of the final reduction over ``programs`` partials."""
     return dict(NUM_PARTIALS=programs, DEN_ROWS=float(rows), HAS_MASK=has_mask,
-                BLOCK_G=min(_BLOCK_G, next_power_of_2(max(programs, 16))), num_warps=_NUM_WARPS)
+                BLOCK_G=min(_BLOCK_G, next_power_of_2(max(programs, 16))), num_warps=NUM_WARPS)
 
 
-def _forward(pred, imgs, mask, ids_masked, patch_size: int, norm_pix_loss: bool):
+def launch_forward(pred, imgs, mask, ids_masked, patch_size: int, norm_pix_loss: bool):
     """Launch the loss kernels: ``(loss, inv_den)``, float32 scalars on pred's device."""
     programs, mask_ids, kwargs = _launch_args(pred, imgs, mask, ids_masked, patch_size, norm_pix_loss)
     partial = empty((2, max(programs, 1)), torch.float32, pred.device)  # [2, programs]
@@ -264,7 +263,7 @@ def _forward(pred, imgs, mask, ids_masked, patch_size: int, norm_pix_loss: bool)
     return loss, inv_den
 
 
-def _backward(grad_loss, inv_den, pred, imgs, mask, ids_masked, patch_size: int, norm_pix_loss: bool):
+def launch_backward(grad_loss, inv_den, pred, imgs, mask, ids_masked, patch_size: int, norm_pix_loss: bool):
     """Launch the backward kernel: ``grad_pred`` shaped and typed like ``pred``."""
     programs, mask_ids, kwargs = _launch_args(pred, imgs, mask, ids_masked, patch_size, norm_pix_loss)
     grad_pred = empty(pred.shape, pred.dtype, pred.device)
@@ -284,7 +283,7 @@ def _masked_mse_loss_op(
     patch_size: int, norm_pix_loss: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss, inv_den)``: the loss and ``1 / den`` (den <= 0 read as 1), float32 scalars."""
-    return _forward(pred, imgs, mask, ids_masked, patch_size, norm_pix_loss)
+    return launch_forward(pred, imgs, mask, ids_masked, patch_size, norm_pix_loss)
 
 
 @fake(_masked_mse_loss_op)
@@ -298,7 +297,7 @@ def _masked_mse_loss_bwd_op(
     mask: Optional[torch.Tensor], ids_masked: Optional[torch.Tensor], patch_size: int, norm_pix_loss: bool,
 ) -> torch.Tensor:
     """``grad_pred [N, L or M, P]`` in pred's dtype."""
-    return _backward(grad_loss.contiguous(), inv_den, pred, imgs, mask, ids_masked, patch_size, norm_pix_loss)
+    return launch_backward(grad_loss.contiguous(), inv_den, pred, imgs, mask, ids_masked, patch_size, norm_pix_loss)
 
 
 @fake(_masked_mse_loss_bwd_op)
@@ -314,7 +313,7 @@ def _setup_context(ctx, inputs, output):
     ctx.patch_size, ctx.norm_pix_loss = patch_size, norm_pix_loss
 
 
-def _backward_rule(ctx, grad_loss, _grad_inv_den):
+def _backward(ctx, grad_loss, _grad_inv_den):
     # Gradient with respect to pred only; fastmae.ops sends callers who need d/d(imgs) or d/d(mask)
     # to the torch implementation.
     pred, imgs, mask, ids_masked, inv_den = ctx.saved_tensors
@@ -326,7 +325,7 @@ def _backward_rule(ctx, grad_loss, _grad_inv_den):
     return grad_pred, None, None, None, None, None
 
 
-_masked_mse_loss_op.register_autograd(_backward_rule, setup_context=_setup_context)
+_masked_mse_loss_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def masked_mse_loss(
