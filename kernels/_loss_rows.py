@@ -1,6 +1,7 @@
 """The masked MSE loss's per-row work (``kernels/masked_mse_loss.py`` describes the layout).
 
-A thread's chunk of a patch row loaded in image order and permuted to pred's row order in its
+The block sizes the launcher and the kernels both derive (``chunks_per_row``, ``values_per_load``);
+a thread's chunk of a patch row loaded in image order and permuted to pred's row order in its
 registers (split / join / reshape of dimensions a thread holds entirely: no instruction, no shared
 memory), bf16 widened from 32-bit words, integer division by a launch-time constant as a
 multiply-high, and ``_row_diffs``: one program's rows, pred minus the (norm-pix) target.

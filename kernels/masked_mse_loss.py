@@ -5,61 +5,54 @@ Two forms (``fastmae.ops.masked_mse_loss`` picks one and validates the inputs):
     full         pred [N, L, P], mask [N, L] weights:   loss = sum(mask * e) / sum(mask)
     masked-only  pred [N, M, P], ids_masked [N, M]:     loss = sum(e) / (N * M)
 
-with ``e[r] = mean_j (pred[r, j] - target[r, j])^2`` per patch row ``r`` and the target patch read
-straight from ``imgs [N, C, H, W]``: element ``j = (pi * p + qi) * C + c`` of patch ``(hi, wi)`` is
-pixel ``imgs[n, c, hi * p + pi, wi * p + qi]`` (the official patchify order, channel fastest). With
+with ``e[r] = mean_j (pred[r, j] - target[r, j])^2`` per patch row ``r`` and the target read straight
+from ``imgs [N, C, H, W]``: element ``j = (pi * p + qi) * C + c`` of patch ``(hi, wi)`` is pixel
+``imgs[n, c, hi * p + pi, wi * p + qi]`` (the official patchify order, channel fastest). With
 ``norm_pix_loss`` the target is ``(t - mean(t)) / sqrt(var(t) + 1e-6)``, ``var`` unbiased over the
-patch. A zero (or negative) denominator is replaced by 1, as ``masked_mse_loss_ref`` does, so "no
-patch masked" gives 0 and a NaN anywhere in the counted inputs still gives NaN.
+patch. A denominator <= 0 counts as 1, as in ``masked_mse_loss_ref``: "no patch masked" gives 0, and
+a NaN in a counted input gives NaN. The gradient: ``grad_pred[r, j] = g * w[r] / den * 2 *
+(pred[r, j] - target[r, j]) / P``.
 
 Kernels, top to bottom:
     _masked_mse_loss_kernel      one program per BLOCK_R rows: partial sum(w * e) (and sum(w)) -> PARTIAL
     _masked_mse_loss_sum_kernel  one program: fixed-order sum of the partials -> loss, 1 / den
     _masked_mse_loss_bwd_kernel  one program per BLOCK_R rows: grad_pred, the target recomputed
-No atomics anywhere: the result is bitwise reproducible. The target is never written to memory.
+No atomics: the result is bitwise reproducible. The target is never written to memory. A row
+launch reads ``rows * P`` values of pred and of the image and the rows' ids or weights (the
+backward also writes ``rows * P`` of grad_pred); ``tools/kernel_specs/masked_mse_loss.py`` has the
+byte formulas, ``benchmarks/NOTES.md`` the measured registers, waves and bytes per instruction.
 
-Layout (ViT-B/16: p = 16, C = 3, P = 768). A thread owns one *chunk* of one row: ``S = 16``
-adjacent pixels of one patch row (here the whole patch row) in every channel. In the image those
-are ``C`` runs of 16 contiguous pixels, read in image order with 16-byte loads (``VI`` = 8 bf16 or
-4 float32 pixels a load; the compiler proves the alignment when the JIT has specialised ``W`` as a
-multiple of 16); in pred the chunk is ``S * C = 48`` contiguous values, also 16-byte loads (``VP``
-values a load) and, in the backward, 16-byte stores. Pairing pred's value ``m = qi * C + c`` of the
-chunk with pixel ``(c, qi)`` is then a permutation inside the thread, which ``_to_row_order``
-writes as split / join / reshape of dimensions the thread holds entirely: a renaming of
-registers, no instruction and no shared memory. (``tl.gather``, as ``patchify`` uses, needs the
-gathered dimension spread over lanes: measured on a 4-row tile it compiled to 96 ``SHFL.IDX`` plus
-a shared-memory conversion, 128 registers, under 3.9, and 24 ``STS.U16`` + 24 ``LDS.64`` under 3.6;
-no reshape or permute can interleave 3 channels, 3 not being a power of two.) bf16 values are
-widened from 32-bit words (``word << 16``, ``word & 0xffff0000``: one instruction a value, where
-the compiler's conversion spends two on every odd one) when the tensor starts on a 4-byte boundary;
-a bf16 view that starts at an odd element (valid, contiguous, and 2 bytes off) is read value by
-value (``PRED_WORDS`` / ``IMG_WORDS``, chosen by the launcher from the address), since a word load
-there is a misaligned address, which ends the CUDA context.
+Layout. A row of pred is cut into ``BLOCK_CH`` chunks, each held by one thread: chunk ``(pi, qs)``
+is the ``S`` pixels ``qi = qs * S + [0, S)`` of patch row ``pi`` in every channel, that is ``C`` runs
+of ``S`` contiguous pixels in the image and ``S * C`` contiguous values of pred. Both are read in
+their own order, up to 16 bytes a load (``VI`` / ``VP`` values; for the image the compiler proves
+the alignment when the JIT has specialised ``W`` as a multiple of 16), and paired in registers by
+``_to_row_order`` (split / join / reshape of dimensions a thread holds entirely: no instruction, no
+shared memory; ``tl.gather`` would need the dimension spread over lanes, and no permute interleaves
+3 channels).
+bf16 is widened from 32-bit words when the tensor starts on a 4-byte boundary (``PRED_WORDS`` /
+``IMG_WORDS``, from the address on the host), and read value by value otherwise: a misaligned word
+load ends the CUDA context. Per row the mean and the variance are in-thread sums, then a reduction
+over the row's lanes (shuffles at p = 16); the forward reduces ``w * sum(diff^2)`` once per program, the backward stores
+``coef * w * diff``. Row numbers and in-image offsets are int32 (the launcher asserts the sizes),
+byte offsets int64; ``rows // R`` and ``patch // GW`` are a multiply-high and a shift (``_magic``);
+``EVEN`` (the rows fill every program) drops the row mask. Addresses live on a 2-D grid
+``[BLOCK_R * BLOCK_CH, V]``, viewed as 3-D only for the sums: on a 3-D grid Triton 3.6 spreads the
+lanes over rows instead of chunks, and every per-row sum then crosses warps through shared memory.
 
-What a program does: ``BLOCK_R = 8`` rows at 4 warps, 16 lanes per row (``BLOCK_CH = 16`` chunks).
-Per row it sums the target (norm-pix mean) and the centred squares (variance), each an in-thread
-sum and 4 butterfly shuffles; the forward then folds each thread's ``w * sum(diff^2)`` into ONE
-reduction over the program (one value per warp crosses shared memory), the backward stores
-``coef * w * diff``. Row numbers and in-image offsets are int32 (``_validate`` caps ``N * L`` and
-``C * H * W`` below 2^31), byte offsets int64; ``rows // R`` and ``patch // (W / p)`` are a
-multiply-high and a shift (``_magic``), not a ~35-instruction division; when the rows fill every
-program (``EVEN``, true at the headline shape) nothing is masked, so loads need no zero-fill. The
-address grid is 2-D ``[BLOCK_R * BLOCK_CH, V]`` and viewed as 3-D only for the sums: on a 3-D grid
-Triton 3.6 spreads the lanes over rows instead of chunks (a tie in its coalescing order), and every
-per-row sum then crossed warps through shared memory.
-
-Bytes at ViT-B/16, 224 px, N = 256, mask 0.75 (M = 147 rows per image, L = 196), each input read
-once and each output written once (``tools/kernel_specs/masked_mse_loss.py`` has the formulas):
-
-    launch               pred bf16, imgs fp32 (bf16 autocast)   bf16 throughout
-    forward, masked      173.7 MB                               115.9 MB
-    backward, masked     231.5 MB                               173.7 MB
-    forward, full        231.5 MB                               154.4 MB
-    backward, full       308.5 MB                               231.4 MB
-
-The compiled code (registers, waves, bytes per warp-instruction, under Triton 3.6 and 3.9; what was
-tried and why these block sizes) is in ``benchmarks/NOTES.md``; ``python tests/test_masked_mse_loss_sass.py``
-prints it.
+Changing the block sizes. ``_blocks`` picks them from these constants; everything else follows.
+    _MAX_SPAN   caps S = min(_MAX_SPAN, the largest power of two dividing p). A thread holds the
+                S * C values of pred and S * C pixels of each chunk it owns.
+    _TILE       BLOCK_R * BLOCK_CH * S; BLOCK_R is at least 1 and at most the rows rounded up.
+    NUM_WARPS   (``_common``) each thread owns BLOCK_R * BLOCK_CH / (32 * NUM_WARPS) chunks (p = 16:
+                8 rows of 16 chunks, one chunk a thread).
+    _BLOCK_G    partials added per step by the final sum.
+BLOCK_CH = ``chunks_per_row(p, S)`` and VI, VP = ``values_per_load(bytes per value, S)``
+(``_loss_rows.py``) are computed by the same functions in the launcher and in the kernels. Keep the
+constants powers of two (``tl.arange``). Then run ``tests/test_masked_mse_loss.py`` (every regime,
+interpreted), ``python -m tools.kernel_resources --module masked_mse_loss`` (registers, spills,
+waves, bytes per warp-instruction: compare with ``benchmarks/NOTES.md``) and
+``tests/test_masked_mse_loss_sass.py`` (16-byte accesses, no shared-memory round trip, no loop).
 """
 
 from __future__ import annotations
@@ -73,7 +66,7 @@ import triton.language as tl
 from ._common import NUM_WARPS, empty, fake, launch, next_power_of_2, op, words_aligned
 from ._loss_rows import _magic, _pred_offsets, _row_diffs, chunks_per_row, values_per_load
 
-# Block sizes (why these: see the module docstring).
+# Block sizes (how to change them: the module docstring).
 _MAX_SPAN = 16  # the largest S, pixels per chunk and channel (p = 16: a whole patch row)
 _TILE = 2048  # BLOCK_R * BLOCK_CH * S (p = 16: 8 rows of 16 chunks of 16 pixels)
 _BLOCK_G = 2048  # partials summed per step by the final reduction
