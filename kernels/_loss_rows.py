@@ -201,11 +201,12 @@ def _pred_offsets(
 
 @triton.jit
 def _row_diffs(
-    PRED, IMGS, MASK, IDS,  # pointers, as in the row kernels
-    NR, R, R_MAGIC, R_SHIFT, NUM_PATCHES, H, W, GW, GW_MAGIC, GW_SHIFT,  # as in the row kernels
-    PATCH: tl.constexpr, C: tl.constexpr, NORM_PIX: tl.constexpr, HAS_MASK: tl.constexpr,  # as in the row kernels
-    BLOCK_R: tl.constexpr, BLOCK_CH: tl.constexpr, S: tl.constexpr,  # as in the row kernels
-    PRED_WORDS: tl.constexpr, IMG_WORDS: tl.constexpr, EVEN: tl.constexpr,  # as in the row kernels
+    # the row kernels' arguments of the same names (commented in _masked_mse_loss_kernel)
+    PRED, IMGS, MASK, IDS,
+    NR, R, R_MAGIC, R_SHIFT, NUM_PATCHES, H, W, GW, GW_MAGIC, GW_SHIFT,
+    PATCH: tl.constexpr, C: tl.constexpr, NORM_PIX: tl.constexpr, HAS_MASK: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_CH: tl.constexpr, S: tl.constexpr,
+    PRED_WORDS: tl.constexpr, IMG_WORDS: tl.constexpr, EVEN: tl.constexpr,
 ):
     """``pred - target`` for this program's rows in fp32, as ``S * C // VP`` tiles
     ``[BLOCK_R, BLOCK_CH, VP]``, the ``k``-th holding row elements ``j = ch * S * C + k * VP + v``

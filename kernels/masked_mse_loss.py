@@ -168,10 +168,11 @@ def _masked_mse_loss_bwd_kernel(
     MASK,  # pointer to the mask weights [N * L] (full form; a dummy otherwise)
     IDS,  # pointer to ids_masked [N * M] (masked form; a dummy otherwise)
     GRAD_PRED,  # pointer to grad_pred [NR, P] in pred's dtype (output)
-    NR, R, R_MAGIC, R_SHIFT, NUM_PATCHES, H, W, GW, GW_MAGIC, GW_SHIFT,  # as in _masked_mse_loss_kernel
-    PATCH: tl.constexpr, C: tl.constexpr, NORM_PIX: tl.constexpr, HAS_MASK: tl.constexpr,  # as in the forward
-    BLOCK_R: tl.constexpr, BLOCK_CH: tl.constexpr, S: tl.constexpr,  # as in the forward
-    PRED_WORDS: tl.constexpr, IMG_WORDS: tl.constexpr, EVEN: tl.constexpr,  # as in the forward
+    # the forward's arguments of the same names (commented in _masked_mse_loss_kernel)
+    NR, R, R_MAGIC, R_SHIFT, NUM_PATCHES, H, W, GW, GW_MAGIC, GW_SHIFT,
+    PATCH: tl.constexpr, C: tl.constexpr, NORM_PIX: tl.constexpr, HAS_MASK: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_CH: tl.constexpr, S: tl.constexpr,
+    PRED_WORDS: tl.constexpr, IMG_WORDS: tl.constexpr, EVEN: tl.constexpr,
 ):
     tl.static_assert(BLOCK_CH == chunks_per_row(PATCH, S))
     P: tl.constexpr = PATCH * PATCH * C
