@@ -222,7 +222,10 @@ def test_many_programs(monkeypatch):
     monkeypatch.setattr(kmod, "_BLOCK_G", 8)
     n, c, h, w, p = 2, 3, 8, 20, 4  # N * L = 20 rows
     imgs = _images(n, c, h, w, torch.float32)
-    _check(torch.randn(n, 10, 48), imgs, _mask(n, 10), p, True, None, "triton")
+    pred = torch.randn(n, 10, 48)
+    programs, _, kwargs = kmod._launch_args(pred, imgs, _mask(n, 10), None, p, True)
+    assert (programs, kwargs["BLOCK_R"]) == (20, 1) and kmod._sum_args(programs, 20, True)["BLOCK_G"] == 8
+    _check(pred, imgs, _mask(n, 10), p, True, None, "triton")
     _check(torch.randn(n, 10, 48), imgs, None, p, True, _ids_masked(n, 10, 10), "triton")
 
 
