@@ -1,6 +1,7 @@
 """The masked MSE loss's per-row work (``kernels/masked_mse_loss.py`` describes the layout).
 
-A thread's chunk of a patch row loaded in image order and permuted to pred's row order in its
+The block sizes the launcher and the kernels both derive (``chunks_per_row``, ``values_per_load``);
+a thread's chunk of a patch row loaded in image order and permuted to pred's row order in its
 registers (split / join / reshape of dimensions a thread holds entirely: no instruction, no shared
 memory), bf16 widened from 32-bit words, integer division by a launch-time constant as a
 multiply-high, and ``_row_diffs``: one program's rows, pred minus the (norm-pix) target.
@@ -10,6 +11,30 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from ..reference import NORM_PIX_EPS
+
+_EPS = tl.constexpr(NORM_PIX_EPS)  # norm-pix epsilon, as masked_mse_loss_ref
+
+
+# --------------------------------------------------------------------------------------------------
+# derived block sizes: the launcher and the kernels compute them with the same functions
+# --------------------------------------------------------------------------------------------------
+
+
+@triton.constexpr_function
+def chunks_per_row(patch, span):
+    """``BLOCK_CH``: chunks of ``span`` pixels (per channel) in a ``patch x patch`` patch, rounded up
+    to a power of two (``tl.arange``'s lengths are powers of two; the extra chunks are masked)."""
+    n = patch * patch // span  # pure Python: the JIT accepts no call to a plain function from here
+    return 1 << max(n - 1, 0).bit_length()
+
+
+@triton.constexpr_function
+def values_per_load(nbytes, span):
+    """``VP`` (pred) or ``VI`` (image): values of ``nbytes`` bytes a load, 16 bytes at most, dividing
+    ``span`` (the chunk's pixels per channel), at most 8 (what :func:`_unpack` / :func:`_pack` handle)."""
+    return min(16 // nbytes, span, 8)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -176,37 +201,14 @@ def _pred_offsets(
 
 @triton.jit
 def _row_diffs(
-    PRED,  # pointer to pred [NR, P]
-    IMGS,  # pointer to imgs [N, C, H, W]
-    MASK,  # pointer to the mask weights [NR] (read only when HAS_MASK)
-    IDS,  # pointer to ids_masked [NR] (read only when HAS_IDS)
-    pid,  # program id
-    NR,  # rows of pred: N * L (full form) or N * M (masked form)
-    R,  # rows per image: L or M
-    R_MAGIC,  # (R_MAGIC, R_SHIFT) = _magic(R): x // R without a division (see _div)
-    R_SHIFT,
-    NUM_PATCHES,  # patches per image L (ids are clamped to [0, L))
-    H,  # image height in pixels
-    W,  # image width in pixels
-    GW,  # patches per image row, W // PATCH
-    GW_MAGIC,  # (GW_MAGIC, GW_SHIFT) = _magic(GW)
-    GW_SHIFT,
-    PATCH: tl.constexpr,  # patch side p
-    C: tl.constexpr,  # channels
-    NORM_PIX: tl.constexpr,  # normalise the target per patch
-    HAS_MASK: tl.constexpr,  # full form: weights from MASK; masked form: weight 1
-    HAS_IDS: tl.constexpr,  # masked form: row r is patch IDS[r] of image r // R
-    EPS: tl.constexpr,  # norm-pix epsilon
-    BLOCK_R: tl.constexpr,  # rows per program
-    BLOCK_CH: tl.constexpr,  # power of two >= chunks per patch, PATCH * PATCH // S
-    S: tl.constexpr,  # pixels per chunk and channel: a power of two dividing PATCH
-    VI: tl.constexpr,  # image pixels per load (16 bytes), dividing S
-    VP: tl.constexpr,  # pred values per load (16 bytes), dividing S
-    PRED_WORDS: tl.constexpr,  # bf16 pred on a 4-byte boundary: read as 32-bit words (see _load_raw)
-    IMG_WORDS: tl.constexpr,  # bf16 images on a 4-byte boundary: read as 32-bit words
-    EVEN: tl.constexpr,  # NR % BLOCK_R == 0: no row to mask
+    # the row kernels' arguments of the same names (commented in _masked_mse_loss_kernel)
+    PRED, IMGS, MASK, IDS,
+    NR, R, R_MAGIC, R_SHIFT, NUM_PATCHES, H, W, GW, GW_MAGIC, GW_SHIFT,
+    PATCH: tl.constexpr, C: tl.constexpr, NORM_PIX: tl.constexpr, HAS_MASK: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_CH: tl.constexpr, S: tl.constexpr,
+    PRED_WORDS: tl.constexpr, IMG_WORDS: tl.constexpr, EVEN: tl.constexpr,
 ):
-    """``pred - target`` for the program's rows in fp32, as ``S * C // VP`` tiles
+    """``pred - target`` for this program's rows in fp32, as ``S * C // VP`` tiles
     ``[BLOCK_R, BLOCK_CH, VP]``, the ``k``-th holding row elements ``j = ch * S * C + k * VP + v``
     (0 outside the rows); then the row weights ``[BLOCK_R, BLOCK_CH]`` (one copy per chunk) and the
     store mask. (The backward's store addresses come from :func:`_pred_offsets` in the kernel
@@ -215,6 +217,8 @@ def _row_diffs(
     P: tl.constexpr = PATCH * PATCH * C
     QS: tl.constexpr = PATCH // S  # chunks per patch row
     PADDED: tl.constexpr = BLOCK_CH != PATCH * QS  # chunks past the patch (p = 14: 98 of 128)
+    VP: tl.constexpr = values_per_load(PRED.dtype.element_ty.primitive_bitwidth // 8, S)  # pred values a load
+    VI: tl.constexpr = values_per_load(IMGS.dtype.element_ty.primitive_bitwidth // 8, S)  # image pixels a load
     # Addresses on a 2-D grid [BLOCK_R * BLOCK_CH, V] (element (r * BLOCK_CH + ch, v)): with one
     # strided dimension, Triton 3.6 and 3.9 both give a thread V adjacent values and spread the
     # lanes over the chunks of a row (on a 3-D grid 3.6 spreads them over the rows, and every
@@ -222,17 +226,17 @@ def _row_diffs(
     # [BLOCK_R, BLOCK_CH, V], where the per-row sums are plain reductions over axes 2 and 1.
     # Row and patch arithmetic in int32 (NR + BLOCK_R <= 2^31 and C * H * W < 2^31, asserted by the
     # launcher), offsets in int64 (N * L * P and N * C * H * W may pass 2^31).
-    rows, ch, pred_base = _pred_offsets(pid, P, BLOCK_R, BLOCK_CH, S, C)
+    rows, ch, pred_base = _pred_offsets(tl.program_id(0), P, BLOCK_R, BLOCK_CH, S, C)
     row_ok = None if EVEN else rows < NR  # EVEN: every program is full, nothing to mask
     n = _div(rows, R_MAGIC, R_SHIFT)  # image, rows // R
-    if HAS_IDS:
+    if HAS_MASK:  # full form: row r is patch r % R of image r // R
+        patch = rows - n * R
+    else:  # masked form: row r is patch IDS[r] of image r // R
         if EVEN:
             patch = tl.load(IDS + rows)
         else:
             patch = tl.load(IDS + rows, mask=row_ok, other=0)
         patch = tl.minimum(tl.maximum(patch, 0), NUM_PATCHES - 1).to(tl.int32)  # never outside the image
-    else:
-        patch = rows - n * R
     hi = _div(patch, GW_MAGIC, GW_SHIFT)  # patch row in the grid, patch // GW
     wi = patch - hi * GW  # patch column in the grid
     pi = ch // QS
@@ -276,7 +280,7 @@ def _row_diffs(
         var = tl.sum(tl.sum(sq, axis=2), axis=1) / (P - 1)
         # -1 / std: one division per row, then an FMA per value. Negated here, once per row: Triton
         # 3.6 writes a tensor's -x as 0 - x, which the compiler cannot fold into the FMA
-        neg_rstd = (-1.0 / tl.sqrt(var + EPS))[:, None, None]
+        neg_rstd = (-1.0 / tl.sqrt(var + _EPS))[:, None, None]
         planes = centred
     target = _to_row_order(planes, C, S, VI, VP)
 

@@ -5,61 +5,54 @@ Two forms (``fastmae.ops.masked_mse_loss`` picks one and validates the inputs):
     full         pred [N, L, P], mask [N, L] weights:   loss = sum(mask * e) / sum(mask)
     masked-only  pred [N, M, P], ids_masked [N, M]:     loss = sum(e) / (N * M)
 
-with ``e[r] = mean_j (pred[r, j] - target[r, j])^2`` per patch row ``r`` and the target patch read
-straight from ``imgs [N, C, H, W]``: element ``j = (pi * p + qi) * C + c`` of patch ``(hi, wi)`` is
-pixel ``imgs[n, c, hi * p + pi, wi * p + qi]`` (the official patchify order, channel fastest). With
+with ``e[r] = mean_j (pred[r, j] - target[r, j])^2`` per patch row ``r`` and the target read straight
+from ``imgs [N, C, H, W]``: element ``j = (pi * p + qi) * C + c`` of patch ``(hi, wi)`` is pixel
+``imgs[n, c, hi * p + pi, wi * p + qi]`` (the official patchify order, channel fastest). With
 ``norm_pix_loss`` the target is ``(t - mean(t)) / sqrt(var(t) + 1e-6)``, ``var`` unbiased over the
-patch. A zero (or negative) denominator is replaced by 1, as ``masked_mse_loss_ref`` does, so "no
-patch masked" gives 0 and a NaN anywhere in the counted inputs still gives NaN.
+patch. A denominator <= 0 counts as 1, as in ``masked_mse_loss_ref``: "no patch masked" gives 0, and
+a NaN in a counted input gives NaN. The gradient: ``grad_pred[r, j] = g * w[r] / den * 2 *
+(pred[r, j] - target[r, j]) / P``.
 
 Kernels, top to bottom:
     _masked_mse_loss_kernel      one program per BLOCK_R rows: partial sum(w * e) (and sum(w)) -> PARTIAL
     _masked_mse_loss_sum_kernel  one program: fixed-order sum of the partials -> loss, 1 / den
     _masked_mse_loss_bwd_kernel  one program per BLOCK_R rows: grad_pred, the target recomputed
-No atomics anywhere: the result is bitwise reproducible. The target is never written to memory.
+No atomics: the result is bitwise reproducible. The target is never written to memory. A row
+launch reads ``rows * P`` values of pred and of the image and the rows' ids or weights (the
+backward also writes ``rows * P`` of grad_pred); ``tools/kernel_specs/masked_mse_loss.py`` has the
+byte formulas, ``benchmarks/NOTES.md`` the measured registers, waves and bytes per instruction.
 
-Layout (ViT-B/16: p = 16, C = 3, P = 768). A thread owns one *chunk* of one row: ``S = 16``
-adjacent pixels of one patch row (here the whole patch row) in every channel. In the image those
-are ``C`` runs of 16 contiguous pixels, read in image order with 16-byte loads (``VI`` = 8 bf16 or
-4 float32 pixels a load; the compiler proves the alignment when the JIT has specialised ``W`` as a
-multiple of 16); in pred the chunk is ``S * C = 48`` contiguous values, also 16-byte loads (``VP``
-values a load) and, in the backward, 16-byte stores. Pairing pred's value ``m = qi * C + c`` of the
-chunk with pixel ``(c, qi)`` is then a permutation inside the thread, which ``_to_row_order``
-writes as split / join / reshape of dimensions the thread holds entirely: a renaming of
-registers, no instruction and no shared memory. (``tl.gather``, as ``patchify`` uses, needs the
-gathered dimension spread over lanes: measured on a 4-row tile it compiled to 96 ``SHFL.IDX`` plus
-a shared-memory conversion, 128 registers, under 3.9, and 24 ``STS.U16`` + 24 ``LDS.64`` under 3.6;
-no reshape or permute can interleave 3 channels, 3 not being a power of two.) bf16 values are
-widened from 32-bit words (``word << 16``, ``word & 0xffff0000``: one instruction a value, where
-the compiler's conversion spends two on every odd one) when the tensor starts on a 4-byte boundary;
-a bf16 view that starts at an odd element (valid, contiguous, and 2 bytes off) is read value by
-value (``PRED_WORDS`` / ``IMG_WORDS``, chosen by the launcher from the address), since a word load
-there is a misaligned address, which ends the CUDA context.
+Layout. A row of pred is cut into ``BLOCK_CH`` chunks, each held by one thread: chunk ``(pi, qs)``
+is the ``S`` pixels ``qi = qs * S + [0, S)`` of patch row ``pi`` in every channel, that is ``C`` runs
+of ``S`` contiguous pixels in the image and ``S * C`` contiguous values of pred. Both are read in
+their own order, up to 16 bytes a load (``VI`` / ``VP`` values; for the image the compiler proves
+the alignment when the JIT has specialised ``W`` as a multiple of 16), and paired in registers by
+``_to_row_order`` (split / join / reshape of dimensions a thread holds entirely: no instruction, no
+shared memory; ``tl.gather`` would need the dimension spread over lanes, and no permute interleaves
+3 channels).
+bf16 is widened from 32-bit words when the tensor starts on a 4-byte boundary (``PRED_WORDS`` /
+``IMG_WORDS``, from the address on the host), and read value by value otherwise: a misaligned word
+load ends the CUDA context. Per row the mean and the variance are in-thread sums, then a reduction
+over the row's lanes (shuffles at p = 16); the forward reduces ``w * sum(diff^2)`` once per program, the backward stores
+``coef * w * diff``. Row numbers and in-image offsets are int32 (the launcher asserts the sizes),
+byte offsets int64; ``rows // R`` and ``patch // GW`` are a multiply-high and a shift (``_magic``);
+``EVEN`` (the rows fill every program) drops the row mask. Addresses live on a 2-D grid
+``[BLOCK_R * BLOCK_CH, V]``, viewed as 3-D only for the sums: on a 3-D grid Triton 3.6 spreads the
+lanes over rows instead of chunks, and every per-row sum then crosses warps through shared memory.
 
-What a program does: ``BLOCK_R = 8`` rows at 4 warps, 16 lanes per row (``BLOCK_CH = 16`` chunks).
-Per row it sums the target (norm-pix mean) and the centred squares (variance), each an in-thread
-sum and 4 butterfly shuffles; the forward then folds each thread's ``w * sum(diff^2)`` into ONE
-reduction over the program (one value per warp crosses shared memory), the backward stores
-``coef * w * diff``. Row numbers and in-image offsets are int32 (``_validate`` caps ``N * L`` and
-``C * H * W`` below 2^31), byte offsets int64; ``rows // R`` and ``patch // (W / p)`` are a
-multiply-high and a shift (``_magic``), not a ~35-instruction division; when the rows fill every
-program (``EVEN``, true at the headline shape) nothing is masked, so loads need no zero-fill. The
-address grid is 2-D ``[BLOCK_R * BLOCK_CH, V]`` and viewed as 3-D only for the sums: on a 3-D grid
-Triton 3.6 spreads the lanes over rows instead of chunks (a tie in its coalescing order), and every
-per-row sum then crossed warps through shared memory.
-
-Bytes at ViT-B/16, 224 px, N = 256, mask 0.75 (M = 147 rows per image, L = 196), each input read
-once and each output written once (``tools/kernel_specs/masked_mse_loss.py`` has the formulas):
-
-    launch               pred bf16, imgs fp32 (bf16 autocast)   bf16 throughout
-    forward, masked      173.7 MB                               115.9 MB
-    backward, masked     231.5 MB                               173.7 MB
-    forward, full        231.5 MB                               154.4 MB
-    backward, full       308.5 MB                               231.4 MB
-
-The compiled code (registers, waves, bytes per warp-instruction, under Triton 3.6 and 3.9; what was
-tried and why these block sizes) is in ``benchmarks/NOTES.md``; ``python tests/test_masked_mse_loss_sass.py``
-prints it.
+Changing the block sizes. ``_blocks`` picks them from these constants; everything else follows.
+    _MAX_SPAN   caps S = min(_MAX_SPAN, the largest power of two dividing p). A thread holds the
+                S * C values of pred and S * C pixels of each chunk it owns.
+    _TILE       BLOCK_R * BLOCK_CH * S; BLOCK_R is at least 1 and at most the rows rounded up.
+    NUM_WARPS   (``_common``) each thread owns BLOCK_R * BLOCK_CH / (32 * NUM_WARPS) chunks (p = 16:
+                8 rows of 16 chunks, one chunk a thread).
+    _BLOCK_G    partials added per step by the final sum.
+BLOCK_CH = ``chunks_per_row(p, S)`` and VI, VP = ``values_per_load(bytes per value, S)``
+(``_loss_rows.py``) are computed by the same functions in the launcher and in the kernels. Keep the
+constants powers of two (``tl.arange``). Then run ``tests/test_masked_mse_loss.py`` (every regime,
+interpreted), ``python -m tools.kernel_resources --module masked_mse_loss`` (registers, spills,
+waves, bytes per warp-instruction: compare with ``benchmarks/NOTES.md``) and
+``tests/test_masked_mse_loss_sass.py`` (16-byte accesses, no shared-memory round trip, no loop).
 """
 
 from __future__ import annotations
@@ -70,17 +63,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference import NORM_PIX_EPS
-from ._loss_rows import _magic, _pred_offsets, _row_diffs
-from ._common import empty, fake, launch, next_power_of_2, op, words_aligned
+from ._common import NUM_WARPS, empty, fake, launch, next_power_of_2, op, words_aligned
+from ._loss_rows import _magic, _pred_offsets, _row_diffs, chunks_per_row, values_per_load
 
-# Block sizes (why these: see the module docstring). A thread holds one chunk of one row: S pixels
-# of a patch row in every channel, S * C values of pred.
-_MAX_SPAN = 16  # S: pixels per chunk and channel (p = 16: a whole patch row, 16 lanes per row)
-_TILE = 2048  # BLOCK_R * BLOCK_CH * S, pixels of one channel per program: 8 rows at p = 16
-_NUM_WARPS = 4
-# Partials summed per step by the single-program final reduction.
-_BLOCK_G = 2048
+# Block sizes (how to change them: the module docstring).
+_MAX_SPAN = 16  # the largest S, pixels per chunk and channel (p = 16: a whole patch row)
+_TILE = 2048  # BLOCK_R * BLOCK_CH * S (p = 16: 8 rows of 16 chunks of 16 pixels)
+_BLOCK_G = 2048  # partials summed per step by the final reduction
 
 
 # --------------------------------------------------------------------------------------------------
@@ -97,9 +86,9 @@ def _masked_mse_loss_kernel(
     PARTIAL,  # pointer to float32 [2, NUM_PROGRAMS]: [0, pid] = sum(w * e), [1, pid] = sum(w) (full form)
     NR,  # rows of pred: N * L or N * M
     R,  # rows per image: L or M
-    R_MAGIC,  # (R_MAGIC, R_SHIFT) = _magic(R)
+    R_MAGIC,  # (R_MAGIC, R_SHIFT) = _magic(R): rows // R without a division
     R_SHIFT,
-    NUM_PATCHES,  # patches per image L
+    NUM_PATCHES,  # patches per image L (ids are clamped to [0, L))
     H,  # image height in pixels
     W,  # image width in pixels
     GW,  # patches per image row, W // PATCH
@@ -109,23 +98,20 @@ def _masked_mse_loss_kernel(
     PATCH: tl.constexpr,  # patch side p
     C: tl.constexpr,  # channels
     NORM_PIX: tl.constexpr,  # normalise the target per patch
-    HAS_MASK: tl.constexpr,  # full form
-    HAS_IDS: tl.constexpr,  # masked form
-    EPS: tl.constexpr,  # norm-pix epsilon
+    HAS_MASK: tl.constexpr,  # full form (weights from MASK); else the masked form (rows are patches IDS)
     BLOCK_R: tl.constexpr,  # rows per program
-    BLOCK_CH: tl.constexpr,  # power of two >= chunks per patch
-    S: tl.constexpr,  # pixels per chunk and channel
-    VI: tl.constexpr,  # image pixels per load
-    VP: tl.constexpr,  # pred values per load
-    PRED_WORDS: tl.constexpr,  # bf16 pred read as 32-bit words (4-byte aligned)
-    IMG_WORDS: tl.constexpr,  # bf16 images read as 32-bit words (4-byte aligned)
-    EVEN: tl.constexpr,  # NR % BLOCK_R == 0
+    BLOCK_CH: tl.constexpr,  # chunks per row, chunks_per_row(PATCH, S)
+    S: tl.constexpr,  # pixels per chunk and channel: a power of two dividing PATCH
+    PRED_WORDS: tl.constexpr,  # bf16 pred on a 4-byte boundary: read as 32-bit words
+    IMG_WORDS: tl.constexpr,  # bf16 images on a 4-byte boundary: read as 32-bit words
+    EVEN: tl.constexpr,  # NR % BLOCK_R == 0: no row to mask
 ):
+    tl.static_assert(BLOCK_CH == chunks_per_row(PATCH, S))
     P: tl.constexpr = PATCH * PATCH * C
     pid = tl.program_id(0)
     diffs, w, io = _row_diffs(
-        PRED, IMGS, MASK, IDS, pid, NR, R, R_MAGIC, R_SHIFT, NUM_PATCHES, H, W, GW, GW_MAGIC, GW_SHIFT,
-        PATCH, C, NORM_PIX, HAS_MASK, HAS_IDS, EPS, BLOCK_R, BLOCK_CH, S, VI, VP, PRED_WORDS, IMG_WORDS, EVEN,
+        PRED, IMGS, MASK, IDS, NR, R, R_MAGIC, R_SHIFT, NUM_PATCHES, H, W, GW, GW_MAGIC, GW_SHIFT,
+        PATCH, C, NORM_PIX, HAS_MASK, BLOCK_R, BLOCK_CH, S, PRED_WORDS, IMG_WORDS, EVEN,
     )
     sq = diffs[0] * diffs[0]
     for k in tl.static_range(1, len(diffs)):
@@ -182,36 +168,19 @@ def _masked_mse_loss_bwd_kernel(
     MASK,  # pointer to the mask weights [N * L] (full form; a dummy otherwise)
     IDS,  # pointer to ids_masked [N * M] (masked form; a dummy otherwise)
     GRAD_PRED,  # pointer to grad_pred [NR, P] in pred's dtype (output)
-    NR,  # rows of pred: N * L or N * M
-    R,  # rows per image: L or M
-    R_MAGIC,  # (R_MAGIC, R_SHIFT) = _magic(R)
-    R_SHIFT,
-    NUM_PATCHES,  # patches per image L
-    H,  # image height in pixels
-    W,  # image width in pixels
-    GW,  # patches per image row, W // PATCH
-    GW_MAGIC,  # (GW_MAGIC, GW_SHIFT) = _magic(GW)
-    GW_SHIFT,
-    PATCH: tl.constexpr,  # patch side p
-    C: tl.constexpr,  # channels
-    NORM_PIX: tl.constexpr,  # normalise the target per patch
-    HAS_MASK: tl.constexpr,  # full form
-    HAS_IDS: tl.constexpr,  # masked form
-    EPS: tl.constexpr,  # norm-pix epsilon
-    BLOCK_R: tl.constexpr,  # rows per program
-    BLOCK_CH: tl.constexpr,  # power of two >= chunks per patch
-    S: tl.constexpr,  # pixels per chunk and channel
-    VI: tl.constexpr,  # image pixels per load
-    VP: tl.constexpr,  # pred values per load and store
-    PRED_WORDS: tl.constexpr,  # bf16 pred read as 32-bit words (4-byte aligned)
-    IMG_WORDS: tl.constexpr,  # bf16 images read as 32-bit words (4-byte aligned)
-    EVEN: tl.constexpr,  # NR % BLOCK_R == 0
+    # the forward's arguments of the same names (commented in _masked_mse_loss_kernel)
+    NR, R, R_MAGIC, R_SHIFT, NUM_PATCHES, H, W, GW, GW_MAGIC, GW_SHIFT,
+    PATCH: tl.constexpr, C: tl.constexpr, NORM_PIX: tl.constexpr, HAS_MASK: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_CH: tl.constexpr, S: tl.constexpr,
+    PRED_WORDS: tl.constexpr, IMG_WORDS: tl.constexpr, EVEN: tl.constexpr,
 ):
+    tl.static_assert(BLOCK_CH == chunks_per_row(PATCH, S))
     P: tl.constexpr = PATCH * PATCH * C
+    VP: tl.constexpr = values_per_load(PRED.dtype.element_ty.primitive_bitwidth // 8, S)  # as _row_diffs
     pid = tl.program_id(0)
     diffs, w, io = _row_diffs(
-        PRED, IMGS, MASK, IDS, pid, NR, R, R_MAGIC, R_SHIFT, NUM_PATCHES, H, W, GW, GW_MAGIC, GW_SHIFT,
-        PATCH, C, NORM_PIX, HAS_MASK, HAS_IDS, EPS, BLOCK_R, BLOCK_CH, S, VI, VP, PRED_WORDS, IMG_WORDS, EVEN,
+        PRED, IMGS, MASK, IDS, NR, R, R_MAGIC, R_SHIFT, NUM_PATCHES, H, W, GW, GW_MAGIC, GW_SHIFT,
+        PATCH, C, NORM_PIX, HAS_MASK, BLOCK_R, BLOCK_CH, S, PRED_WORDS, IMG_WORDS, EVEN,
     )
     # d loss / d pred[r, j] = g * w[r] / den * 2 * (pred[r, j] - target[r, j]) / P
     coef = tl.load(GRAD_LOSS).to(tl.float32) * tl.load(INV_DEN) * (2.0 / P)
@@ -228,23 +197,20 @@ def _masked_mse_loss_bwd_kernel(
 # --------------------------------------------------------------------------------------------------
 
 
-def _blocks(rows: int, patch: int, pred_size: int, img_size: int) -> dict:
-    """Block sizes for ``rows`` patch rows of side ``patch`` (``*_size``: bytes per value)."""
-    pow2 = patch & -patch  # the largest power of two dividing the patch side
-    span = min(_MAX_SPAN, pow2)  # S
-    block_ch = next_power_of_2(patch * patch // span)
+def _blocks(rows: int, patch: int) -> dict:
+    """``BLOCK_R``, ``BLOCK_CH`` and ``S`` for ``rows`` patch rows of side ``patch``."""
+    span = min(_MAX_SPAN, patch & -patch)  # S: patch & -patch is the largest power of two dividing it
+    block_ch = chunks_per_row(patch, span)
     block_r = max(1, min(_TILE // (block_ch * span), next_power_of_2(max(rows, 1))))
-    # 16 bytes a load; at most 8 values, what _unpack / _pack handle
-    return dict(BLOCK_R=block_r, BLOCK_CH=block_ch, S=span,
-                VI=min(16 // img_size, pow2, 8), VP=min(16 // pred_size, pow2, 8))
+    return dict(BLOCK_R=block_r, BLOCK_CH=block_ch, S=span)
 
 
-def _words(t: torch.Tensor, v: int) -> bool:
-    """Whether the kernels read bf16 ``t`` as 32-bit words (``v`` values a load): only where its data
-    starts on a 4-byte boundary. A bf16 view that starts at an odd element (``x[:, 1:]`` made
-    contiguous by its offset, a slice of a larger buffer) is read value by value instead: a word
+def _words(t: torch.Tensor, span: int) -> bool:
+    """Whether the kernels read bf16 ``t`` as 32-bit words: only where a load holds several values
+    and its data starts on a 4-byte boundary. A bf16 view that starts at an odd element (``x[:, 1:]``
+    made contiguous by its offset, a slice of a larger buffer) is read value by value instead: a word
     load from it is a misaligned address, which ends the CUDA context."""
-    return t.dtype == torch.bfloat16 and v > 1 and words_aligned(t)
+    return t.dtype == torch.bfloat16 and values_per_load(t.element_size(), span) > 1 and words_aligned(t)
 
 
 def _launch_args(pred, imgs, mask, ids_masked, patch_size: int, norm_pix_loss: bool):
@@ -253,7 +219,7 @@ def _launch_args(pred, imgs, mask, ids_masked, patch_size: int, norm_pix_loss: b
     Reads shapes and dtypes only (``tools/kernel_specs`` calls it with meta tensors)."""
     n, c, hh, ww = imgs.shape
     rows = n * pred.shape[1]
-    blocks = _blocks(rows, patch_size, pred.element_size(), imgs.element_size())
+    blocks = _blocks(rows, patch_size)
     # the kernels keep row numbers and offsets inside one image in int32
     assert rows + blocks["BLOCK_R"] <= 2**31 and c * hh * ww < 2**31, "too many patch rows or pixels per image"
     r_magic, r_shift = _magic(max(pred.shape[1], 1))
@@ -263,9 +229,9 @@ def _launch_args(pred, imgs, mask, ids_masked, patch_size: int, norm_pix_loss: b
         NR=rows, R=pred.shape[1], R_MAGIC=r_magic, R_SHIFT=r_shift,
         NUM_PATCHES=(hh // patch_size) * (ww // patch_size), H=hh, W=ww,
         GW=ww // patch_size, GW_MAGIC=gw_magic, GW_SHIFT=gw_shift,
-        PATCH=patch_size, C=c, NORM_PIX=norm_pix_loss, HAS_MASK=not has_ids, HAS_IDS=has_ids, EPS=NORM_PIX_EPS,
-        **blocks, PRED_WORDS=_words(pred, blocks["VP"]), IMG_WORDS=_words(imgs, blocks["VI"]),
-        EVEN=rows % blocks["BLOCK_R"] == 0, num_warps=_NUM_WARPS,
+        PATCH=patch_size, C=c, NORM_PIX=norm_pix_loss, HAS_MASK=not has_ids,
+        **blocks, PRED_WORDS=_words(pred, blocks["S"]), IMG_WORDS=_words(imgs, blocks["S"]),
+        EVEN=rows % blocks["BLOCK_R"] == 0, num_warps=NUM_WARPS,
     )
     # the absent one of MASK / IDS is a dummy (pred) the kernel never reads
     return triton.cdiv(rows, blocks["BLOCK_R"]), ((pred, ids_masked) if has_ids else (mask, pred)), kwargs
@@ -274,10 +240,10 @@ def _launch_args(pred, imgs, mask, ids_masked, patch_size: int, norm_pix_loss: b
 def _sum_args(programs: int, rows: int, has_mask: bool) -> dict:
     """Keyword arguments of the final reduction over ``programs`` partials."""
     return dict(NUM_PARTIALS=programs, DEN_ROWS=float(rows), HAS_MASK=has_mask,
-                BLOCK_G=min(_BLOCK_G, next_power_of_2(max(programs, 16))), num_warps=_NUM_WARPS)
+                BLOCK_G=min(_BLOCK_G, next_power_of_2(max(programs, 16))), num_warps=NUM_WARPS)
 
 
-def _forward(pred, imgs, mask, ids_masked, patch_size: int, norm_pix_loss: bool):
+def launch_forward(pred, imgs, mask, ids_masked, patch_size: int, norm_pix_loss: bool):
     """Launch the loss kernels: ``(loss, inv_den)``, float32 scalars on pred's device."""
     programs, mask_ids, kwargs = _launch_args(pred, imgs, mask, ids_masked, patch_size, norm_pix_loss)
     partial = empty((2, max(programs, 1)), torch.float32, pred.device)  # [2, programs]
@@ -291,7 +257,7 @@ def _forward(pred, imgs, mask, ids_masked, patch_size: int, norm_pix_loss: bool)
     return loss, inv_den
 
 
-def _backward(grad_loss, inv_den, pred, imgs, mask, ids_masked, patch_size: int, norm_pix_loss: bool):
+def launch_backward(grad_loss, inv_den, pred, imgs, mask, ids_masked, patch_size: int, norm_pix_loss: bool):
     """Launch the backward kernel: ``grad_pred`` shaped and typed like ``pred``."""
     programs, mask_ids, kwargs = _launch_args(pred, imgs, mask, ids_masked, patch_size, norm_pix_loss)
     grad_pred = empty(pred.shape, pred.dtype, pred.device)
@@ -311,7 +277,7 @@ def _masked_mse_loss_op(
     patch_size: int, norm_pix_loss: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(loss, inv_den)``: the loss and ``1 / den`` (den <= 0 read as 1), float32 scalars."""
-    return _forward(pred, imgs, mask, ids_masked, patch_size, norm_pix_loss)
+    return launch_forward(pred, imgs, mask, ids_masked, patch_size, norm_pix_loss)
 
 
 @fake(_masked_mse_loss_op)
@@ -325,7 +291,7 @@ def _masked_mse_loss_bwd_op(
     mask: Optional[torch.Tensor], ids_masked: Optional[torch.Tensor], patch_size: int, norm_pix_loss: bool,
 ) -> torch.Tensor:
     """``grad_pred [N, L or M, P]`` in pred's dtype."""
-    return _backward(grad_loss.contiguous(), inv_den, pred, imgs, mask, ids_masked, patch_size, norm_pix_loss)
+    return launch_backward(grad_loss.contiguous(), inv_den, pred, imgs, mask, ids_masked, patch_size, norm_pix_loss)
 
 
 @fake(_masked_mse_loss_bwd_op)
@@ -341,7 +307,7 @@ def _setup_context(ctx, inputs, output):
     ctx.patch_size, ctx.norm_pix_loss = patch_size, norm_pix_loss
 
 
-def _backward_rule(ctx, grad_loss, _grad_inv_den):
+def _backward(ctx, grad_loss, _grad_inv_den):
     # Gradient with respect to pred only; fastmae.ops sends callers who need d/d(imgs) or d/d(mask)
     # to the torch implementation.
     pred, imgs, mask, ids_masked, inv_den = ctx.saved_tensors
@@ -353,7 +319,7 @@ def _backward_rule(ctx, grad_loss, _grad_inv_den):
     return grad_pred, None, None, None, None, None
 
 
-_masked_mse_loss_op.register_autograd(_backward_rule, setup_context=_setup_context)
+_masked_mse_loss_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def masked_mse_loss(

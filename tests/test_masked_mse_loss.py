@@ -162,7 +162,7 @@ def test_bf16_at_an_odd_element_is_read_value_by_value(odd, form):
     mask = _mask(n, num_patches) if form == "full" else None
     ids = _ids_masked(n, num_patches, rows) if form == "masked" else None
     _, _, kwargs = kmod._launch_args(pred, imgs, mask, ids, p, True)
-    assert kwargs["VP"] == 8 and kwargs["VI"] == 8
+    assert kmod.values_per_load(2, kwargs["S"]) == 8  # 8 bf16 a load, of pred and of the image
     assert (kwargs["PRED_WORDS"], kwargs["IMG_WORDS"]) == ((False, True) if odd == "pred" else (True, False))
     _check(pred, imgs, mask, p, True, ids, "triton")
 
@@ -222,7 +222,10 @@ def test_many_programs(monkeypatch):
     monkeypatch.setattr(kmod, "_BLOCK_G", 8)
     n, c, h, w, p = 2, 3, 8, 20, 4  # N * L = 20 rows
     imgs = _images(n, c, h, w, torch.float32)
-    _check(torch.randn(n, 10, 48), imgs, _mask(n, 10), p, True, None, "triton")
+    pred = torch.randn(n, 10, 48)
+    programs, _, kwargs = kmod._launch_args(pred, imgs, _mask(n, 10), None, p, True)
+    assert (programs, kwargs["BLOCK_R"]) == (20, 1) and kmod._sum_args(programs, 20, True)["BLOCK_G"] == 8
+    _check(pred, imgs, _mask(n, 10), p, True, None, "triton")
     _check(torch.randn(n, 10, 48), imgs, None, p, True, _ids_masked(n, 10, 10), "triton")
 
 
