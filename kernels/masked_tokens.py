@@ -90,7 +90,7 @@ def _masked_tokens_bwd_kernel(
 # --------------------------------------------------------------------------------------------------
 
 
-def _forward(x: torch.Tensor, ids_masked: torch.Tensor) -> torch.Tensor:
+def launch_forward(x: torch.Tensor, ids_masked: torch.Tensor) -> torch.Tensor:
     n, l1, d = x.shape
     m = ids_masked.shape[1]
     out = empty((n, m, d), x.dtype, x.device)  # [N, M, D]
@@ -102,7 +102,7 @@ def _forward(x: torch.Tensor, ids_masked: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _backward(grad: torch.Tensor, ids_restore: torch.Tensor, x_dtype: torch.dtype) -> torch.Tensor:
+def launch_backward(grad: torch.Tensor, ids_restore: torch.Tensor, x_dtype: torch.dtype) -> torch.Tensor:
     n, m, d = grad.shape
     num_patches = ids_restore.shape[1]
     grad_x = empty((n, num_patches + 1, d), x_dtype, grad.device)  # [N, L+1, D]
@@ -120,7 +120,7 @@ def _backward(grad: torch.Tensor, ids_restore: torch.Tensor, x_dtype: torch.dtyp
 
 @op("fastmae::masked_tokens")
 def _masked_tokens_op(x: torch.Tensor, ids_masked: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
-    return _forward(x, ids_masked)
+    return launch_forward(x, ids_masked)
 
 
 @fake(_masked_tokens_op)
@@ -130,7 +130,7 @@ def _(x, ids_masked, ids_restore):
 
 @op("fastmae::masked_tokens_bwd")
 def _masked_tokens_bwd_op(grad: torch.Tensor, ids_restore: torch.Tensor, x_dtype: torch.dtype) -> torch.Tensor:
-    return _backward(grad, ids_restore, x_dtype)
+    return launch_backward(grad, ids_restore, x_dtype)
 
 
 @fake(_masked_tokens_bwd_op)
@@ -144,7 +144,7 @@ def _setup_context(ctx, inputs, output):
     ctx.x_dtype = x.dtype
 
 
-def _backward_rule(ctx, grad):
+def _backward(ctx, grad):
     ids_masked, ids_restore = ctx.saved_tensors
     grad_x = None
     if ctx.needs_input_grad[0]:
@@ -152,7 +152,7 @@ def _backward_rule(ctx, grad):
     return grad_x, None, None
 
 
-_masked_tokens_op.register_autograd(_backward_rule, setup_context=_setup_context)
+_masked_tokens_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def masked_tokens(x: torch.Tensor, ids_masked: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:

@@ -36,12 +36,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import empty, fake, launch, next_power_of_2, op
+from ._common import NUM_WARPS, empty, fake, launch, next_power_of_2, op
 
 __all__ = ["masking_ids"]
 
-_NUM_WARPS = 4
-_MAX_BLOCK_I = 32 * _NUM_WARPS  # elements ranked per program: one per thread
+_MAX_BLOCK_I = 32 * NUM_WARPS  # elements ranked per program: one per thread
 _MAX_BLOCK_J = 32  # elements compared against per loop step, held in each thread's registers
 
 
@@ -110,7 +109,7 @@ def _launch(noise: torch.Tensor, len_keep: int) -> tuple[torch.Tensor, torch.Ten
     grid = (n, triton.cdiv(num_patches, block_i))
     launch(_masking_ids_kernel)[grid](
         noise, ids_keep, ids_restore, mask, ids_masked, num_patches, len_keep,
-        WIDE=noise.dtype == torch.float64, BLOCK_I=block_i, BLOCK_J=block_j, num_warps=_NUM_WARPS,
+        WIDE=noise.dtype == torch.float64, BLOCK_I=block_i, BLOCK_J=block_j, num_warps=NUM_WARPS,
     )
     return ids_keep, ids_restore, mask, ids_masked
 

@@ -39,11 +39,10 @@ import triton
 import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
 
-from ._common import empty, fake, launch, next_power_of_2, op
+from ._common import NUM_WARPS, empty, fake, launch, next_power_of_2, op
 
 __all__ = ["resized_crop", "launch_blocks", "SOURCE_DTYPES"]
 
-NUM_WARPS = 4
 MAX_BLOCK_W = 128  # output columns per program: 128 threads, one column (all of its channel lanes) each
 MAX_BLOCK_R = 8  # output rows per program: the horizontal pass of a source row serves 8 rows
 MAX_BLOCK_C = 4  # channel lanes per program: RGB in one group (4 lanes), 13 bands in four
@@ -235,7 +234,7 @@ def _affine(unit: float, mean: tuple, std: tuple, like: torch.Tensor) -> torch.T
     return _AFFINE_CACHE[key]
 
 
-def _forward(data, meta, boxes, flip, vflip, size, mean, std, out_dtype):
+def launch_forward(data, meta, boxes, flip, vflip, size, mean, std, out_dtype):
     n, c = meta.shape[0], len(mean)
     sh, sw = size
     out = empty((n, c, sh, sw), out_dtype, data.device)  # [N, C, S_h, S_w]
@@ -261,7 +260,7 @@ def _resized_crop_op(
     data: torch.Tensor, meta: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, vflip: torch.Tensor | None,
     size: list[int], mean: list[float], std: list[float], out_dtype: torch.dtype,
 ) -> torch.Tensor:
-    return _forward(data, meta, boxes, flip, vflip, size, mean, std, out_dtype)
+    return launch_forward(data, meta, boxes, flip, vflip, size, mean, std, out_dtype)
 
 
 @fake(_resized_crop_op)

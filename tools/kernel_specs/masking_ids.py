@@ -25,7 +25,7 @@ def compile_specs() -> list[dict]:
             "constexprs": {"WIDE": False, "BLOCK_I": block_i, "BLOCK_J": block_j},
             # L = 196 and K = 49 are not multiples of 16: the JIT specialises the pointers only
             "aligned": ["NOISE", "IDS_KEEP", "IDS_RESTORE", "MASK", "IDS_MASKED"],
-            "num_warps": k._NUM_WARPS,
+            "num_warps": k.NUM_WARPS,
             "expect_vector_io": False,
             # noise read; ids_keep + ids_masked (N*L int64), ids_restore, mask written
             "programs": N * -(-L // block_i), "bytes": N * L * (4 + 8 + 8 + 4),
