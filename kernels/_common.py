@@ -84,6 +84,12 @@ _SM_COUNT: dict = {}
 PERSISTENT_WARPS_PER_SM = 64
 
 
+def resident_programs(registers: int, num_warps: int) -> int:
+    """Programs of ``num_warps`` warps an SM holds at once at ``registers`` a thread (sm_80 / sm_90:
+    65,536 registers an SM, allocated 8 a thread at a time; at most ``PERSISTENT_WARPS_PER_SM`` warps)."""
+    return min(PERSISTENT_WARPS_PER_SM, 65536 // (-(-registers // 8) * 8 * 32)) // num_warps
+
+
 def persistent_groups(images: int, blocks: int, slots: int) -> tuple[int, int]:
     """``(groups, trips)`` of a persistent launch: ``blocks`` programs per group of images, at most
     ``slots`` resident programs on the whole GPU.
@@ -132,14 +138,6 @@ def words_aligned(t: torch.Tensor) -> bool:
     if is_fake(t) or t.device.type == "meta":
         return bool((t.storage_offset() * t.element_size()) % 4 == 0)
     return t.data_ptr() % 4 == 0
-
-
-def promoted_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """The dtype torch's type promotion gives ``a + b + ...`` (bf16 tokens + fp32 tables -> fp32)."""
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
 
 
 # --------------------------------------------------------------------------------------------------

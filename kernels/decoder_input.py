@@ -30,8 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (NUM_WARPS, PERSISTENT_WARPS_PER_SM, empty, fake, image_groups, launch, op, persistent_groups,
-                      promoted_dtype, row_blocks, words_aligned)
+from ._common import (NUM_WARPS, empty, fake, image_groups, launch, op, persistent_groups, promoted_dtype,
+                      resident_programs, row_blocks, words_aligned)
 
 __all__ = ["decoder_input"]
 
@@ -55,20 +55,14 @@ def bwd_tile(grad_size: int) -> int:
     return BWD_TILE_BYTES // grad_size
 
 
-def programs_per_sm(registers: int) -> int:
-    """Resident programs of ``NUM_WARPS`` warps an SM holds at ``registers`` a thread (65,536
-    registers, allocated 8 a thread at a time; at most 64 warps)."""
-    return min(PERSISTENT_WARPS_PER_SM, 65536 // (-(-registers // 8) * 8 * 32)) // NUM_WARPS
-
-
 def fwd_programs_per_sm(out_size: int) -> int:
     """Resident forward programs an SM for an output of ``out_size``-byte values."""
-    return programs_per_sm(_FWD_REGISTERS[out_size])
+    return resident_programs(_FWD_REGISTERS[out_size], NUM_WARPS)
 
 
 def bwd_programs_per_sm(grad_size: int) -> int:
     """Resident backward programs an SM for a gradient of ``grad_size``-byte values."""
-    return programs_per_sm(_BWD_REGISTERS[grad_size])
+    return resident_programs(_BWD_REGISTERS[grad_size], NUM_WARPS)
 
 
 def mask_partial_rows(n: int, num_patches: int, d: int, grad_size: int, sms: int) -> int:

@@ -18,6 +18,10 @@ rows are found through the inverse map ``inv[n, l] = k`` (-1 where ``l`` is not 
 sample are distinct (``masking_ids`` makes them so); with a repeated id only one of its rows would
 be counted.
 
+The forward runs a persistent grid (``kernels/_common.persistent_groups``): at most the programs an
+H100-class GPU holds at once, each owning a block of rows and columns and looping over every G-th
+sample, so that the cls row, the offsets and the masks are set up once per program.
+
 Out-of-range ids (possible only when the caller skipped validation on CUDA) never read or write out of
 bounds: such a row gets no position added, and contributes to no pos-embed row in the backward.
 """
@@ -28,14 +32,25 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (NUM_WARPS, empty, fake, inverse_ids, launch, next_power_of_2, op, promoted_dtype,
-                      row_blocks)
+from ._common import (NUM_WARPS, empty, fake, image_groups, inverse_ids, launch, next_power_of_2, op,
+                      promoted_dtype, resident_programs, row_blocks)
 
 __all__ = ["encoder_input"]
 
-# Forward tile elements: 8 per thread at 4 warps. The encoder input is small (K+1 = 50 rows per
-# sample at ViT-B/16): half the decoder's tile keeps its grid above 4 waves.
-_FWD_TILE = 1024
+# Forward tile elements a program keeps for its whole loop over samples: 8 per thread at 4 warps, one
+# 16-byte access a row in bf16.
+FWD_TILE = 1024
+# Registers a forward thread compiles to at most (Triton 3.6 and 3.9, sm_80 and sm_90), by the bytes
+# of an output value: they decide how many programs an SM holds at once, hence the persistent grid
+# (tests/test_gpu_readiness.py checks every spec's compiled registers against it).
+_FWD_REGISTERS = {2: 32, 4: 40}
+
+
+def fwd_programs_per_sm(out_size: int) -> int:
+    """Resident forward programs of ``NUM_WARPS`` warps an SM, for an output of ``out_size``-byte values."""
+    return resident_programs(_FWD_REGISTERS[out_size], NUM_WARPS)
+
+
 _BWD_BLOCK_N = 8  # samples per backward tile
 _BWD_N_PER_PROG = 64  # samples one backward program sums before writing its partial
 
@@ -52,42 +67,55 @@ def _encoder_input_kernel(
     CLS,  # pointer to cls_token [D]
     IDS,  # pointer to ids_keep [N, K] (int32 or int64)
     OUT,  # pointer to the output [N, K+1, D], contiguous
+    N,  # samples
     K,  # kept tokens per sample
     L,  # patches per sample (pos_embed has L+1 rows)
     D,  # token width
     BLOCK_R: tl.constexpr,  # output rows per program
     BLOCK_D: tl.constexpr,  # columns per program (power of two)
 ):
-    # grid = (N, cdiv(K+1, BLOCK_R), cdiv(D, BLOCK_D)): program (n, b, c) writes rows
-    # [b*BLOCK_R, (b+1)*BLOCK_R) of sample n, columns of block c. Rows inside a sample are int32
-    # ((L+1)*D < 2**31, checked by fastmae.ops); the sample's base offsets are int64 scalars.
-    n = tl.program_id(0).to(tl.int64)
-    j = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BLOCK_R] row: 0 is cls, 1 + k is token k
-    cols = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
+    # grid = (cdiv(K+1, BLOCK_R), cdiv(D, BLOCK_D), G): program (b, c, g) writes rows
+    # [b*BLOCK_R, (b+1)*BLOCK_R), columns of block c, of samples g, g + G, g + 2G, ... (a persistent
+    # loop: the cls row, the offsets and the masks are computed once per program). Rows inside a
+    # sample are int32 ((L+1)*D < 2**31, checked by fastmae.ops); the samples' base pointers advance
+    # by int64 strides.
+    j = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BLOCK_R] row: 0 is cls, 1 + k is token k
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BLOCK_D]
     row_ok = j < K + 1
-    col_ok = cols < D
     is_tok = j > 0
     tok_ok = row_ok & is_tok
+    cm = (cols < D)[None, :]
+    io = row_ok[:, None] & cm
+    offs = (j * D)[:, None] + cols[None, :]  # [BLOCK_R, BLOCK_D] inside one sample of the output
+    x_offs = offs - D  # row j of the output reads row j - 1 of x_vis (masked off for cls)
+    # cls, loaded straight into the tile's layout for row 0 only (zeros elsewhere): a [BLOCK_D] load
+    # broadcast over the rows would go through shared memory.
+    cls = tl.load(CLS + (cols[None, :] + tl.zeros([BLOCK_R, 1], tl.int32)), mask=(row_ok & ~is_tok)[:, None] & cm,
+                  other=0.0)
 
-    # pos row: 0 for cls, 1 + ids_keep[n, j-1] for a token; an out-of-range id adds no position.
-    ids = tl.load(IDS + n * K + (j - 1), mask=tok_ok, other=0)  # [BLOCK_R]
-    ids_ok = (ids >= 0) & (ids < L)
-    pos_row = tl.where(is_tok, 1 + tl.where(ids_ok, ids, 0), 0).to(tl.int32)  # [BLOCK_R], in [0, L]
-    pos_ok = row_ok & (~is_tok | ids_ok)
-
-    cm = col_ok[None, :]
-    x = tl.load(X + n * K * D + ((j - 1) * D)[:, None] + cols[None, :], mask=tok_ok[:, None] & cm, other=0.0)
-    pos = tl.load(POS + (pos_row * D)[:, None] + cols[None, :], mask=pos_ok[:, None] & cm, other=0.0)
-    # cls, loaded straight into the tile's layout for row 0 only: a [BLOCK_D] load broadcast over the
-    # rows would go through shared memory.
-    is_cls = row_ok & ~is_tok
-    cls = tl.load(CLS + (cols[None, :] + tl.zeros([BLOCK_R, 1], tl.int32)), mask=is_cls[:, None] & cm, other=0.0)
-
-    # out = (x or cls) + pos, in float32, rounded once to the output dtype.
-    src = tl.where(is_tok[:, None], x.to(tl.float32), cls.to(tl.float32))
-    out = src + pos.to(tl.float32)
-    tl.store(OUT + n * (K + 1) * D + (j * D)[:, None] + cols[None, :], out.to(OUT.dtype.element_ty),
-             mask=row_ok[:, None] & cm)
+    g = tl.program_id(2)
+    num_g = tl.num_programs(2)
+    ids_n = IDS + tl.cast(g, tl.int64) * K
+    x_n = X + tl.cast(g, tl.int64) * K * D
+    out_n = OUT + tl.cast(g, tl.int64) * (K + 1) * D
+    for _ in range(g, N, num_g):
+        # pos row: 0 for cls, 1 + ids_keep[n, j-1] for a token; an out-of-range id adds no position.
+        ids = tl.load(ids_n + (j - 1), mask=tok_ok)  # [BLOCK_R]; cls and rows past the end ignore it
+        ids_ok = ids.to(tl.uint64) < L.to(tl.uint64)  # 0 <= id < L in one comparison (a negative id wraps past L)
+        pos_row = tl.where(is_tok, 1 + tl.where(ids_ok, ids, 0), 0).to(tl.int32)  # [BLOCK_R], in [0, L]
+        pos_ok = row_ok & (~is_tok | ids_ok)
+        pos = tl.load(POS + (pos_row * D)[:, None] + cols[None, :], mask=pos_ok[:, None] & cm, other=0.0)
+        if X.dtype.element_ty == CLS.dtype.element_ty:
+            # the cls row receives cls from the masked load itself (no select)
+            src = tl.load(x_n + x_offs, mask=tok_ok[:, None] & cm, other=cls).to(tl.float32)
+        else:
+            src = tl.where(is_tok[:, None], tl.load(x_n + x_offs, mask=tok_ok[:, None] & cm, other=0.0).to(tl.float32),
+                           cls.to(tl.float32))
+        # out = (x or cls) + pos, in float32, rounded once to the output dtype.
+        tl.store(out_n + offs, (src + pos.to(tl.float32)).to(OUT.dtype.element_ty), mask=io)
+        ids_n += num_g.to(tl.int64) * K
+        x_n += num_g.to(tl.int64) * K * D
+        out_n += num_g.to(tl.int64) * (K + 1) * D
 
 
 @triton.jit
@@ -140,10 +168,11 @@ def _forward(x_vis: torch.Tensor, pos_embed: torch.Tensor, cls_token: torch.Tens
     n, k, d = x_vis.shape
     num_patches = pos_embed.shape[1] - 1
     out = empty((n, k + 1, d), promoted_dtype(x_vis, pos_embed, cls_token), x_vis.device)  # [N, K+1, D]
-    block_r, block_d = row_blocks(d, _FWD_TILE)
-    grid = (n, triton.cdiv(k + 1, block_r), triton.cdiv(d, block_d))
-    launch(_encoder_input_kernel)[grid](
-        x_vis, pos_embed, cls_token, ids_keep, out, k, num_patches, d,
+    block_r, block_d = row_blocks(d, FWD_TILE)
+    blocks = (triton.cdiv(k + 1, block_r), triton.cdiv(d, block_d))
+    groups = image_groups(n, blocks[0] * blocks[1], fwd_programs_per_sm(out.element_size()), x_vis.device)
+    launch(_encoder_input_kernel)[(*blocks, groups)](
+        x_vis, pos_embed, cls_token, ids_keep, out, n, k, num_patches, d,
         BLOCK_R=block_r, BLOCK_D=block_d, num_warps=NUM_WARPS,
     )
     return out

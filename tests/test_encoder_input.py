@@ -27,6 +27,8 @@ SHAPES = [
     (2, 7, 5, 264),  # row tiles of 8 straddle samples; the second column block is mostly masked
     (2, 6, 6, 8),  # K = L (mask ratio 0): every patch kept
     (3, 16, 1, 24),  # K = 1: one token per sample
+    (2, 5, 0, 40),  # K = 0: cls only (no ids to read)
+    (2, 9, 4, 33),  # odd D: bf16 rows start on odd elements
 ]
 
 
@@ -52,6 +54,14 @@ def test_matches_reference_fp32(shape):
     _check(_inputs(*shape, torch.float32))
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_matches_reference_pure_bf16(shape):
+    # A model run in bf16 without autocast: tokens, cls and table all bf16, so the forward takes cls
+    # through the masked load of x_vis itself.
+    out, grads = _check(_inputs(*shape, torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and grads["pos_embed"].dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("ids_dtype", [torch.int64, torch.int32], ids=str)
 def test_dtypes(dtype, ids_dtype):
@@ -64,6 +74,45 @@ def test_low_precision_tokens_with_float32_tables(dtype):
     # as the official `x + pos_embed` promotes.
     out, grads = _check(_inputs(2, 9, 4, 24, dtype, table_dtype=torch.float32))
     assert out.dtype == torch.float32 and grads["x_vis"].dtype == dtype
+
+
+@pytest.mark.parametrize("groups", [2, 3])
+@pytest.mark.parametrize("dtype, table_dtype", [(torch.float32, None), (torch.bfloat16, None),
+                                                (torch.bfloat16, torch.float32)], ids=str)
+def test_persistent_loop_over_samples(monkeypatch, groups, dtype, table_dtype):
+    # On CUDA the forward has at most one wave of programs, each looping over every G-th sample; the
+    # interpreter runs one sample per program unless told otherwise: G groups for seven samples here
+    # (4 and 3 samples a program for G = 2; 3, 2 and 2 for G = 3).
+    calls = []
+
+    def fixed_groups(images, blocks, programs_per_sm, device):
+        calls.append(images)
+        return groups
+
+    monkeypatch.setattr(kernel, "image_groups", fixed_groups)
+    _check(_inputs(7, 11, 5, 40, dtype, table_dtype=table_dtype))
+    assert calls == [7]
+
+
+@pytest.mark.parametrize("value_bytes, groups, trips", [
+    (2, 52, 5),  # pure bf16 output: 28 registers, 16 programs an SM
+    (4, 37, 7),  # float32 output (autocast): 40 registers, 12 programs an SM
+])
+def test_persistent_grid_is_one_wave_at_the_headline(monkeypatch, value_bytes, groups, trips):
+    # ViT-B/16 (K = 49, D = 768), batch 256, on an H100's 132 SMs: the forward's 13 row blocks of 4
+    # rows times 3 column blocks, every program resident at once, each looping over `trips` or
+    # `trips - 1` samples. The launcher's own sizing, asked for a CUDA device whose SM count is set.
+    from fastmae.kernels._common import _SM_COUNT, image_groups, row_blocks
+
+    block_r, block_d = row_blocks(768, kernel.FWD_TILE)
+    blocks = (-(-50 // block_r)) * (768 // block_d)
+    assert blocks == 39
+    per_sm = kernel.fwd_programs_per_sm(value_bytes)
+    device = torch.device("cuda", 0)
+    monkeypatch.setitem(_SM_COUNT, device, 132)
+    got = image_groups(256, blocks, per_sm, device)
+    assert got == groups and blocks * got <= 132 * per_sm
+    assert groups * (trips - 1) < 256 <= groups * trips
 
 
 def test_pos_embed_without_grad():
