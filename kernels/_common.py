@@ -118,6 +118,13 @@ def image_groups(images: int, blocks: int, programs_per_sm: int, device: torch.d
     return persistent_groups(images, blocks, _SM_COUNT[device] * programs_per_sm)[0]
 
 
+def bf16_rows_as_words(t: torch.Tensor) -> bool:
+    """Whether a contiguous ``t [..., D]`` can be read as 32-bit words of two bf16 values each: bf16,
+    an even ``D`` (every row starts on a word) and data on a 4-byte boundary (read on the host, no
+    sync; a word load from an odd element would be a misaligned address)."""
+    return t.dtype == torch.bfloat16 and t.shape[-1] % 2 == 0 and words_aligned(t)
+
+
 def promoted_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """The dtype torch's type promotion gives ``a + b + ...`` (bf16 tokens + fp32 tables -> fp32)."""
     dtype = tensors[0].dtype

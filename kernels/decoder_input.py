@@ -30,8 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (NUM_WARPS, empty, fake, image_groups, launch, op, persistent_groups, promoted_dtype,
-                      resident_programs, row_blocks, words_aligned)
+from ._common import (NUM_WARPS, bf16_rows_as_words, empty, fake, image_groups, launch, op, persistent_groups,
+                      promoted_dtype, resident_programs, row_blocks)
 
 __all__ = ["decoder_input"]
 
@@ -72,13 +72,6 @@ def mask_partial_rows(n: int, num_patches: int, d: int, grad_size: int, sms: int
     row_blocks_ = triton.cdiv(num_patches + 1, block_r)
     blocks = row_blocks_ * triton.cdiv(d, block_d)
     return persistent_groups(n, blocks, sms * bwd_programs_per_sm(grad_size))[0] * row_blocks_
-
-
-def grad_words(grad: torch.Tensor) -> bool:
-    """Whether the backward reads ``grad [N, L+1, D]`` as 32-bit words for its sum: bf16, an even
-    ``D`` and a data pointer on a 4-byte boundary (read on the host, no sync; a word load from an
-    odd element would be a misaligned address)."""
-    return grad.dtype == torch.bfloat16 and grad.shape[-1] % 2 == 0 and words_aligned(grad)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -184,7 +177,7 @@ def _decoder_input_bwd_kernel(
     # The masked rows' sum, per tile row. With WORDS a word holds columns 2i (low half) and 2i + 1
     # (high half): bf16 -> float32 is then `word << 16` and `word & 0xffff0000`, one instruction a
     # value, summed into the even and odd columns' accumulators.
-    HW: tl.constexpr = CW // 2  # words per chunk (WORDS only)
+    HW: tl.constexpr = (CW + 1) // 2  # words per chunk (WORDS only; CW is even whenever WORDS)
     wcols = chunk // 2 + tl.arange(0, HW)[None, None, :]  # [CHUNKS, 1, HW] word columns
     woffs = t * (D // 2) + wcols  # [CHUNKS, BLOCK_R, HW] words inside one sample
     wm = wcols < D // 2
@@ -257,7 +250,7 @@ def _backward_x_mask(
     part = empty((groups * blocks[0], d), torch.float32, grad.device)  # [G * B, D]
     launch(_decoder_input_bwd_kernel)[(*blocks, groups)](
         grad, ids_restore, grad_x, part, n, k1 - 1, l1 - 1, d,
-        BLOCK_R=block_r, BLOCK_D=block_d, CHUNKS=min(NUM_WARPS, block_d // 2), WORDS=grad_words(grad),
+        BLOCK_R=block_r, BLOCK_D=block_d, CHUNKS=max(1, min(NUM_WARPS, block_d // 2)), WORDS=bf16_rows_as_words(grad),
         num_warps=NUM_WARPS,
     )
     return grad_x, part.sum(0)  # fixed-order sum of the partials
