@@ -122,7 +122,7 @@ def _decoder_input_kernel(
     for _ in range(g, N, num_g):
         # r = ids_restore[n, t-1]; the source is x[n, 1 + r] when 0 <= r < K, the mask token otherwise.
         r = tl.load(ids_n + id_col)  # [BLOCK_R]
-        visible = r.to(tl.uint64) < K.to(tl.uint64)  # 0 <= r < K in one comparison (a negative r wraps past K)
+        visible = r.to(tl.uint64) < tl.cast(K, tl.uint64)  # 0 <= r < K at once (a negative r wraps past K)
         take_x = row_ok & (~is_tok | visible)  # cls row or a visible patch
         src_row = tl.where(is_tok, 1 + tl.where(visible, r, 0), 0).to(tl.int32)  # [BLOCK_R], in [0, K]
         x_ptr = x_n + (src_row * D)[:, None] + cols[None, :]
@@ -191,7 +191,7 @@ def _decoder_input_bwd_kernel(
     gx_n = GX + tl.cast(g, tl.int64) * (K + 1) * D
     for _ in range(g, N, num_g):
         r = tl.load(ids_n + id_col)  # [1, BLOCK_R, 1]
-        visible = r.to(tl.uint64) < K.to(tl.uint64)  # 0 <= r < K in one comparison (a negative r wraps past K)
+        visible = r.to(tl.uint64) < tl.cast(K, tl.uint64)  # 0 <= r < K at once (a negative r wraps past K)
         to_x = row_ok & (~is_tok | visible)  # cls row or a visible patch: written to grad_x
         to_mask = row_ok & is_tok & ~visible  # a masked patch: summed into the mask token
         dst_row = tl.where(is_tok, 1 + tl.where(visible, r, 0), 0).to(tl.int32)  # [1, BLOCK_R, 1], in [0, K]

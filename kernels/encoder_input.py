@@ -111,7 +111,7 @@ def _encoder_input_kernel(
     for _ in range(g, N, num_g):
         # pos row: 0 for cls, 1 + ids_keep[n, j-1] for a token; an out-of-range id adds no position.
         ids = tl.load(ids_n + (j - 1), mask=tok_ok)  # [BLOCK_R]; cls and rows past the end ignore it
-        ids_ok = ids.to(tl.uint64) < L.to(tl.uint64)  # 0 <= id < L in one comparison (a negative id wraps past L)
+        ids_ok = ids.to(tl.uint64) < tl.cast(L, tl.uint64)  # 0 <= id < L at once (a negative id wraps past L)
         pos_row = tl.where(is_tok, 1 + tl.where(ids_ok, ids, 0), 0).to(tl.int32)  # [BLOCK_R], in [0, L]
         pos_ok = row_ok & (~is_tok | ids_ok)
         pos = tl.load(POS + (pos_row * D)[:, None] + cols[None, :], mask=pos_ok[:, None] & cm, other=0.0)
@@ -314,9 +314,12 @@ def _pos_sums(grad: torch.Tensor, ids_keep: torch.Tensor, num_patches: int) -> t
         WORDS=bf16_rows_as_words(grad), num_warps=NUM_WARPS,
     )
     sums = part.sum(0)  # [C + L, D], fixed-order sum over the shares
-    if c > 1:
-        sums[c - 1] += sums[: c - 1].sum(0)  # the cls parts, in order, into the row that leads the L patches'
-    return sums[c - 1:]
+    if c == 1:
+        return sums
+    # the cls parts summed in order, then the L patch rows (split, not slicing: a slice of a fake CUDA
+    # tensor fails while torch.compile traces the op on a CPU-only build)
+    cls_sums, patch_sums = sums.split([c, num_patches])  # [C, D], [L, D]
+    return torch.cat([cls_sums.sum(0, keepdim=True), patch_sums])
 
 
 def _column_sums(grad: torch.Tensor, ids_keep: torch.Tensor, num_patches: int, with_pos: bool) -> torch.Tensor:
