@@ -61,7 +61,7 @@ _POS_BLOCK_E = 4  # list entries per step of the pos-embed backward: one 16-byte
 # Rows a share of a list sums at least (where the list is that long): fewer, longer shares spend less
 # on each program's set-up and final sum over its rows.
 _POS_SHARE_ROWS = 32
-# Resident programs an SM of the pos-embed backward (registers: see _FWD_REGISTERS)
+# Resident programs an SM of the pos-embed backward (it compiles to at most 32 registers under Triton 3.6 and 3.9)
 POS_SUMS_PROGRAMS_PER_SM = resident_programs(32, NUM_WARPS)
 
 
@@ -191,7 +191,8 @@ def _pos_sums_kernel(
     N,  # batch size
     L,  # patches per sample
     D,  # token width
-    STEP,  # BLOCK_E, passed at run time: a loop whose step ptxas knows it unrolls 4x with remainder copies
+    STEP,  # BLOCK_E, passed at run time so that the compiled loop is the loop as written (ptxas unrolls
+    #        a loop whose step it knows 4x, with remainder copies)
     C: tl.constexpr,  # parts the cls list is cut into (it is N long; a patch's list about N*K/L)
     S: tl.constexpr,  # shares of each list and cls part (the grid's third axis)
     BLOCK_E: tl.constexpr,  # list entries per step
@@ -203,8 +204,9 @@ def _pos_sums_kernel(
     # list, columns of block c: a < C takes share a*S + s of C*S of the cls list, a >= C share s of S
     # of patch a - C's list; it writes PART[s, a]. Every share differs from the others of its list by
     # at most one entry, and a list's rows are summed in order of n.
-    # The tile is [CHUNKS, BLOCK_E, BLOCK_D // CHUNKS]: the entries and a chunk's columns on the lanes
-    # of a warp, the chunks on the warps, so the sum over the entries stays inside each warp.
+    # The tile is [CHUNKS, BLOCK_E, BLOCK_D // CHUNKS]: Triton 3.9 lays the entries and a chunk's
+    # columns on the lanes of a warp, the chunks on the warps, so the sum over the entries stays inside
+    # each warp (Triton 3.6 sums through shared memory).
     CW: tl.constexpr = BLOCK_D // CHUNKS
     a = tl.program_id(0)
     s = tl.program_id(2)
