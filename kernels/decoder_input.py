@@ -158,10 +158,11 @@ def _decoder_input_bwd_kernel(
     # [b*BLOCK_R, (b+1)*BLOCK_R), columns of block c, of samples g, g + G, g + 2G, ... (a persistent
     # loop, samples in order): visible rows go to their place in grad_x, masked rows add into the
     # program's mask-token partial PART[g*B + b].
-    # The tile is [CHUNKS, BLOCK_R, BLOCK_D // CHUNKS], columns split into CHUNKS chunks: Triton 3.9
-    # lays the last two axes over the lanes of a warp and the chunks over the warps, so the sum over
-    # the rows at the end stays inside each warp (shuffles; a [BLOCK_R, BLOCK_D] tile puts its rows on
-    # different warps and sums them through shared memory, as Triton 3.6 still does here).
+    # The tile is [CHUNKS, BLOCK_R, BLOCK_D // CHUNKS], columns split into CHUNKS chunks. Where a
+    # chunk's rows and columns fill the 32 lanes of a warp (4 rows of 64 columns: a float32 gradient),
+    # Triton 3.9 puts the chunks on the warps and sums the rows with shuffles inside each warp; a
+    # [BLOCK_R, BLOCK_D] tile has its rows on different warps and sums them through shared memory, as
+    # the 8-row bf16 tiles and Triton 3.6 still do (once per program).
     CW: tl.constexpr = BLOCK_D // CHUNKS  # columns per chunk
     b = tl.program_id(0)
     t = b * BLOCK_R + tl.arange(0, BLOCK_R)[None, :, None]  # [1, BLOCK_R, 1] gradient rows of a sample, int32

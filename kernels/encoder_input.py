@@ -205,8 +205,8 @@ def _pos_sums_kernel(
     # of patch a - C's list; it writes PART[s, a]. Every share differs from the others of its list by
     # at most one entry, and a list's rows are summed in order of n.
     # The tile is [CHUNKS, BLOCK_E, BLOCK_D // CHUNKS]: Triton 3.9 lays the entries and a chunk's
-    # columns on the lanes of a warp, the chunks on the warps, so the sum over the entries stays inside
-    # each warp (Triton 3.6 sums through shared memory).
+    # columns on the lanes of a warp, the chunks on the warps, and sums the entries with shuffles
+    # inside each warp (Triton 3.6 sums them through shared memory, once per program).
     CW: tl.constexpr = BLOCK_D // CHUNKS
     a = tl.program_id(0)
     s = tl.program_id(2)
