@@ -155,31 +155,31 @@ def _cls_sums_kernel(
 
 @triton.jit
 def _kept_rows_kernel(
-    INV,  # pointer to inv [N, L] int32: k where ids_keep[n, k] == l, else -1
-    ROWS,  # pointer to int32 [L+1, N] (output): list l's gradient rows, in order of n; unwritten past its count
+    INV,  # pointer to inv [N, L] int32: k where ids_keep[n, k] == p, else -1
+    ROWS,  # pointer to int32 [L+1, N] (output): list p's gradient rows, in order of n; unwritten past its count
     COUNT,  # pointer to int32 [L+1] (output): the length of each list
     N,  # batch size
     K,  # kept tokens per sample
     L,  # patches per sample
     BLOCK_N: tl.constexpr,  # samples per step (a power of two)
 ):
-    # Program l < L lists the gradient rows n*(K+1) + 1 + inv[n, l] of the samples that kept patch l;
+    # Program p < L lists the gradient rows n*(K+1) + 1 + inv[n, p] of the samples that kept patch p;
     # program L lists every sample's cls row n*(K+1). In order of n: a running count (a prefix sum of
     # the hits) gives each row its place; the rows are int32 (N*(K+1) < 2**31, checked by the launcher).
-    l = tl.program_id(0)
-    count = l * 0  # int32 running length
+    p = tl.program_id(0)  # a patch, or L for cls
+    count = p * 0  # int32 running length
     for n0 in range(0, N, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)  # [BLOCK_N]
         n_ok = n < N
-        of_patch = n * 0 + l < L  # [BLOCK_N]: the same for all, False in the cls program
-        k = tl.load(INV + n.to(tl.int64) * L + tl.minimum(l, L - 1), mask=n_ok, other=-1)  # [BLOCK_N]
+        of_patch = n * 0 + p < L  # [BLOCK_N]: the same for all, False in the cls program
+        k = tl.load(INV + n.to(tl.int64) * L + tl.minimum(p, L - 1), mask=n_ok, other=-1)  # [BLOCK_N]
         k = tl.where(of_patch, k, -1)  # the cls row is row -1 + 1 = 0 of a sample
         hit = n_ok & (~of_patch | ((k >= 0) & (k < K)))
         hits = hit.to(tl.int32)
         place = count + tl.cumsum(hits, axis=0) - 1
-        tl.store(ROWS + l.to(tl.int64) * N + place, n * (K + 1) + 1 + k, mask=hit)
+        tl.store(ROWS + p.to(tl.int64) * N + place, n * (K + 1) + 1 + k, mask=hit)
         count += tl.sum(hits, axis=0)
-    tl.store(COUNT + l, count)
+    tl.store(COUNT + p, count)
 
 
 @triton.jit

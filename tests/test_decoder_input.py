@@ -121,9 +121,9 @@ def test_gradient_at_an_odd_element_is_read_value_by_value():
     want_gx = torch.empty(n, k + 1, d, dtype=torch.bfloat16)
     want_gx[:, 0] = grad[:, 0]
     for i in range(n):
-        for l in range(num_patches):
-            if ids_restore[i, l] < k:
-                want_gx[i, 1 + ids_restore[i, l]] = grad[i, 1 + l]
+        for pos in range(num_patches):
+            if ids_restore[i, pos] < k:
+                want_gx[i, 1 + ids_restore[i, pos]] = grad[i, 1 + pos]
     assert torch.equal(gx, want_gx)
 
 

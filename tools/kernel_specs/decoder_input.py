@@ -60,7 +60,8 @@ def compile_specs() -> list[dict]:
         specs.append(spec(f"decoder_input_bwd_{grad}" + (f"_to_{x}" if x != grad else ""),
                           k._decoder_input_bwd_kernel,
                           {"G": f"*{grad}", "IDS": "*i64", "GX": f"*{x}", "PART": "*fp32", **ints},
-                          {"BLOCK_R": block_r, "BLOCK_D": block_d, "CHUNKS": NUM_WARPS, "WORDS": grad == "bf16"}, aligned, NUM_WARPS,
+                          {"BLOCK_R": block_r, "BLOCK_D": block_d, "CHUNKS": NUM_WARPS, "WORDS": grad == "bf16"},
+                          aligned, NUM_WARPS,
                           grid.pop("programs"), nbytes, **grid))
     for s in specs:
         s["headline"] = s["name"] in HEADLINE

@@ -56,7 +56,8 @@ def compile_specs() -> list[dict]:
     share_rows = triton.cdiv(mean_list, shares)
     for grad in ("fp32", "bf16"):
         # cls only: column 0 of the gradient read, the partials written
-        specs.append(spec(f"encoder_input_bwd_{grad}_cls", k._cls_sums_kernel, {"G": f"*{grad}", "PART": "*fp32", **ints},
+        specs.append(spec(f"encoder_input_bwd_{grad}_cls", k._cls_sums_kernel,
+                          {"G": f"*{grad}", "PART": "*fp32", **ints},
                           {"N_PER_PROG": k._BWD_N_PER_PROG, "BLOCK_N": k._BWD_BLOCK_N, "BLOCK_D": bwd_block_d},
                           aligned, NUM_WARPS, col_blocks * cls_splits, N * D * ITEMSIZE[grad] + cls_splits * D * 4))
         # with positions: every gradient row read once (each is in one list), the lists and their
