@@ -84,6 +84,12 @@ _SM_COUNT: dict = {}
 PERSISTENT_WARPS_PER_SM = 64
 
 
+def resident_programs(registers: int, num_warps: int) -> int:
+    """Programs of ``num_warps`` warps an SM holds at once at ``registers`` a thread (sm_80 / sm_90:
+    65,536 registers an SM, allocated 8 a thread at a time; at most ``PERSISTENT_WARPS_PER_SM`` warps)."""
+    return min(PERSISTENT_WARPS_PER_SM, 65536 // (-(-registers // 8) * 8 * 32)) // num_warps
+
+
 def persistent_groups(images: int, blocks: int, slots: int) -> tuple[int, int]:
     """``(groups, trips)`` of a persistent launch: ``blocks`` programs per group of images, at most
     ``slots`` resident programs on the whole GPU.
@@ -112,6 +118,13 @@ def image_groups(images: int, blocks: int, programs_per_sm: int, device: torch.d
     return persistent_groups(images, blocks, _SM_COUNT[device] * programs_per_sm)[0]
 
 
+def bf16_rows_as_words(t: torch.Tensor) -> bool:
+    """Whether a contiguous ``t [..., D]`` can be read as 32-bit words of two bf16 values each: bf16,
+    an even ``D`` (every row starts on a word) and data on a 4-byte boundary (read on the host, no
+    sync; a word load from an odd element would be a misaligned address)."""
+    return t.dtype == torch.bfloat16 and t.shape[-1] % 2 == 0 and words_aligned(t)
+
+
 def promoted_dtype(*tensors: torch.Tensor) -> torch.dtype:
     """The dtype torch's type promotion gives ``a + b + ...`` (bf16 tokens + fp32 tables -> fp32)."""
     dtype = tensors[0].dtype
@@ -132,14 +145,6 @@ def words_aligned(t: torch.Tensor) -> bool:
     if is_fake(t) or t.device.type == "meta":
         return bool((t.storage_offset() * t.element_size()) % 4 == 0)
     return t.data_ptr() % 4 == 0
-
-
-def promoted_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """The dtype torch's type promotion gives ``a + b + ...`` (bf16 tokens + fp32 tables -> fp32)."""
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
 
 
 # --------------------------------------------------------------------------------------------------
@@ -188,5 +193,6 @@ def inverse_ids(ids: torch.Tensor, num_patches: int) -> torch.Tensor:
     n, k = ids.shape
     inv = torch.full((n, num_patches), -1, dtype=torch.int32, device=ids.device)  # [N, L]
     if k and n:
-        launch(_inverse_ids_kernel)[(n,)](ids, inv, k, num_patches, BLOCK_K=min(1024, next_power_of_2(k)), num_warps=4)
+        launch(_inverse_ids_kernel)[(n,)](ids, inv, k, num_patches, BLOCK_K=min(1024, next_power_of_2(k)),
+                                          num_warps=NUM_WARPS)
     return inv

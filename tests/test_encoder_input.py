@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fastmae.kernels import encoder_input as kernel
+from fastmae.kernels._common import bf16_rows_as_words
 from fastmae import ops
 from fastmae.reference import encoder_input_ref
 from helpers import DTYPES, assert_close, poisoned, requires_kernels
@@ -27,6 +28,9 @@ SHAPES = [
     (2, 7, 5, 264),  # row tiles of 8 straddle samples; the second column block is mostly masked
     (2, 6, 6, 8),  # K = L (mask ratio 0): every patch kept
     (3, 16, 1, 24),  # K = 1: one token per sample
+    (2, 5, 0, 40),  # K = 0: cls only (no ids to read)
+    (2, 9, 4, 33),  # odd D: bf16 rows start on odd elements
+    (2, 7, 3, 1),  # D = 1: one column, one chunk of one column
 ]
 
 
@@ -52,6 +56,14 @@ def test_matches_reference_fp32(shape):
     _check(_inputs(*shape, torch.float32))
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_matches_reference_pure_bf16(shape):
+    # A model run in bf16 without autocast: tokens, cls and table all bf16, so the forward takes cls
+    # through the masked load of x_vis itself.
+    out, grads = _check(_inputs(*shape, torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and grads["pos_embed"].dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("ids_dtype", [torch.int64, torch.int32], ids=str)
 def test_dtypes(dtype, ids_dtype):
@@ -64,6 +76,94 @@ def test_low_precision_tokens_with_float32_tables(dtype):
     # as the official `x + pos_embed` promotes.
     out, grads = _check(_inputs(2, 9, 4, 24, dtype, table_dtype=torch.float32))
     assert out.dtype == torch.float32 and grads["x_vis"].dtype == dtype
+
+
+@pytest.mark.parametrize("groups", [2, 3])
+@pytest.mark.parametrize("dtype, table_dtype", [(torch.float32, None), (torch.bfloat16, None),
+                                                (torch.bfloat16, torch.float32)], ids=str)
+def test_persistent_loop_over_samples(monkeypatch, groups, dtype, table_dtype):
+    # On CUDA the forward has at most one wave of programs, each looping over every G-th sample; the
+    # interpreter runs one sample per program unless told otherwise: G groups for seven samples here
+    # (4 and 3 samples a program for G = 2; 3, 2 and 2 for G = 3). The pos-embed backward sizes its
+    # grid the same way, asking for one share of each list (about 7 * 5 / 11 = 3 rows, under 32): it
+    # gets G here, shares of one or two rows, and G shares of each of the two cls parts (7 rows).
+    calls = []
+
+    def fixed_groups(images, blocks, programs_per_sm, device):
+        calls.append(images)
+        return groups
+
+    monkeypatch.setattr(kernel, "image_groups", fixed_groups)
+    _check(_inputs(7, 11, 5, 40, dtype, table_dtype=table_dtype))
+    assert calls == [7, 1]  # the forward's samples, the backward's shares of a list
+    assert kernel.cls_parts(7, 5, 11) == 2
+
+
+@pytest.mark.parametrize("value_bytes, groups, trips", [
+    (2, 52, 5),  # pure bf16 output: 28 registers, 16 programs an SM
+    (4, 37, 7),  # float32 output (autocast): 40 registers, 12 programs an SM
+])
+def test_persistent_grid_is_one_wave_at_the_headline(monkeypatch, value_bytes, groups, trips):
+    # ViT-B/16 (K = 49, D = 768), batch 256, on an H100's 132 SMs: the forward's 13 row blocks of 4
+    # rows times 3 column blocks, every program resident at once, each looping over `trips` or
+    # `trips - 1` samples. The launcher's own sizing, asked for a CUDA device whose SM count is set.
+    from fastmae.kernels._common import _SM_COUNT, image_groups, row_blocks
+
+    block_r, block_d = row_blocks(768, kernel.FWD_TILE)
+    blocks = (-(-50 // block_r)) * (768 // block_d)
+    assert blocks == 39
+    per_sm = kernel.fwd_programs_per_sm(value_bytes)
+    device = torch.device("cuda", 0)
+    monkeypatch.setitem(_SM_COUNT, device, 132)
+    got = image_groups(256, blocks, per_sm, device)
+    assert got == groups and blocks * got <= 132 * per_sm
+    assert groups * (trips - 1) < 256 <= groups * trips
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_pos_backward_sums_lists_in_shares(dtype):
+    # 130 samples keeping 2 of 4 patches: each patch's list of kept rows is about 65 long, so the
+    # pos-embed backward cuts it in two shares of >= 32 rows, and the cls list (130 rows, twice a
+    # patch's) in two parts of two shares each; every share's partial sum is added in a fixed order.
+    assert kernel.pos_shares(130, 2, 4) == 2 and kernel.cls_parts(130, 2, 4) == 2
+    _check(_inputs(130, 4, 2, 40, dtype))
+
+
+def test_pos_backward_gradient_at_an_odd_element_is_read_value_by_value():
+    # A contiguous bf16 gradient starting at an odd element (a view into a larger buffer): a 32-bit
+    # word load there is a misaligned address on a GPU (the interpreter reads it anyway). The
+    # pos-embed backward must read it value by value, and gives the same sums as from an aligned copy.
+    n, num_patches, k, d = 3, 10, 4, 64
+    grad = torch.randn(n, k + 1, d).to(torch.bfloat16)
+    buf = torch.empty(grad.numel() + 1, dtype=torch.bfloat16)
+    odd = buf[1:].view(grad.shape)
+    odd.copy_(grad)
+    assert odd.is_contiguous() and odd.data_ptr() % 4 == 2
+    assert bf16_rows_as_words(grad) and not bf16_rows_as_words(odd)
+    ids_keep = torch.stack([torch.randperm(num_patches)[:k] for _ in range(n)])
+    with poisoned():
+        sums = kernel._pos_sums(grad, ids_keep, num_patches)  # [L+1, D]
+        sums_odd = kernel._pos_sums(odd, ids_keep, num_patches)
+    want = torch.zeros(num_patches + 1, d, dtype=torch.float64)
+    want[0] = grad[:, 0].double().sum(0)
+    want.index_add_(0, (1 + ids_keep).flatten(), grad[:, 1:].double().flatten(0, 1))
+    assert_close(sums, want, dtype=torch.float32, reduced=n)
+    assert torch.equal(sums_odd, sums)
+
+
+def test_pos_backward_grid_at_the_headline(monkeypatch):
+    # ViT-B/16 (L = 196, K = 49, D = 768), batch 256, on an H100's 132 SMs: a patch's list holds 64
+    # rows on average, summed in 2 shares of 32; cls (256 rows) in 4 parts of 2 shares; 200 lists
+    # times 3 column blocks times 2 shares = 1,200 programs, all resident at once (32 registers: 16
+    # programs of 4 warps an SM).
+    from fastmae.kernels._common import _SM_COUNT, image_groups
+
+    assert kernel.pos_shares(256, 49, 196) == 2 and kernel.cls_parts(256, 49, 196) == 4
+    device = torch.device("cuda", 0)
+    monkeypatch.setitem(_SM_COUNT, device, 132)
+    blocks = (4 + 196) * 3
+    shares = image_groups(kernel.pos_shares(256, 49, 196), blocks, kernel.POS_SUMS_PROGRAMS_PER_SM, device)
+    assert shares == 2 and blocks * shares <= 132 * kernel.POS_SUMS_PROGRAMS_PER_SM
 
 
 def test_pos_embed_without_grad():

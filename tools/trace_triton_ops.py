@@ -62,6 +62,7 @@ class _FastPath(torch.nn.Module):
         grads = [
             fastmae_ops.patchify_gather_bwd(rows, m.ids_keep, p, 8, 8, imgs.dtype),
             fastmae_ops.encoder_input_bwd(tokens, m.ids_keep, noise.shape[1], False),
+            fastmae_ops.encoder_input_bwd(tokens, m.ids_keep, noise.shape[1], True),  # trainable positions
             *fastmae_ops.decoder_input_bwd(dec, m.ids_restore, x_dec.shape[1], x_dec.dtype),
             fastmae_ops.masked_tokens_bwd(masked, m.ids_restore, dec_out.dtype),
             fastmae_ops.masked_mse_loss_bwd(loss, loss, pred, imgs, None, m.ids_masked, p, True),

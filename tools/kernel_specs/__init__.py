@@ -16,16 +16,17 @@ of plain dicts, one per kernel specialisation the op launches at ViT-B/16, 224 p
                       output written once: the bytes model's minimal bytes for this launch)
     loop_trips        (kernels with loops) the trip count of each loop, outer first
     persistent        (optional) the grid is at most one wave of programs that loop over the work;
-                      then also ``persistent_work`` (items looped over, images) and
-                      ``persistent_groups`` (programs sharing a block index, each taking every
-                      ``persistent_groups``-th item), which the gate checks for balance
+                      then also ``persistent_work`` (items looped over: images or samples, or the
+                      rows of a list) and ``persistent_groups`` (programs sharing a block index, each
+                      taking every ``persistent_groups``-th item or one of as many equal shares),
+                      which the gate checks for balance
     headline          (optional) a launch a bf16-autocast training step makes at the headline shape:
                       ``fastmae pretrain``'s (bf16 images from its input pipeline, float32 tables,
                       bf16 GEMM outputs) and, beside it, the same step fed float32 images (a loader
                       that normalises on the CPU); for an op the step does not run, its bf16 case.
-                      The launches the targets are read on. A model run in pure bf16
-                      (``model.bfloat16()``, no autocast) launches the ``*_bf16`` specs of
-                      encoder_input and decoder_input, listed beside them
+                      Also the launches of a model run in pure bf16 (``model.bfloat16()``, no
+                      autocast): the ``*_bf16`` specs of encoder_input and decoder_input. The
+                      launches the targets are read on
 
 ``tools/kernel_resources.py`` compiles them for sm_90 / sm_80; ``tests/test_gpu_readiness.py``
 asserts on what comes out.
