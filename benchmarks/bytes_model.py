@@ -190,7 +190,7 @@ def step_rows(sh: MAEShape, amp_dtype=torch.bfloat16, imgs_dtype=None) -> list[d
         out_dtype = amp_dtype if piece.op == "patchify_gather" else None  # rows written for the GEMM
         minimal = pass_bytes(piece.op, tuple(sorted(piece.variant.items())), sh, False, **dtypes,
                              out_dtype=out_dtype)[mode]
-        implementation = minimal + OPS[piece.op].extra(sh)
+        implementation = minimal + OPS[piece.op].extra(sh, piece.variant)
         ref = 0 if piece.official is None else pass_bytes(
             piece.official, tuple(sorted(piece.official_variant.items())), sh, True, **dtypes)[mode]
         rows.append({"piece": piece.piece, "fast": f"{variant_label(piece.op, piece.variant)} ({mode})",

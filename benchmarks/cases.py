@@ -106,6 +106,10 @@ class Op:
     variants: tuple = ({},)
     passes: tuple = ("fwd", "bwd", "fwdbwd")
     input_dtype = None  # a fixed dtype of its data input, whatever the model's (masking_ids: float32 noise)
+    # The compile specs (tools/kernel_specs) of the launches a bf16-autocast training step makes for it at
+    # the headline shape, bf16 images as `fastmae pretrain` feeds them (benchmarks/test_bytes_model.py
+    # checks that they add up to its minimal bytes and ``extra``, with ``outside_kernels``).
+    step_launches: tuple = ()
 
     def inputs(self, sh: MAEShape, t: Inputs, variant: dict, reference: bool) -> dict:
         """The keyword inputs (``reference``: of the reference call)."""
@@ -124,9 +128,13 @@ class Op:
         ``s``: bytes per element of each input; ``out_itemsize``: the written rows' when not the input's."""
         raise NotImplementedError
 
-    def extra(self, sh: MAEShape) -> int:
+    def extra(self, sh: MAEShape, variant: dict) -> int:
         """Bytes its kernels move beyond the minimal ones in a training step (fwd + bwd), from their
         launch geometry; 0 for an op whose kernels read each input once and write each output once."""
+        return 0
+
+    def outside_kernels(self, sh: MAEShape) -> int:
+        """Bytes its launchers move in torch ops in that step (fwd + bwd): copies, sums of partials."""
         return 0
 
 
@@ -156,6 +164,7 @@ class Unpatchify(Patchify):
 
 class PatchifyGather(Op):
     name, kernels = "patchify_gather", "patchify"
+    step_launches = ("patchify_gather_bf16",)  # forward only: the images need no gradient
 
     def inputs(self, sh, t, variant, reference):
         return {"imgs": t.imgs(sh, grad=True), "ids_keep": t.ids["ids_keep"]}
@@ -172,6 +181,7 @@ class PatchifyGather(Op):
 
 class EncoderInput(Op):
     name, kernels = "encoder_input", "encoder_input"
+    step_launches = ("encoder_input_fwd_bf16_fp32_tables", "encoder_input_bwd_fp32_cls")
 
     def inputs(self, sh, t, variant, reference):
         n, num, k, d = sh.batch, sh.num_patches, sh.len_keep, sh.embed_dim
@@ -190,13 +200,24 @@ class EncoderInput(Op):
         return {"fwd": x + n * k * s["ids_keep"] + (sh.num_patches + 1) * d * st + d * st + out,
                 "bwd": out + x + d * st}
 
-    def extra(self, sh):  # the cls partials, [cdiv(N, samples per program), D] float32, written then summed
+    def extra(self, sh, variant):  # the cls partials, [cdiv(N, samples per program), D] float32, written then summed
+        return 2 * self._cls_partials(sh) * sh.embed_dim * 4
+
+    def outside_kernels(self, sh):
+        # the x_vis gradient: the float32 gradient's token rows cast to the bf16 x_vis (read, written);
+        # the cls partials read and summed into the cls gradient (float32)
+        n, k, d = sh.batch, sh.len_keep, sh.embed_dim
+        return n * k * d * (4 + 2) + self._cls_partials(sh) * d * 4 + d * 4
+
+    @staticmethod
+    def _cls_partials(sh):
         from fastmae.kernels import encoder_input
-        return 2 * -(-sh.batch // encoder_input._BWD_N_PER_PROG) * sh.embed_dim * 4
+        return -(-sh.batch // encoder_input._BWD_N_PER_PROG)
 
 
 class DecoderInput(Op):
     name, kernels = "decoder_input", "decoder_input"
+    step_launches = ("decoder_input_fwd_bf16_fp32_tables", "decoder_input_bwd_fp32_to_bf16")
 
     def inputs(self, sh, t, variant, reference):
         n, num, k, dd = sh.batch, sh.num_patches, sh.len_keep, sh.decoder_dim
@@ -211,16 +232,22 @@ class DecoderInput(Op):
         out = n * (num + 1) * dd * max(s["x"], st)
         return {"fwd": x + ids + dd * st + (num + 1) * dd * st + out, "bwd": out + ids + x + dd * st}
 
-    def extra(self, sh):
-        # the mask-token partials, [groups * row blocks, Dd] float32, written then summed: the float32
-        # gradient of a bf16-autocast step, on an H100's 132 SMs
+    def extra(self, sh, variant):
+        # the mask-token partials, [groups * row blocks, Dd] float32, written then summed
+        return 2 * self._partial_rows(sh) * sh.decoder_dim * 4
+
+    def outside_kernels(self, sh):  # the partials read and summed into the mask token's gradient (float32)
+        return (self._partial_rows(sh) + 1) * sh.decoder_dim * 4
+
+    @staticmethod
+    def _partial_rows(sh):  # the float32 gradient of a bf16-autocast step, on an H100's 132 SMs
         from fastmae.kernels import decoder_input
-        rows = decoder_input.mask_partial_rows(sh.batch, sh.num_patches, sh.decoder_dim, 4, 132)
-        return 2 * rows * sh.decoder_dim * 4
+        return decoder_input.mask_partial_rows(sh.batch, sh.num_patches, sh.decoder_dim, 4, 132)
 
 
 class MaskedTokens(Op):
     name, kernels = "masked_tokens", "masked_tokens"
+    step_launches = ("masked_tokens_fwd_fp32", "masked_tokens_bwd_fp32")  # the float32 residual stream
 
     def inputs(self, sh, t, variant, reference):
         return {"x": t.data(sh.batch, sh.num_patches + 1, sh.decoder_dim, grad=True),
@@ -239,6 +266,7 @@ class DropCls(MaskedTokens):
     """What ``masked_tokens`` replaces: the official decoder drops cls (``x[:, 1:]``); reference only."""
 
     name, kernels = "drop_cls", ""
+    step_launches = ()
 
     def inputs(self, sh, t, variant, reference):
         return {"x": t.data(sh.batch, sh.num_patches + 1, sh.decoder_dim, grad=True)}
@@ -250,6 +278,7 @@ class DropCls(MaskedTokens):
 class MaskedMSELoss(Op):
     name, kernels = "masked_mse_loss", "masked_mse_loss"
     variants = tuple({"form": f, "norm_pix": n} for f in ("full", "masked") for n in (False, True))
+    step_launches = ("masked_mse_loss_fwd_masked", "masked_mse_loss_sum_masked", "masked_mse_loss_bwd_masked")
 
     def inputs(self, sh, t, variant, reference):
         rows, weights = (sh.num_patches, "mask") if variant.get("form", "full") == "full" else (sh.num_masked,
@@ -270,20 +299,24 @@ class MaskedMSELoss(Op):
         read = pred + pix + weights.numel() * weights.element_size()
         return {"fwd": read + 4, "bwd": read + pred + 4}
 
-    def extra(self, sh):
-        # the forward's [2, programs] float32 partials written and read; loss and inv_den written by the
-        # forward, read by the backward. The launch geometry from the kernel's own arguments, on meta tensors.
+    def extra(self, sh, variant):
+        # the forward's float32 partials (one per program; two in the full form, the weights' sum too)
+        # written and read back; the final sum writes loss and 1 / den, the backward reads both (the
+        # minimum: the loss written, its gradient read). The programs from the launcher itself, on meta tensors.
         from fastmae.kernels import masked_mse_loss
-        n = sh.batch
-        pred = torch.empty((n, sh.num_masked, sh.patch_dim), dtype=torch.bfloat16, device="meta")
+        full = variant.get("form", "full") == "full"
+        n, rows = sh.batch, sh.num_patches if full else sh.num_masked
+        pred = torch.empty((n, rows, sh.patch_dim), dtype=torch.bfloat16, device="meta")
         imgs = torch.empty((n, sh.in_chans, *sh.img_size), dtype=torch.bfloat16, device="meta")
-        ids_masked = torch.empty((n, sh.num_masked), dtype=torch.int64, device="meta")
-        programs, _, _ = masked_mse_loss._launch_args(pred, imgs, None, ids_masked, sh.patch_size, False)
-        return 2 * programs * 4 * 2 + 8 + 8
+        mask = torch.empty((n, sh.num_patches), device="meta") if full else None
+        ids = None if full else torch.empty((n, sh.num_masked), dtype=torch.int64, device="meta")
+        programs, _, _ = masked_mse_loss._launch_args(pred, imgs, mask, ids, sh.patch_size, True)
+        return 2 * programs * 4 * (2 if full else 1) + 4 + 4
 
 
 class MaskingIds(Op):
     name, kernels = "masking_ids", "masking_ids"
+    step_launches = ("masking_ids",)
     passes, input_dtype = ("fwd",), torch.float32  # the noise is float32 whatever the model
 
     def inputs(self, sh, t, variant, reference):

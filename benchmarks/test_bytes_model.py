@@ -90,3 +90,21 @@ def test_fused_ops_of_a_step_move_at_most_a_tenth_more_than_the_minimum():
     rows = bm.step_rows(VIT_B)
     mini, now = (sum(r[k] for r in rows) for k in ("minimal", "implementation"))
     assert now <= 1.1 * mini
+
+
+def test_a_steps_launches_add_up_to_its_bytes():
+    """Three hand-written counts agree for every fused op of a bf16-autocast training step (bf16 images,
+    as ``fastmae pretrain`` feeds them): the bytes its launches' compile specs give
+    (``tools/kernel_specs``), plus what its launchers move in torch ops, are the bytes model's minimal
+    bytes plus its kernels' extra (the partial sums)."""
+    from fastmae.kernel_modules import KERNEL_MODULES
+    from tools.kernel_specs import compile_specs
+
+    from .cases import OPS
+
+    launched = {s["name"]: s["bytes"] for m in KERNEL_MODULES for s in compile_specs(m) if "bytes" in s}
+    for row, piece in zip(bm.step_rows(VIT_B), bm.STEP, strict=True):
+        op = OPS[piece.op]
+        assert op.step_launches, f"{piece.op}: no step_launches in benchmarks/cases.py"
+        kernels = sum(launched[name] for name in op.step_launches)
+        assert kernels + op.outside_kernels(VIT_B) == row["implementation"], piece.op
