@@ -18,7 +18,8 @@ from fastmae.cli import distributed
 from fastmae.cli.aliases import IGNORED_DEST
 from fastmae.cli.distributed import DistInfo
 from fastmae.cli.errors import UsageError
-from fastmae.cli.pretrain_options import DEFAULT_OUTPUT_DIR, DEMO_MODELS, DEMO_RECIPE, PAPER_RECIPE, train_split
+from fastmae.cli.pretrain_options import (DEFAULT_OUTPUT_DIR, DEMO_CPU_THREADS, DEMO_MODELS, DEMO_RECIPE, PAPER_RECIPE,
+                                          train_split)
 from fastmae.cli.rundir import holds_run
 from fastmae.data import default_num_workers
 
@@ -26,7 +27,8 @@ from fastmae.data import default_num_workers
 # On resume, those the command line does not pass come from the checkpoint.
 TRAJECTORY_OPTIONS = ("model", "input_size", "mask_ratio", "norm_pix_loss", "data", "num_images",
                       "batch_size", "accum_iter", "epochs", "warmup_epochs", "blr", "lr", "min_lr",
-                      "weight_decay", "amp", "seed", "demo", "in_chans", "mean", "std", "vflip", "layout")
+                      "weight_decay", "amp", "seed", "demo", "in_chans", "mean", "std", "vflip", "layout",
+                      "threads")
 # The options the lr is computed from: the checkpoint's lr is kept only when none of them is passed.
 LR_OPTIONS = ("lr", "blr", "batch_size", "accum_iter")
 
@@ -65,6 +67,7 @@ class RunConfig:
     print_freq: int
     device: torch.device
     dist: DistInfo
+    threads: int | None = None  # torch.set_num_threads while training; None: torch's own
     # multi-band, 16-bit and float data (fastmae.cli.bands): resolved from the data once it is opened
     demo: str | None = None  # the embedded set without --data: "shapes" (None) or "multiband"
     in_chans: int | None = None
@@ -136,6 +139,9 @@ def resolve(args, dist, device, stored=None):
     if options["num_workers"] is None:
         # CPU: the training process needs the cores itself (and the demo's images are tiny)
         options["num_workers"] = 0 if device.type == "cpu" else default_num_workers()
+    if options["threads"] is None and device.type == "cpu" and options["model"] in DEMO_MODELS and not (
+            stored and "threads" not in stored):  # a run from before --threads continues on torch's own
+        options["threads"] = DEMO_CPU_THREADS
     if options["output_dir"] is None:
         options["output_dir"] = _default_output_dir(options["resume"], dist)
     return RunConfig(**options, device=device, dist=dist)
