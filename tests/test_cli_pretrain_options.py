@@ -191,23 +191,23 @@ def test_run_names_its_directory_first_and_its_progress_and_next_commands(tmp_pa
 
 # --- threads and the procedural set ----------------------------------------------------------------
 
-def test_demo_models_train_on_a_fixed_thread_count_and_restore_torchs(tmp_path, capsys, monkeypatch):
+def test_threads_hold_while_training_and_torchs_count_is_restored(tmp_path, capsys, monkeypatch):
     from fastmae.cli import pretrain
 
     torch.set_num_threads(2)  # torch's own here (the fixture restores it)
     seen, train_one_epoch = [], pretrain.train_one_epoch
     monkeypatch.setattr(pretrain, "train_one_epoch", lambda *a, **k: seen.append(torch.get_num_threads())
                         or train_one_epoch(*a, **k))
-    code, stdout, err = run(capsys, micro(tmp_path / "one"))
+    code, stdout, err = run(capsys, micro(tmp_path / "two"))
     assert code == 0, err
-    assert seen == [1] and "(1 process, 1 thread, amp off)" in stdout and torch.get_num_threads() == 2
+    assert seen == [2] and "(1 process, 2 threads, amp off)" in stdout
     code, stdout, err = run(capsys, micro(tmp_path / "three", "--threads", "3"))
     assert code == 0, err
-    assert seen == [1, 3] and "(1 process, 3 threads, amp off)" in stdout and torch.get_num_threads() == 2
+    assert seen == [2, 3] and "(1 process, 3 threads, amp off)" in stdout and torch.get_num_threads() == 2
     assert torch.load(tmp_path / "three" / "checkpoint-last.pth", weights_only=True)["args"]["threads"] == 3
 
 
-def test_threads_default_for_the_demo_models_on_the_cpu_and_a_run_from_before_continues_on_torchs():
+def test_a_resumed_run_keeps_its_thread_count():
     from fastmae.cli import config, parse_args
     from fastmae.cli.distributed import DistInfo
 
@@ -215,12 +215,11 @@ def test_threads_default_for_the_demo_models_on_the_cpu_and_a_run_from_before_co
         args = parse_args(["pretrain", "--output-dir", "out", *words])
         return config.resolve(args, DistInfo(), torch.device("cpu"), stored).threads
 
-    assert threads([]) == 1 and threads(["--model", "mae_vit_micro_patch4"]) == 1
-    assert threads(["--model", "mae_vit_base_patch16"]) is None  # torch's own
-    assert threads(["--threads", "4"]) == 4
-    # a continued run keeps the count it was trained with; one whose checkpoint predates --threads, torch's own
-    assert threads(["--resume", "out/checkpoint-last.pth"], {"model": "mae_vit_tiny_patch4", "threads": 2}) == 2
-    assert threads(["--resume", "out/checkpoint-last.pth"], {"model": "mae_vit_tiny_patch4"}) is None
+    assert threads([]) is None and threads(["--threads", "4"]) == 4  # None: torch's own
+    resume = ["--resume", "out/checkpoint-last.pth"]
+    assert threads(resume, {"model": "mae_vit_tiny_patch4", "threads": 2}) == 2
+    assert threads([*resume, "--threads", "1"], {"model": "mae_vit_tiny_patch4", "threads": 2}) == 1
+    assert threads(resume, {"model": "mae_vit_tiny_patch4"}) is None  # a checkpoint from before --threads
 
 
 def test_the_procedural_set_is_drawn_once_and_is_the_same_set():

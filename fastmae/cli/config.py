@@ -18,8 +18,7 @@ from fastmae.cli import distributed
 from fastmae.cli.aliases import IGNORED_DEST
 from fastmae.cli.distributed import DistInfo
 from fastmae.cli.errors import UsageError
-from fastmae.cli.pretrain_options import (DEFAULT_OUTPUT_DIR, DEMO_CPU_THREADS, DEMO_MODELS, DEMO_RECIPE, PAPER_RECIPE,
-                                          train_split)
+from fastmae.cli.pretrain_options import DEFAULT_OUTPUT_DIR, DEMO_MODELS, DEMO_RECIPE, PAPER_RECIPE, train_split
 from fastmae.cli.rundir import holds_run
 from fastmae.data import default_num_workers
 
@@ -139,9 +138,6 @@ def resolve(args, dist, device, stored=None):
     if options["num_workers"] is None:
         # CPU: the training process needs the cores itself (and the demo's images are tiny)
         options["num_workers"] = 0 if device.type == "cpu" else default_num_workers()
-    if options["threads"] is None and device.type == "cpu" and options["model"] in DEMO_MODELS and not (
-            stored and "threads" not in stored):  # a run from before --threads continues on torch's own
-        options["threads"] = DEMO_CPU_THREADS
     if options["output_dir"] is None:
         options["output_dir"] = _default_output_dir(options["resume"], dist)
     return RunConfig(**options, device=device, dist=dist)

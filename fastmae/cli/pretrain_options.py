@@ -23,7 +23,6 @@ DEFAULT_OUTPUT_DIR = os.path.join("output", "pretrain")
 DEMO_MODELS = ("mae_vit_tiny_patch4", "mae_vit_micro_patch4")
 DEMO_RECIPE = {"blr": 1e-2, "warmup_epochs": 1, "epochs": 60}
 PAPER_RECIPE = {"blr": 1.5e-4, "warmup_epochs": 40, "epochs": 800}
-DEMO_CPU_THREADS = 1  # --threads of the demo models on the CPU
 # fastmae.MODELS's names, for the line printed before torch (and fastmae.model) is imported; a test
 # holds them equal.
 MODEL_NAMES = ("mae_vit_base_patch16", "mae_vit_large_patch16", "mae_vit_huge_patch14",
@@ -109,10 +108,9 @@ def add_arguments(p, data_options=None, backends=None):
                      help="progress line every N iterations")
     run.add_argument("--device", help="cuda, cuda:N or cpu; default cuda when available")
     run.add_argument("--threads", type=positive_int,
-                     help="CPU threads of torch's ops while training (torch.set_num_threads); default "
-                     f"{DEMO_CPU_THREADS} for the demo models on the CPU (a fixed count gives the same "
-                     "losses on any machine, and no thread waits for another on a busy one), torch's "
-                     "own otherwise")
+                     help="CPU threads of torch's ops while training (torch.set_num_threads; restored "
+                     "after); default torch's own (the cores, or OMP_NUM_THREADS). A resumed run keeps "
+                     "its count: another count changes the last digits of the losses")
     run.add_argument("--log-dir", help="also write TensorBoard scalars there (train_loss and lr per "
                      "optimizer step, as the official code); needs the tensorboard extra: pip install "
                      "-e \".[tensorboard]\"")
