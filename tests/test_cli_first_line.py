@@ -41,7 +41,8 @@ CHILD = textwrap.dedent(f"""
 
 def first_lines(argv, cwd, count=2):
     """The first ``count`` lines ``python -m fastmae argv`` prints on stdout, and the seconds from its
-    start to the first; the process is killed once they are read (it would go on to train)."""
+    start to the first; the process is killed once they are read (it would go on to train), so it
+    never gets far into torch's import."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
            "PYTHONUNBUFFERED": "1"}
     env.pop("RANK", None)
@@ -59,7 +60,6 @@ def first_lines(argv, cwd, count=2):
     return lines, seconds
 
 
-@pytest.mark.slow  # a new interpreter (that imports torch before it is killed)
 def test_the_main_job_names_its_plan_before_torch_is_imported(tmp_path):
     # The README's main job, `fastmae pretrain`, in a directory where output/pretrain holds a run.
     (tmp_path / "output" / "pretrain").mkdir(parents=True)
@@ -72,7 +72,6 @@ def test_the_main_job_names_its_plan_before_torch_is_imported(tmp_path):
     print(f"first line {seconds:.2f}s after the process started (load average {os.getloadavg()[0]:.1f})")
 
 
-@pytest.mark.slow
 def test_no_plan_line_where_the_words_leave_it_open(tmp_path):
     # --resume: the checkpoint holds the plan, known only once torch has read it.
     lines, _ = first_lines(["pretrain", "--resume", "run/checkpoint-last.pth"], tmp_path, count=1)
