@@ -82,7 +82,7 @@ def test_periodic_checkpoints_are_hard_links_that_keep_their_epoch(tmp_path, cap
 def test_messages_count_in_words(tmp_path, capsys):
     code, stdout, _ = run(capsys, base_args(tmp_path / "run", "--epochs", "1", "--num-images", "8"))
     assert code == 0
-    assert "(1 process, amp off)" in stdout
+    assert "(1 process, 1 thread, amp off)" in stdout
     assert "1 epoch to train (epoch 0), 1 iteration per epoch" in stdout
     assert "done: 1 epoch in " in stdout
 
@@ -98,7 +98,7 @@ def test_first_line_comes_before_the_slow_set_up(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(pretrain, "make_optimizer", spy)
     assert run(capsys, base_args(tmp_path / "run", "--epochs", "1"))[0] == 0
-    assert printed == ["pretraining mae_vit_micro_patch4 at 16 px on cpu (1 process, amp off), 1 epoch at "
+    assert printed == ["pretraining mae_vit_micro_patch4 at 16 px on cpu (1 process, 1 thread, amp off), 1 epoch at "
                        f"blr 0.01 (1 warmup), into {tmp_path / 'run'}: building the model and the optimizer...\n"]
 
 

@@ -34,12 +34,12 @@ def micro(out, *extra):
 @pytest.mark.parametrize("model, first_line", [
     # The official models: their own 224 px and the paper's recipe (stopped before building the model
     # by a batch larger than the data, so no ViT is built here).
-    ("mae_vit_large_patch16", "pretraining mae_vit_large_patch16 at 224 px on cpu (1 process, amp off), "
+    ("mae_vit_large_patch16", "pretraining mae_vit_large_patch16 at 224 px on cpu (1 process, 1 thread, amp off), "
                               "800 epochs at blr 0.00015 (40 warmup), into {out}"),
-    ("mae_vit_base_patch16", "pretraining mae_vit_base_patch16 at 224 px on cpu (1 process, amp off), "
+    ("mae_vit_base_patch16", "pretraining mae_vit_base_patch16 at 224 px on cpu (1 process, 1 thread, amp off), "
                              "800 epochs at blr 0.00015 (40 warmup), into {out}"),
     # The demo model keeps the demo's recipe.
-    ("mae_vit_tiny_patch4", "pretraining mae_vit_tiny_patch4 at 32 px on cpu (1 process, amp off), "
+    ("mae_vit_tiny_patch4", "pretraining mae_vit_tiny_patch4 at 32 px on cpu (1 process, 1 thread, amp off), "
                             "60 epochs at blr 0.01 (1 warmup), into {out}"),
 ])
 def test_image_size_and_recipe_default_to_the_models(tmp_path, capsys, model, first_line):
@@ -187,3 +187,53 @@ def test_run_names_its_directory_first_and_its_progress_and_next_commands(tmp_pa
         "ViTMAEForPreTraining"]
     with Image.open(out / "loss.png") as im:
         assert im.size == (640, 400)
+
+
+# --- threads and the procedural set ----------------------------------------------------------------
+
+def test_threads_hold_while_training_and_torchs_count_is_restored(tmp_path, capsys, monkeypatch):
+    from fastmae.cli import pretrain
+
+    torch.set_num_threads(2)  # torch's own here (the fixture restores it)
+    seen, train_one_epoch = [], pretrain.train_one_epoch
+    monkeypatch.setattr(pretrain, "train_one_epoch", lambda *a, **k: seen.append(torch.get_num_threads())
+                        or train_one_epoch(*a, **k))
+    code, stdout, err = run(capsys, micro(tmp_path / "two"))
+    assert code == 0, err
+    assert seen == [2] and "(1 process, 2 threads, amp off)" in stdout
+    code, stdout, err = run(capsys, micro(tmp_path / "three", "--threads", "3"))
+    assert code == 0, err
+    assert seen == [2, 3] and "(1 process, 3 threads, amp off)" in stdout and torch.get_num_threads() == 2
+    assert torch.load(tmp_path / "three" / "checkpoint-last.pth", weights_only=True)["args"]["threads"] == 3
+
+
+def test_a_resumed_run_keeps_its_thread_count():
+    from fastmae.cli import config, parse_args
+    from fastmae.cli.distributed import DistInfo
+
+    def threads(words, stored=None):
+        args = parse_args(["pretrain", "--output-dir", "out", *words])
+        return config.resolve(args, DistInfo(), torch.device("cpu"), stored).threads
+
+    assert threads([]) is None and threads(["--threads", "4"]) == 4  # None: torch's own
+    resume = ["--resume", "out/checkpoint-last.pth"]
+    assert threads(resume, {"model": "mae_vit_tiny_patch4", "threads": 2}) == 2
+    assert threads([*resume, "--threads", "1"], {"model": "mae_vit_tiny_patch4", "threads": 2}) == 1
+    assert threads(resume, {"model": "mae_vit_tiny_patch4"}) is None  # a checkpoint from before --threads
+
+
+def test_the_procedural_set_is_drawn_once_and_is_the_same_set():
+    import pickle
+
+    import numpy as np
+
+    from fastmae.data import ProceduralImages
+    from fastmae.data.synthetic import MadeOnce
+
+    source = ProceduralImages(6, size=16)
+    kept = pickle.loads(pickle.dumps(MadeOnce(source)))  # as a loader worker receives it
+    assert len(kept) == 6 and kept.name == source.name and kept.signature == source.signature
+    for i in range(6):
+        assert np.array_equal(np.asarray(kept.image(i)), np.asarray(source.image(i)))
+        assert kept.label(i) == source.label(i) == kept.open(i).info["label"]
+        assert kept.open(i) is kept.image(i)  # made once

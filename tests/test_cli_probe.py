@@ -136,6 +136,18 @@ def test_stratified_split_keeps_every_class_in_training():
     assert _stratified_split(labels, 0.5, seed_value=4) != (train, test)
 
 
+def test_stratified_split_ignores_the_default_device():
+    # Where the default device is not the CPU (CUDA in the GPU test run), the split's CPU generator
+    # must still draw CPU permutations: the meta device stands in for CUDA on a CPU-only machine.
+    labels = [0] * 4 + [1] + [2] * 10
+    expected, before = _stratified_split(labels, 0.5, seed_value=3), torch.get_default_device()
+    torch.set_default_device("meta")
+    try:
+        assert _stratified_split(labels, 0.5, seed_value=3) == expected
+    finally:
+        torch.set_default_device(before)
+
+
 def test_undecodable_images_are_left_out_with_a_warning(checkpoint, tmp_path, monkeypatch, capsys):
     # files that pass the folder scan but fail to decode (as a damaged JPEG body can)
     _, path = checkpoint

@@ -1,5 +1,7 @@
 """The README's claim about the default run: ``fastmae pretrain`` with no options, then ``fastmae probe``
-on its checkpoint, and the pretrained encoder's held-out top-1 above every random initialisation's.
+on its checkpoint, and the pretrained encoder's held-out top-1 at least 6 points above every random
+initialisation's (the bar the default run was chosen to clear, about three standard errors of a top-1
+near 25% on the 512 test images).
 
 It is the whole default run (about 5 minutes on 2 idle CPU cores; the rest of the suite takes 3 to 6), so it
 runs only when asked: ``FASTMAE_DEFAULT_RUN=1 python -m pytest tests/test_probe_default_run.py``.
@@ -29,7 +31,7 @@ def test_pretraining_beats_every_random_encoder(tmp_path, capsys):
     print(out)
     pretrained = float(re.search(r"pretrained encoder: top-1 ([\d.]+)%", out).group(1))
     best_random = float(re.search(r"random encoders .*-([\d.]+)%\)", out).group(1))
-    assert pretrained > best_random, out
+    assert pretrained - best_random >= 6, out
     # The README states what this run prints, to the digit: the top-1, its train top-1, the random mean.
     printed = (re.search(r"pretrained encoder: top-1 ([\d.]+)% \(train ([\d.]+)%\)", out).groups()
                + re.search(r"random encoders \(3 inits\): top-1 ([\d.]+)% mean", out).groups())

@@ -5,13 +5,17 @@ arguments or inputs) or 1 (a failure while running); Ctrl-C exits with 130; no t
 
 A command is a module ``fastmae.cli.<name>`` with ``add_arguments(parser)`` and ``run(args)``,
 listed in ``COMMANDS``.
+
+``pretrain`` prints a first line (the model, epochs, data and output directory) before anything imports
+torch, which takes seconds (``fastmae.cli.pretrain_options.plan_line``): in a fresh process, that
+line comes within a second; where torch is already imported, the run's own first line comes at once
+and it is left out.
 """
 
 import argparse
 import importlib
+import os
 import sys
-
-import torch
 
 from fastmae.cli.errors import CLIError, UsageError
 
@@ -97,14 +101,18 @@ def _passed_options(argv):
 
 def main(argv=None):
     """Run ``fastmae`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        _announce(argv)
         args = parse_args(argv)
         return _module(args.command).run(args)
     except CLIError as e:
         if str(e):
             print(f"fastmae: {e.label}: {e}", file=sys.stderr)
         return e.exit_code
-    except torch.OutOfMemoryError:
+    except RuntimeError as e:
+        if not _out_of_memory(e):
+            raise
         print("fastmae: error: out of memory: lower --batch-size", file=sys.stderr)
         return 1
     except OSError as e:  # e.g. an unwritable --out or a full disk
@@ -114,3 +122,22 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("fastmae: interrupted", file=sys.stderr)
         return 130
+
+
+def _announce(argv):
+    """``pretrain``'s plan line, printed before torch is imported (rank 0 only under torchrun); nothing
+    where torch is imported already (the run's own first line follows at once) or the words leave the
+    plan open (``fastmae.cli.pretrain_options.plan_line``)."""
+    if not argv or argv[0] != "pretrain" or "torch" in sys.modules or os.environ.get("RANK", "0") != "0":
+        return
+    from fastmae.cli.pretrain_options import plan_line
+
+    line = plan_line(argv[1:])
+    if line is not None:
+        print(line, flush=True)
+
+
+def _out_of_memory(error):
+    """Whether ``error`` is torch's out-of-memory error (torch is imported by then, if it was raised)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(error, torch.OutOfMemoryError)

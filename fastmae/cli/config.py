@@ -18,25 +18,16 @@ from fastmae.cli import distributed
 from fastmae.cli.aliases import IGNORED_DEST
 from fastmae.cli.distributed import DistInfo
 from fastmae.cli.errors import UsageError
+from fastmae.cli.pretrain_options import DEFAULT_OUTPUT_DIR, DEMO_MODELS, DEMO_RECIPE, PAPER_RECIPE, train_split
 from fastmae.cli.rundir import holds_run
 from fastmae.data import default_num_workers
-
-DEFAULT_OUTPUT_DIR = os.path.join("output", "pretrain")
-
-# The options whose default depends on --model: the image side is the model's own; the small CPU
-# models take the quick demo's recipe, every other model the paper's (He et al. 2021, appendix
-# A.1: base lr 1.5e-4, 40 warmup epochs, 800 epochs; weight decay 0.05 for both, the
-# argparse default). --norm-pix-loss stays off unless passed, as in the official main_pretrain.py,
-# so an official command line trains what it trains there.
-DEMO_MODELS = ("mae_vit_tiny_patch4", "mae_vit_micro_patch4")
-DEMO_RECIPE = {"blr": 1e-2, "warmup_epochs": 1, "epochs": 60}
-PAPER_RECIPE = {"blr": 1.5e-4, "warmup_epochs": 40, "epochs": 800}
 
 # Options that shape the training trajectory: a resume that changes them cannot continue it exactly.
 # On resume, those the command line does not pass come from the checkpoint.
 TRAJECTORY_OPTIONS = ("model", "input_size", "mask_ratio", "norm_pix_loss", "data", "num_images",
                       "batch_size", "accum_iter", "epochs", "warmup_epochs", "blr", "lr", "min_lr",
-                      "weight_decay", "amp", "seed", "demo", "in_chans", "mean", "std", "vflip", "layout")
+                      "weight_decay", "amp", "seed", "demo", "in_chans", "mean", "std", "vflip", "layout",
+                      "threads")
 # The options the lr is computed from: the checkpoint's lr is kept only when none of them is passed.
 LR_OPTIONS = ("lr", "blr", "batch_size", "accum_iter")
 
@@ -75,6 +66,7 @@ class RunConfig:
     print_freq: int
     device: torch.device
     dist: DistInfo
+    threads: int | None = None  # torch.set_num_threads while training; None: torch's own
     # multi-band, 16-bit and float data (fastmae.cli.bands): resolved from the data once it is opened
     demo: str | None = None  # the embedded set without --data: "shapes" (None) or "multiband"
     in_chans: int | None = None
@@ -171,14 +163,6 @@ def factory_img_size(model):
     config = inspect.getclosurevars(make).nonlocals.get("config", {})
     side = config.get("img_size", inspect.signature(fastmae.MaskedAutoencoderViT).parameters["img_size"].default)
     return side if isinstance(side, int) else side[0]
-
-
-def train_split(data):
-    """``DATA/train`` when ``data`` is a directory holding ``train/`` and ``val/`` (the official
-    ImageNet layout, whose ``train/`` ``main_pretrain.py`` reads), else ``data``."""
-    if all(os.path.isdir(os.path.join(data, part)) for part in ("train", "val")):
-        return os.path.join(data, "train")
-    return data
 
 
 def changed_options(run, args, stored):

@@ -33,7 +33,6 @@ e.g. torchrun on 8 nodes x 8 GPUs): --model mae_vit_large_patch16 --data DIR --n
 --batch-size 64. The official main_pretrain.py option names are accepted (see the last line).
 """
 
-import argparse
 import os
 import random
 import time
@@ -44,14 +43,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 import fastmae
 import fastmae.data as fd
-from fastmae.cli import bands, distributed
-from fastmae.cli.aliases import add_official_aliases, ignored_warning
-from fastmae.cli.argtypes import (nonnegative_float, nonnegative_int, positive_float, positive_int,
-                                  ratio, seed)
+from fastmae.cli import bands, distributed, pretrain_options
+from fastmae.cli.aliases import ignored_warning
 from fastmae.cli.run_state import (load_checkpoint, load_model_state, remove_stale_temporaries,
                                    rng_state, set_rng_state)
-from fastmae.cli.config import (DEFAULT_OUTPUT_DIR, DEMO_MODELS, DEMO_RECIPE, PAPER_RECIPE, changed_options,
-                                resolve, resume_command)
+from fastmae.cli.config import changed_options, resolve, resume_command
 from fastmae.cli.console import Console, RunProgress, count, duration
 from fastmae.cli.engine import NonFiniteLoss, train_one_epoch
 from fastmae.cli.errors import Interrupted, UsageError
@@ -63,78 +59,14 @@ from fastmae.cli.panels import TITLES, panel_rows
 from fastmae.cli.rundir import check_output_dir, check_writable, save_epoch, truncate_log
 from fastmae.cli.runtime import check_backend, check_keeps_patch, parse_device, small_grid_warnings
 from fastmae.cli.tblog import StepLogger, check_tensorboard
+from fastmae.data.synthetic import MadeOnce
 from fastmae.checkpoint_files import checkpoint_args
 
 
 def add_arguments(p):
-    model = p.add_argument_group("model")
-    model.add_argument("--model", default="mae_vit_tiny_patch4", help="a name in fastmae.MODELS")
-    model.add_argument("--input-size", type=positive_int,
-                       help="image side in pixels; default: the model's own (32 for the demo models "
-                       f"{' and '.join(DEMO_MODELS)}, 224 for the official ones)")
-    model.add_argument("--mask-ratio", type=ratio, default=0.75, help="fraction of patches removed")
-    model.add_argument("--norm-pix-loss", action="store_true",
-                       help="per-patch normalised pixels as targets")
-    model.add_argument("--backend", default="auto", choices=fastmae.ops.BACKENDS,
-                       help="op implementation passed to the model")
-    add_compile_arguments(model)
-
-    data = p.add_argument_group("data")
-    data.add_argument("--data", help="directory of .jpg/.jpeg/.png images, searched recursively "
-                      "(ImageFolder layout or flat), or WebDataset tar shards: a directory of .tar "
-                      "files or a brace pattern such as shards/train-{000000..000146}.tar (pip "
-                      "install -e \".[shards]\"); default: the embedded procedural set")
-    data.add_argument("--num-images", type=positive_int, default=2048,
-                      help="size of the procedural set (ignored with --data)")
-    bands.add_arguments(data)
-    data.add_argument("--num-workers", type=nonnegative_int,
-                      help="data loader processes (persistent across epochs); default: the cores this "
-                      "process may use, shared by the processes of the node, one left for training "
-                      "(fastmae.data.default_num_workers); 0 on CPU")
-
-    optim = p.add_argument_group("optimisation")
-    optim.add_argument("--batch-size", type=positive_int, default=64,
-                       help="images per process per iteration")
-    optim.add_argument("--accum-iter", type=positive_int, default=1,
-                       help="iterations per optimizer step")
-    demo, paper = DEMO_RECIPE, PAPER_RECIPE
-    optim.add_argument("--epochs", type=positive_int, help="epochs to train in all; default "
-                       f"{demo['epochs']} for the demo models, {paper['epochs']} (the paper's) for the others")
-    optim.add_argument("--warmup-epochs", type=nonnegative_float,
-                       help="epochs of linear lr warmup before the cosine decay; default "
-                       f"{demo['warmup_epochs']:g} for the demo models, {paper['warmup_epochs']:g} for the others")
-    optim.add_argument("--blr", type=positive_float,
-                       help="base lr: lr = blr * batch-size * accum-iter * processes / 256; default "
-                       f"{demo['blr']:g} for the demo models, {paper['blr']:g} (the paper's) for the others")
-    optim.add_argument("--lr", type=positive_float, help="absolute lr (overrides --blr)")
-    optim.add_argument("--min-lr", type=nonnegative_float, default=0.0,
-                       help="lr at the end of the cosine")
-    optim.add_argument("--weight-decay", type=nonnegative_float, default=0.05,
-                       help="AdamW weight decay (not on biases and 1-D parameters)")
-    optim.add_argument("--amp", choices=("bf16", "fp16", "off"),
-                       help="autocast dtype; default bf16 on CUDA, off on CPU (fp16 adds a GradScaler)")
-
-    run = p.add_argument_group("run")
-    run.add_argument("--seed", type=seed, default=0,
-                     help="seed of the data order, augmentation and masking (process r adds r)")
-    run.add_argument("--resume", help="checkpoint to continue from (fastmae or official); the "
-                     "model, data and optimisation options not passed come from it. A checkpoint of "
-                     "weights only, or a Hugging Face ViTMAE directory, starts a new run from its weights")
-    run.add_argument("--output-dir",
-                     help="where checkpoints, log.txt and reconstructions.png go; a directory that "
-                     "holds a run is only continued, with --resume of a checkpoint inside it. "
-                     "Default: the --resume file's directory, else the first of "
-                     f"{DEFAULT_OUTPUT_DIR}, {DEFAULT_OUTPUT_DIR}-2, ... that holds no run")
-    run.add_argument("--save-every", type=positive_int, default=20,
-                     help="also keep checkpoint-<epoch>.pth every N epochs (a hard link to that "
-                     "epoch's checkpoint-last where the file system allows)")
-    run.add_argument("--print-freq", type=positive_int, default=20,
-                     help="progress line every N iterations")
-    run.add_argument("--device", help="cuda, cuda:N or cpu; default cuda when available")
-    run.add_argument("--log-dir", help="also write TensorBoard scalars there (train_loss and lr per "
-                     "optimizer step, as the official code); needs the tensorboard extra: pip install "
-                     "-e \".[tensorboard]\"")
-    add_official_aliases(p)
+    """``pretrain``'s options (``fastmae.cli.pretrain_options``, torch-free) with those that need
+    torch: the multi-band data options and the backends."""
+    pretrain_options.add_arguments(p, bands.add_arguments, fastmae.ops.BACKENDS)
 
 
 def run(args):
@@ -154,9 +86,11 @@ def train(args):
     device = parse_device(args.device, dist.local_rank, dist.enabled)
     check_backend(args.backend, device)
     distributed.init(dist, device)
+    threads = torch.get_num_threads()  # --threads holds while training only
     try:
         return _train(args, dist, device, Console(dist.is_main))
     finally:
+        torch.set_num_threads(threads)
         distributed.cleanup(dist)
 
 
@@ -167,6 +101,8 @@ def _train(args, dist, device, console):
         ckpt = load_checkpoint(args.resume)
     stored = checkpoint_args(ckpt) if _continues(ckpt) else {}
     run = resolve(args, dist, device, stored)
+    if run.threads is not None:
+        torch.set_num_threads(run.threads)
     check_output_dir(run)
     if ignored_warning(args):
         console.warn(ignored_warning(args))
@@ -185,11 +121,12 @@ def _train(args, dist, device, console):
         check_writable(run.output_dir)
     compiling = "; torch.compile works at the first iteration (minutes)" if run.compile else ""
     scanning = f", scanning {run.data}" if run.data else ""
+    threads = f", {count(torch.get_num_threads(), 'thread')}" if device.type == "cpu" else ""
     if args.data and run.data != args.data:
         console.say(f"--data {args.data} holds train/ and val/: pretraining on {run.data}, as the official "
                     "main_pretrain.py does (val/ is left for evaluation)")
     console.say(f"pretraining {run.model} at {run.input_size} px on {device} "
-                f"({count(dist.world_size, 'process', 'processes')}, amp {run.amp}), "
+                f"({count(dist.world_size, 'process', 'processes')}{threads}, amp {run.amp}), "
                 f"{count(run.epochs, 'epoch')} at blr {run.blr:g} ({run.warmup_epochs:g} warmup), into "
                 f"{run.output_dir}: building the model and the optimizer{scanning}{compiling}...")
     _seed_everything(run.seed + dist.rank)
@@ -311,6 +248,8 @@ def _build_data(run, console):
     try:
         if run.data is None or fd.is_shard_spec(run.data):
             images = bands.open_images(run.data, run.demo, run.num_images, run.input_size, run.in_chans, run.layout)
+            if isinstance(images, fd.ProceduralImages) and _kept_bytes(images) <= MAX_KEPT_BYTES:
+                images = MadeOnce(images)  # drawn once, not every epoch: the same images, less CPU
         else:  # scanned once, by rank 0 (warnings included), and the file list sent to the others
             images = distributed.from_main(lambda: _scan(run, console.warn), dist)
         loader = fd.build_loader(images, run.batch_size, run.input_size, run.seed, world_size=dist.world_size,
@@ -327,6 +266,15 @@ def _build_data(run, console):
         raise UsageError(f"--accum-iter {run.accum_iter} is more than the {len(loader)} "
                          "iterations of an epoch: no optimizer step would run")
     return images, loader
+
+
+# The procedural set's images are kept in memory after their first epoch up to this size (2048
+# images of 64 px, the default run's, take 34 MB: Pillow holds RGB as 4 bytes a pixel).
+MAX_KEPT_BYTES = 256 * 2**20
+
+
+def _kept_bytes(images):
+    return len(images) * images.size * images.size * 4
 
 
 def _scan(run, warn):
@@ -348,18 +296,6 @@ def _build_model(run):
         raise UsageError(f"cannot build {run.model} at --input-size {run.input_size}: {e}") from None
     check_keeps_patch(model, run.mask_ratio)
     return model
-
-
-def add_compile_arguments(group):
-    """``--compile`` / ``--no-compile`` and ``--compile-mode``, and what TF32 is left at."""
-    group.add_argument("--compile", action=argparse.BooleanOptionalAction,
-                       help="torch.compile the model; default on CUDA, off on CPU. float32 matmuls "
-                       "use TF32 only where your PyTorch settings say so "
-                       "(torch.backends.cuda.matmul.allow_tf32, torch.set_float32_matmul_precision): "
-                       "fastmae leaves them as they are")
-    group.add_argument("--compile-mode", help="torch.compile's mode: one of your torch's "
-                       "torch._inductor.list_mode_options(), e.g. reduce-overhead (CUDA graphs), "
-                       "max-autotune; default torch's")
 
 
 def make_optimizer(model, run, impl=None):

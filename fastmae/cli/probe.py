@@ -222,7 +222,7 @@ def _stratified_split(labels, holdout, seed_value):
     train, test = [], []
     for c in sorted(set(labels)):
         members = [i for i, label in enumerate(labels) if label == c]
-        members = [members[j] for j in torch.randperm(len(members), generator=gen).tolist()]
+        members = [members[j] for j in torch.randperm(len(members), generator=gen, device="cpu").tolist()]
         n_test = min(round(len(members) * holdout), len(members) - 1)
         test += members[:n_test]
         train += members[n_test:]

@@ -5,6 +5,10 @@ data benchmark make ImageNet-like JPEGs (500 x 375 by default, quality 90) from 
 colour gradients (sky, walls), a few sharp-edged shapes (objects), a band-limited texture (foliage,
 fabric) and per-pixel sensor noise. They have a photograph's mix of flat, textured and edge regions,
 which is what resampling errors depend on; they are not a substitute for measuring on real data.
+
+:class:`MadeOnce` keeps a made-on-the-spot source's images once made: the embedded procedural set
+(``fastmae.data.ProceduralImages``) costs about as much CPU to draw every epoch as a small model's
+training step on it.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-__all__ = ["photo_like", "photo_like_jpeg", "write_photo_like_jpegs"]
+__all__ = ["MadeOnce", "photo_like", "photo_like_jpeg", "write_photo_like_jpegs"]
 
 
 def photo_like(seed: int, width: int = 500, height: int = 375) -> Image.Image:
@@ -66,3 +70,33 @@ def write_photo_like_jpegs(directory: str, count: int, seed: int = 0, width: int
             f.write(photo_like_jpeg(seed + i, width, height, quality))
         paths.append(path)
     return paths
+
+
+class MadeOnce:
+    """``source`` (a procedural set: ``image(i)`` a pure function of ``i``) with each image made once,
+    at its first use, then kept in memory, in each process that reads it: the same images, without
+    drawing them again every epoch. Everything else (``len``, ``label``, ``name``, ``signature``...)
+    is ``source``'s.
+
+    The images are handed out as kept: readers must not change them (the loader and the panels do not).
+    """
+
+    def __init__(self, source):
+        self.source = source
+        self._made = {}  # index -> the image
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def image(self, index: int):
+        image = self._made.get(index)
+        if image is None:
+            image = self._made[index] = self.source.image(index)
+        return image
+
+    open = image  # made decoded: nothing to defer
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name in ("source", "_made"):  # pickling probes before __dict__ is set
+            raise AttributeError(name)
+        return getattr(self.source, name)
