@@ -1,12 +1,17 @@
 """``fastmae pretrain``: MAE pretraining as the official ``main_pretrain.py``.
 
 With no arguments it trains a tiny MAE on the embedded procedural image set: 60 epochs of 2048
-images, about 5 minutes on 2 CPU cores, the loss falling from about 1.1 to 0.23 (long enough for
+images, 5-12 minutes on 2 CPU cores, the loss falling from about 1.1 to 0.23 (long enough for
 ``fastmae probe`` to find its encoder better than a random one; 30 epochs are not). Under
 ``torchrun`` it runs data-parallel (DDP). Rank 0 writes ``OUT/checkpoint-last.pth`` every epoch,
 ``OUT/checkpoint-<epoch>.pth`` every ``--save-every`` epochs and at the end (hard links to that
 epoch's checkpoint-last where the file system allows: no second copy on disk), one JSON line per
-epoch to ``OUT/log.txt`` and, at the end, ``OUT/reconstructions.png``.
+epoch to ``OUT/log.txt`` (with ``data_wait``, the seconds the steps waited for batches) and, at the
+end, ``OUT/reconstructions.png``, ``OUT/loss.png`` and the next commands with this run's paths. The
+checkpoints and log.txt are written atomically (a kill mid-save leaves the previous file). The first line names the plan
+before the slow set-up; progress lines read ``epoch 3/60 [20/32] loss ... lr ... img/s, ETA 4m10s``
+(epochs from 1 there, from 0 in log.txt and the checkpoint names). Under torchrun each rank reads its
+share of the data; rank 0 scans --data and shares the list, and the ranks wait for its writes.
 
 Without ``--output-dir`` a run writes to the first of ``output/pretrain``, ``output/pretrain-2``, ...
 that holds no run, or, with ``--resume``, beside the checkpoint, so the default command can be run
@@ -31,6 +36,11 @@ warmup epochs, 800 epochs, --weight-decay 0.05). --norm-pix-loss is off unless p
 official main_pretrain.py; the paper's results use it. The paper's ViT-L run (effective batch 4096,
 e.g. torchrun on 8 nodes x 8 GPUs): --model mae_vit_large_patch16 --data DIR --norm-pix-loss
 --batch-size 64. The official main_pretrain.py option names are accepted (see the last line).
+
+Errors are one line, ``fastmae: error: ...``, exit 2 for bad arguments or inputs and 1 for failures
+while running (a NaN or infinite loss stops before anything is saved, naming epoch and iteration; out
+of memory says to lower --batch-size); Ctrl-C exits 130 naming the last checkpoint and the command
+that resumes from it.
 """
 
 import os
