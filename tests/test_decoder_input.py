@@ -25,13 +25,23 @@ SHAPES = [
     (2, 9, 4, 40),  # odd L, D not a power of two (one masked column block of 64)
     (1, 5, 3, 1280),  # batch 1, ViT-H width: five 256-wide column blocks
     (1, 4, 2, 512),  # batch 1, the MAE decoder width
-    (3, 7, 2, 264),  # row tiles of 8 straddle samples; the second column block is mostly masked
+    (3, 7, 2, 264),  # L+1 = 8 rows: two row blocks of 4 a sample; the second column block has 8 live columns
     (2, 6, 6, 8),  # K = L (mask ratio 0): no mask token at all, its gradient is 0
     (3, 16, 1, 24),  # K = 1: one visible token per sample
     (5, 33, 8, 256),  # 34 rows: several row blocks in both directions, partials summed
     (2, 9, 4, 33),  # odd D: bf16 rows start on odd elements, so the backward cannot read 32-bit words
     (2, 7, 3, 1),  # D = 1: one column, one chunk of one column
 ]
+
+
+def test_shapes_reach_their_regimes():
+    """The launch geometry the SHAPES comments name: a change of the tiles shows here first."""
+    from fastmae.kernels import decoder_input
+    from fastmae.kernels._common import row_blocks
+
+    for tile in (decoder_input.FWD_TILE, decoder_input.bwd_tile(4)):
+        block_r, block_d = row_blocks(264, tile)
+        assert (block_r, block_d) == (4, 256) and (7 + 1) // block_r == 2
 
 
 def _inputs(n, num_patches, k, d, dtype, table_dtype=None, ids_dtype=torch.int64, pos_grad=True) -> dict:

@@ -25,13 +25,22 @@ SHAPES = [
     (2, 9, 4, 40),  # odd L, D not a power of two (one masked column block of 64)
     (1, 5, 3, 1280),  # batch 1, ViT-H width: five 256-wide column blocks, no masked columns
     (1, 4, 2, 768),  # batch 1, ViT-B width
-    (2, 7, 5, 264),  # row tiles of 8 straddle samples; the second column block is mostly masked
+    (2, 7, 5, 264),  # K+1 = 6 rows: a full and a half row block of 4; a second column block of 8 live columns
     (2, 6, 6, 8),  # K = L (mask ratio 0): every patch kept
     (3, 16, 1, 24),  # K = 1: one token per sample
     (2, 5, 0, 40),  # K = 0: cls only (no ids to read)
     (2, 9, 4, 33),  # odd D: bf16 rows start on odd elements
     (2, 7, 3, 1),  # D = 1: one column, one chunk of one column
 ]
+
+
+def test_shapes_reach_their_regimes():
+    """The launch geometry the SHAPES comments name: a change of the tile shows here first."""
+    from fastmae.kernels import encoder_input
+    from fastmae.kernels._common import row_blocks
+
+    block_r, block_d = row_blocks(264, encoder_input.FWD_TILE)
+    assert (block_r, block_d) == (4, 256) and block_r < 5 + 1 < 2 * block_r
 
 
 def _inputs(n, num_patches, k, d, dtype, table_dtype=None, ids_dtype=torch.int64, pos_grad=True) -> dict:
