@@ -28,6 +28,9 @@
 #   FASTMAE_REPORT_BENCH_K=EXPR      only the benchmarks that pytest -k EXPR selects, in steps 4-6
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# Started from a pytest-xdist worker (its own test does that), the benchmarks would see the worker's
+# variables and pytest-benchmark would turn itself off: this run is not part of that session.
+unset PYTEST_XDIST_WORKER PYTEST_XDIST_WORKER_COUNT PYTEST_XDIST_TESTRUNUID
 START=$(date +%s)
 DEADLINE_S=${FASTMAE_REPORT_DEADLINE_S:-520}
 RESERVE_S=15  # the report, the copy to $OUT
