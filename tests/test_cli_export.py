@@ -119,6 +119,7 @@ def test_encoder_loads_back_into_the_vit_and_the_mae(tmp_path, capsys, trained):
         assert vit(imgs).equal(want(imgs))
 
 
+@pytest.mark.slow
 @requires_transformers
 def test_hf_loads_cleanly_and_gives_the_same_loss(tmp_path, capsys, trained):
     from safetensors.torch import load_file

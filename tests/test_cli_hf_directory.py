@@ -61,6 +61,7 @@ def test_visualize_reads_an_hf_directory_as_its_checkpoint(tmp_path, capsys, mic
     assert _visualize(tmp_path, capsys, saved, photo, "from-save-pretrained") == expected
 
 
+@pytest.mark.slow
 def test_probe_reads_an_hf_directory_as_its_checkpoint(tmp_path, capsys, micro_checkpoint):
     model, checkpoint = micro_checkpoint
     exported, saved = _directories(tmp_path, capsys, model, checkpoint)

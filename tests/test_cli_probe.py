@@ -46,6 +46,7 @@ def top1(out, what):
     return float(re.search(rf"{what}.*?top-1 ([\d.]+)%", out).group(1))
 
 
+@pytest.mark.slow
 def test_probe_reports_the_checkpoint_and_the_random_encoders(checkpoint, capsys):
     _, path = checkpoint
     code, out, err = probe(capsys, "--checkpoint", path, "--num-images", "48", "--random-inits", "2", *QUICK)

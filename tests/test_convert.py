@@ -193,6 +193,7 @@ def test_export_writes_only_the_weights_atomically(tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @requires_transformers
 @pytest.mark.parametrize("norm_pix", [False, True])
 def test_hf_model_with_converted_weights_gives_fastmaes_outputs(norm_pix):

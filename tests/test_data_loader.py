@@ -190,6 +190,7 @@ def test_build_loader_errors(tmp_path):
         fd.build_loader(fd.ProceduralImages(10, size=16), 2, 0, num_workers=0)
 
 
+@pytest.mark.slow
 def test_library_does_not_import_the_cli():
     import subprocess
     import sys

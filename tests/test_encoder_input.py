@@ -129,6 +129,7 @@ def test_persistent_grid_is_one_wave_at_the_headline(monkeypatch, value_bytes, g
     assert groups * (trips - 1) < 256 <= groups * trips
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_pos_backward_sums_lists_in_shares(dtype):
     # 130 samples keeping 2 of 4 patches: each patch's list of kept rows is about 65 long, so the
@@ -222,6 +223,7 @@ def test_out_of_range_ids_stay_in_bounds():
     assert_close(grad_cls[0, 0], want_pos[0], reduced=2)
 
 
+@pytest.mark.slow
 def test_compile_fullgraph():
     check_compile_fullgraph(kernel.encoder_input, _inputs(2, 5, 3, 8, torch.float32))
 

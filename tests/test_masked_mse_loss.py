@@ -215,6 +215,7 @@ def test_int32_ids_and_fractional_weights():
     _check(torch.randn(n, 6, 48), imgs, weights, p, False, None, "triton")
 
 
+@pytest.mark.slow
 def test_many_programs(monkeypatch):
     # one row per program (p = 4: 4 chunks of 4 pixels) and an 8-wide final reduction: 20 partials
     # summed in three steps, the last one partial
@@ -313,6 +314,7 @@ def test_out_of_range_ids_are_clamped():
     assert torch.equal(loss, clamped)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["full", "masked"])
 def test_gradcheck(form):
     # The kernel has no float64; gradcheck it in float32, which is exact enough here: the loss is

@@ -80,6 +80,7 @@ SOURCES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", [pytest.param("triton", marks=requires_kernels), "torch"])
 @pytest.mark.parametrize("kind, channels, dtype", SOURCES)
 def test_source_to_batch_to_model_input(tmp_path, kind, channels, dtype, backend):

@@ -36,6 +36,7 @@ def test_the_kernels_folder_is_not_a_regular_package():
     assert (ROOT / "fastmae" / "kernels").resolve() == (ROOT / "kernels").resolve()
 
 
+@pytest.mark.slow
 def test_an_installed_kernels_package_wins_from_the_repository_root(tmp_path):
     # A stand-in distribution named "kernels", on sys.path after the root (the cwd comes first).
     site = tmp_path / "site"
@@ -57,6 +58,7 @@ def test_an_installed_kernels_package_wins_from_the_repository_root(tmp_path):
     assert Path(fastmae_kernel).resolve() == ROOT / "kernels" / "patchify.py"
 
 
+@pytest.mark.slow
 @requires_transformers
 def test_transformers_imports_from_the_repository_root():
     result = python_in_root("""

@@ -83,6 +83,7 @@ def _check(args, size, backend, dtype=torch.float32, **kw):
     return out, ref
 
 
+@pytest.mark.slow
 @requires_kernels
 @pytest.mark.parametrize("regime", REGIMES)
 def test_kernel_matches_reference(regime):
@@ -103,6 +104,7 @@ def test_torch_backend_imagenet_sized_crops():
     _check(args, (224, 224), "torch")
 
 
+@pytest.mark.slow
 @requires_kernels
 @pytest.mark.parametrize("dtype", [d for d in DTYPES if d != torch.float32], ids=str)
 def test_kernel_low_precision_outputs(dtype):
@@ -215,6 +217,7 @@ def _grey_levels(out):
     # the kernel itself: a small photo (interpreting a 500x375 one takes minutes), still ~1-2x down
     pytest.param((24, 32), "triton", 2, (64, 48), marks=requires_kernels),
 ])
+@pytest.mark.slow
 def test_agrees_with_pillow_on_photo_like_jpegs(size, backend, count, image_size):
     args, pillow = _photo_batch(count, size, seed=size[0], image_size=image_size)
     out = ops.resized_crop(*args, size, backend=backend)  # [N, 3, S_h, S_w] float32
@@ -286,6 +289,7 @@ def _stats(dtype, channels):
                 std=tuple(s * (1 + 0.1 * c) for c in range(channels)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("channels", [1, 2, 3, 4, 13])
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.uint16, torch.float32], ids=str)
 @pytest.mark.parametrize("backend", [pytest.param("triton", marks=requires_kernels), "torch"])
@@ -306,6 +310,7 @@ def test_channel_groups_regime():
     assert kernel.launch_blocks((5, 6), 1)[2] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", [pytest.param("triton", marks=requires_kernels), "torch"])
 def test_uint16_extremes_and_8x_downscale(backend):
     # a 0 / 65535 checkerboard, 13 bands, downscaled 8x (33 taps): every tap at the extremes, where
@@ -337,6 +342,7 @@ def test_kernel_vflip_is_upside_down_of_unflipped():
     assert torch.equal(upside_down, plain.flip(-2))
 
 
+@pytest.mark.slow
 @requires_kernels
 @pytest.mark.parametrize("dtype", [d for d in DTYPES if d != torch.float32], ids=str)
 def test_kernel_low_precision_outputs_from_uint16(dtype):
