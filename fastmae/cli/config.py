@@ -18,8 +18,7 @@ from fastmae.cli import distributed
 from fastmae.cli.aliases import IGNORED_DEST
 from fastmae.cli.distributed import DistInfo
 from fastmae.cli.errors import UsageError
-from fastmae.cli.pretrain_options import DEFAULT_OUTPUT_DIR, DEMO_MODELS, DEMO_RECIPE, PAPER_RECIPE, train_split
-from fastmae.cli.rundir import holds_run
+from fastmae.cli.pretrain_options import DEMO_MODELS, DEMO_RECIPE, PAPER_RECIPE, first_free_output_dir, train_split
 from fastmae.data import default_num_workers
 
 # Options that shape the training trajectory: a resume that changes them cannot continue it exactly.
@@ -229,11 +228,4 @@ def _default_output_dir(resume, dist):
     race its first write)."""
     if resume:
         return os.path.dirname(resume) or "."
-
-    def first_free():
-        path, i = DEFAULT_OUTPUT_DIR, 1
-        while holds_run(path):
-            i += 1
-            path = f"{DEFAULT_OUTPUT_DIR}-{i}"
-        return path
-    return distributed.from_main(first_free, dist)
+    return distributed.from_main(first_free_output_dir, dist)
