@@ -98,8 +98,9 @@ class Inputs:
 class Op:
     """One fused op as the benchmarks and the bytes model see it: its variants and passes, its inputs at a
     shape, its reference and static arguments, its minimal bytes per pass and what its kernels move beyond
-    them in a training step. Adding an op here adds it to the per-op suite, the bytes tables and the
-    benchmarks' report; ``tools/kernel_specs/<kernels>.py`` holds its compile specs."""
+    them in a training step. Adding an op here adds it to the bytes tables; a ``test_bench_<op>.py`` of
+    three lines (a ``bench_op`` marker) times it with these inputs and variants; its compile specs are
+    ``tools/kernel_specs/<kernels>.py``."""
 
     name: str
     kernels: str  # the module of fastmae.kernels that runs it (its compile specs: tools/kernel_specs/<kernels>.py)

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from . import harness, op_bench, train_step
+from .cases import OPS
 from .report import ops_tables, step_table
 
 _START = time.monotonic()
@@ -64,7 +65,8 @@ def pytest_generate_tests(metafunc):
     """``op_case``: the cases of the test's ``bench_op`` marker; ``e2e``: the training-step arms."""
     if "op_case" in metafunc.fixturenames:
         marker = metafunc.definition.get_closest_marker("bench_op")
-        cases = op_bench.op_cases(marker.args[0], marker.args[1:] or ({},), bench_scope(metafunc.config))
+        op = marker.args[0]  # the variants: the marker's, else the op's descriptor's (benchmarks/cases.py)
+        cases = op_bench.op_cases(op, marker.args[1:] or OPS[op].variants, bench_scope(metafunc.config))
         metafunc.parametrize("op_case", cases, ids=[c.id for c in cases])
     if "e2e" in metafunc.fixturenames:
         params = [pytest.param((model, batch, arm), id=f"{model}-N{batch}-{arm}", marks=pytest.mark.bench_cost(cost))
