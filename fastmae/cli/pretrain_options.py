@@ -28,8 +28,7 @@ PAPER_RECIPE = {"blr": 1.5e-4, "warmup_epochs": 40, "epochs": 800}
 MODEL_NAMES = ("mae_vit_base_patch16", "mae_vit_large_patch16", "mae_vit_huge_patch14",
                "mae_vit_base_patch16_dec512d8b", "mae_vit_large_patch16_dec512d8b",
                "mae_vit_huge_patch14_dec512d8b", *DEMO_MODELS)
-# What marks a run directory (fastmae.cli.rundir.RUN_MARKERS, whose module imports torch; a test
-# holds them equal).
+# What marks a run directory (fastmae.cli.rundir, which imports torch, takes these).
 RUN_MARKERS = ("checkpoint-last.pth", "log.txt")
 
 

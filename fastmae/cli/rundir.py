@@ -12,13 +12,8 @@ import tempfile
 
 from fastmae.cli.run_state import link_atomically, save_checkpoint, write_text_atomically
 from fastmae.cli.errors import UsageError
-
-RUN_MARKERS = ("checkpoint-last.pth", "log.txt")
-
-
-def holds_run(directory):
-    """Whether ``directory`` holds a pretraining run (a ``checkpoint-last.pth`` or a ``log.txt``)."""
-    return any(os.path.exists(os.path.join(directory, name)) for name in RUN_MARKERS)
+# what marks a run directory: defined torch-free, for the line printed before torch's import
+from fastmae.cli.pretrain_options import holds_run
 
 
 def enclosing_run(path):
