@@ -1,18 +1,11 @@
-"""Collect one ``gpu_report.sh`` run into ONE results file and its markdown summary; print the summary.
+"""One ``gpu_report.sh`` run as ONE results file and its markdown summary (``benchmarks/NOTES.md``, "The
+GPU report")::
 
     python3 -m benchmarks.report --workdir DIR --out benchmarks/results
 
-``DIR``, what the script left: ``env.json`` (``python3 -m benchmarks.harness``), ``install.txt`` (one
-line: how fastmae was made importable), ``<step>.log`` and ``<step>.rc`` per step (``kernel_tests``
-and the benchmark steps), ``bench.jsonl`` (one line per benchmark as it ended, ``benchmarks/conftest.py``).
-Written to ``--out``: ``<UTC time>-<gpu|cpu>-<device>.json`` (environment, git commit, install, each
-step's exit code, the kernel tests' counts and failing ids, every benchmark row, the counts of failed
-and skipped benchmarks and of rows a table could not use, the summary) and the summary beside it as
-``.md``. A CPU run is labelled: not speed claims.
-
-Nothing a run leaves makes it fail: a missing piece is reported missing, a line cut off by a kill is
-counted, a row without the fields its table needs is skipped and counted, and each table is built
-on its own (a table that cannot be built is one line saying why; the others stand).
+``DIR`` holds ``env.json``, ``install.txt``, ``<step>.log`` / ``<step>.rc`` and ``bench.jsonl``. Nothing
+a run leaves makes the report fail: a missing piece is reported missing, a cut line or a row without
+the fields its table needs is counted, and a table that cannot be built is one line saying why.
 """
 
 import argparse
@@ -26,9 +19,8 @@ from typing import NamedTuple
 BENCH_STEPS = ("ops", "data", "train_step")  # the script's benchmark steps, in run order
 MAX_SUMMARY_CHARS = 10_000  # the GPU machine returns the last 12,000 characters of output
 MAX_LISTED = 20  # failing test ids or benchmarks named in the summary (all are in the results file)
-# pytest's verbose and -rfE lines: "tests/x.py::t[a] PASSED [ 5%]" (id first), "[gw1] [ 5%] FAILED
-# tests/x.py::t[a]" (pytest-xdist), "FAILED tests/x.py::t[a] - AssertionError", "ERROR tests/x.py - ..."
-# (collection); anchored, so a captured log line that says ERROR is not a test.
+# pytest's verbose lines, "tests/x.py::t[a] PASSED [ 5%]" and with xdist "[gw1] [ 5%] FAILED tests/x.py::t[a]";
+# anchored, so a captured log line that says ERROR is not a test.
 _STATUSES = "PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS"
 _ID_FIRST = re.compile(rf"^(\S+\.py(?:::\S+)?) ({_STATUSES})\b")
 _STATUS_FIRST = re.compile(rf"^(?:\[gw\d+\] \[\s*\d+%\] )?({_STATUSES}) (\S+\.py(?:::\S+)?)")
@@ -36,49 +28,40 @@ _SUMMARY = re.compile(r"(\d+ (passed|failed|errors?|skipped|deselected|xfailed|x
 
 
 def _read(path: Path) -> str:
-    """A file's text, empty when it does not exist."""
     return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
 
 
 def _rc(path: Path) -> int | None:
-    """An exit code the script recorded, None when missing."""
     text = _read(path).strip()
     return int(text) if text.lstrip("-").isdigit() else None
 
 
-def _run(*cmd: str) -> str | None:
-    """A command's stdout, or None when it cannot run (no git)."""
+def _git(*args: str) -> str | None:
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=20).stdout.strip()
+        return subprocess.run(("git", *args), capture_output=True, text=True, check=True, timeout=20).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
 
 
-def _f(x, spec: str, suffix: str = "") -> str:
-    """A table cell: ``x`` formatted with ``spec`` and ``suffix``, ``-`` for None or a non-number."""
-    if x is None or isinstance(x, bool) or not isinstance(x, (int, float)):
-        return "-"
-    return format(x, spec) + suffix
+def _number(x):
+    """``x`` when it is a number (not a bool), else None."""
+    return x if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
 
-def _get(row: dict, field: str):
-    """``row[field]``, ``a.b`` reading into a nested dict; None when absent."""
-    for key in field.split("."):
-        row = row.get(key) if isinstance(row, dict) else None
-    return row
+def _f(x, spec: str, suffix: str = "", scale: float = 1) -> str:
+    """A table cell: ``x * scale`` formatted with ``spec`` and ``suffix``, ``-`` for None or a non-number."""
+    return "-" if _number(x) is None else format(x * scale, spec) + suffix
 
 
 def rc_note(rc: int | None) -> str:
     """An exit code as the summary says it (``timeout`` gives 124 at the time limit, 137 for a kill)."""
-    if rc is None:
-        return "not run"
-    return {0: "exit 0", 124: "cut at its time limit (exit 124)", 137: "killed at its time limit (exit 137)"}.get(
-        rc, f"exit {rc}")
+    notes = {None: "not run", 124: "cut at its time limit (exit 124)", 137: "killed at its time limit (exit 137)"}
+    return notes.get(rc, f"exit {rc}")
 
 
 def pytest_log(workdir: Path, name: str) -> dict:
-    """A pytest step from its verbose log: exit code, pytest's last summary line (absent when the run
-    was cut), and per test id its last status; the counts and failing ids come from those."""
+    """A pytest step from its verbose log: exit code, pytest's last summary line (None when the run was
+    cut), the counts of each test id's last status and the failing ids."""
     log = _read(workdir / f"{name}.log")
     status: dict[str, str] = {}
     for line in log.splitlines():
@@ -95,17 +78,13 @@ def pytest_log(workdir: Path, name: str) -> dict:
 
 
 def read_rows(path: Path) -> tuple[list[dict], int]:
-    """The benchmark rows of a JSONL file and the number of lines that are not a JSON object (a line
-    cut off by a kill)."""
+    """The JSON objects of a JSONL file, and how many lines were not one (cut off by a kill)."""
     rows, bad = [], 0
-    for line in _read(path).splitlines():
-        if not line.strip():
-            continue
+    for line in filter(str.strip, _read(path).splitlines()):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            bad += 1
-            continue
+            row = None
         if isinstance(row, dict):
             rows.append(row)
         else:
@@ -121,36 +100,60 @@ class Table(NamedTuple):
 
 
 def _complete(rows: list[dict], fields: tuple[str, ...]) -> tuple[list[dict], int]:
-    """The rows that have every one of ``fields`` (``a.b`` nested), and how many did not."""
-    kept = [r for r in rows if all(_get(r, f) is not None for f in fields)]
+    """The rows that have every one of ``fields`` (``a.b`` reads into a nested dict), and how many did not."""
+    def get(row, field):
+        for key in field.split("."):
+            row = row.get(key) if isinstance(row, dict) else None
+        return row
+
+    kept = [r for r in rows if all(get(r, f) is not None for f in fields)]
     return kept, len(rows) - len(kept)
+
+
+def _markdown(title: str, header: list[str], lines: list[list[str]], text_columns: int) -> list[str]:
+    """A titled markdown table, its first ``text_columns`` columns left-aligned, the others right-aligned."""
+    return [f"\n#### {title}\n", "| " + " | ".join(header) + " |",
+            "|" + "---|" * text_columns + "---:|" * (len(header) - text_columns),
+            *("| " + " | ".join(cells) + " |" for cells in lines)]
+
+
+def _by_provider(rows: list[dict], key) -> dict:
+    """``{key(row): {provider: row}}``, in run order."""
+    out: dict = {}
+    for r in rows:
+        out.setdefault(key(r), {})[r["provider"]] = r
+    return out
+
+
+def _ratio(a: dict, b: dict, field: str) -> str:
+    return _f(a[field] / b[field] if a.get(field) and b.get(field) else None, ".1f", "x")
 
 
 OPS_FIELDS = ("op", "variant", "provider", "mode", "dtype", "shape.model", "shape.N", "shape.mask_ratio",
               "median_ms", "minimal_bytes")
+OPS_HEADER = ["op", "pass", "MB (minimal)", "fastmae ms", "GB/s", "% copy BW", "reference ms", "compiled ms",
+              "vs eager", "vs compiled", "peak MB"]
 
 
 def ops_tables(rows: list[dict]) -> Table:
-    """One table per (model, batch, mask, dtype): each op and pass, fastmae against the two references."""
+    """One table per (model, batch, mask, dtype), headline first: each op and pass, fastmae against the
+    eager and the compiled reference."""
     rows, skipped = _complete(rows, OPS_FIELDS)
-    groups: dict = {}
+    shapes: dict = {}
     for r in rows:
         s = r["shape"]
-        groups.setdefault((s["model"], s["N"], s["mask_ratio"], r["dtype"]), {}).setdefault(
-            (r["variant"], r["mode"]), {})[r["provider"]] = r
+        shapes.setdefault((s["model"], s["N"], s["mask_ratio"], r["dtype"]), []).append(r)
     out = []
-    for (model, n, ratio, dtype), cells in groups.items():  # in run order: the headline shape first
-        out += [f"\n#### Fused ops: {model}, batch {n}, mask {ratio}, {dtype}\n",
-                "| op | pass | MB (minimal) | fastmae ms | GB/s | % copy BW | reference ms | compiled ms "
-                "| vs eager | vs compiled | peak MB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for (variant, mode), by in cells.items():
-            fast, ref, comp = (by.get(p) or {} for p in ("fastmae", "reference", "reference-compiled"))
-            ms = fast.get("median_ms")
-            vs = [r["median_ms"] / ms if ms and r else None for r in (ref, comp)]
-            out.append(f"| {variant} | {mode} | {(fast or ref or comp)['minimal_bytes'] / 1e6:.1f} | {_f(ms, '.3f')} "
-                       f"| {_f(fast.get('effective_gbps'), '.0f')} | {_f(fast.get('pct_of_copy_bw'), '.0f')} "
-                       f"| {_f(ref.get('median_ms'), '.3f')} | {_f(comp.get('median_ms'), '.3f')} "
-                       f"| {_f(vs[0], '.1f', 'x')} | {_f(vs[1], '.1f', 'x')} | {_f(fast.get('peak_mem_mb'), '.0f')} |")
+    for (model, n, ratio, dtype), mine in shapes.items():
+        lines = []
+        for (variant, mode), by in _by_provider(mine, lambda r: (r["variant"], r["mode"])).items():
+            fast, ref, comp = (by.get(p, {}) for p in ("fastmae", "reference", "reference-compiled"))
+            lines.append([variant, mode, f"{next(iter(by.values()))['minimal_bytes'] / 1e6:.1f}",
+                          _f(fast.get("median_ms"), ".3f"), _f(fast.get("effective_gbps"), ".0f"),
+                          _f(fast.get("pct_of_copy_bw"), ".0f"), _f(ref.get("median_ms"), ".3f"),
+                          _f(comp.get("median_ms"), ".3f"), _ratio(ref, fast, "median_ms"),
+                          _ratio(comp, fast, "median_ms"), _f(fast.get("peak_mem_mb"), ".0f")])
+        out += _markdown(f"Fused ops: {model}, batch {n}, mask {ratio}, {dtype}", OPS_HEADER, lines, 2)
     if rows:
         out.append(f"\nTiming: {rows[0].get('timer') or '-'}; median of {rows[0].get('rounds') or '?'} rounds.")
     if any(r["op"] == "encoder_input" for r in rows):
@@ -158,37 +161,29 @@ def ops_tables(rows: list[dict]) -> Table:
     return Table(out, skipped)
 
 
-RESIZED_CROP_FIELDS = ("provider", "images", "image_hw", "out_side", "dtype", "median_ms", "images_per_s")
-
-
 def resized_crop_table(rows: list[dict]) -> Table:
-    """images/s of ``resized_crop`` per case (images, source size, output side, dtype): fastmae's op
-    against the per-image reference loop."""
-    rows, skipped = _complete(rows, RESIZED_CROP_FIELDS)
+    """images/s of ``resized_crop`` per case: fastmae's op against the per-image reference loop."""
+    rows, skipped = _complete(rows, ("provider", "images", "image_hw", "out_side", "dtype", "median_ms",
+                                     "images_per_s"))
     if not rows:
         return Table([], skipped)
-    cases: dict = {}
-    for r in rows:
-        key = (r["images"], tuple(r["image_hw"]), r["out_side"], r["dtype"])
-        cases.setdefault(key, {})[r["provider"]] = r
-    out = ["\n#### resized_crop (crop, antialiased bicubic resize, flip, normalise: one launch per batch)\n",
-           "| images | source H x W | output | dtype | fastmae images/s | fastmae ms | GB/s | reference images/s "
-           "| fastmae / reference |", "|---:|---|---:|---|---:|---:|---:|---:|---:|"]
-    for (n, (h, w), side, dtype), by in cases.items():
-        fast, ref = by.get("fastmae") or {}, by.get("reference") or {}
-        ratio = fast["images_per_s"] / ref["images_per_s"] if fast and ref else None
-        out.append(f"| {n} | {h} x {w} | {side} x {side} | {dtype} | {_f(fast.get('images_per_s'), ',.0f')} "
-                   f"| {_f(fast.get('median_ms'), '.3f')} | {_f(fast.get('effective_gbps'), '.0f')} "
-                   f"| {_f(ref.get('images_per_s'), ',.0f')} | {_f(ratio, '.1f', 'x')} |")
-    first = rows[0]
-    out.append(f"\n{first.get('device', '?')}; torch {first.get('torch', '?')}; RandomResizedCrop boxes "
-               "(scale 0.2-1), half flipped; time per batch on the benchmark's clock.")
-    return Table(out, skipped)
+    lines = []
+    for (n, (h, w), side, dtype), by in _by_provider(
+            rows, lambda r: (r["images"], tuple(r["image_hw"]), r["out_side"], r["dtype"])).items():
+        fast, ref = by.get("fastmae", {}), by.get("reference", {})
+        lines.append([str(n), f"{h} x {w}", f"{side} x {side}", dtype, _f(fast.get("images_per_s"), ",.0f"),
+                      _f(fast.get("median_ms"), ".3f"), _f(fast.get("effective_gbps"), ".0f"),
+                      _f(ref.get("images_per_s"), ",.0f"), _ratio(fast, ref, "images_per_s")])
+    header = ["images", "source H x W", "output", "dtype", "fastmae images/s", "fastmae ms", "GB/s",
+              "reference images/s", "fastmae / reference"]
+    return Table(_markdown("resized_crop (crop, antialiased bicubic resize, flip, normalise: one launch per batch)",
+                           header, lines, 4)
+                 + [f"\n{rows[0].get('device', '?')}; torch {rows[0].get('torch', '?')}; RandomResizedCrop boxes "
+                    "(scale 0.2-1), half flipped; time per batch on the benchmark's clock."], skipped)
 
 
 def data_table(rows: list[dict]) -> Table:
-    """The data pipeline's CPU cost per image (``benchmarks/data_throughput.py``; its whole table is
-    in the row, in the results file)."""
+    """The data pipeline's CPU cost per image (its whole table is in the row, in the results file)."""
     rows, skipped = _complete(rows, ("fastmae_ms", "floor_ms"))
     out = []
     for r in rows:
@@ -198,7 +193,7 @@ def data_table(rows: list[dict]) -> Table:
     return Table(out, skipped)
 
 
-# The training-step figures, shown when any row has them: (header, field, format, scale, suffix).
+# The training-step figures, a column when any row has them: (header, field, format, scale, suffix).
 STEP_FIGURES = (("images/s", "images_per_s", ".1f", 1, ""), ("step ms", "step_ms", ".1f", 1, ""),
                 ("MFU", "mfu", ".1f", 100, "%"), ("% of measured GEMM", "pct_of_measured_gemm", ".1f", 1, ""),
                 ("peak GB", "peak_mem_gb", ".1f", 1, ""), ("fused-op share", "fused_ops_share", ".1f", 100, "%"),
@@ -206,43 +201,34 @@ STEP_FIGURES = (("images/s", "images_per_s", ".1f", 1, ""), ("step ms", "step_ms
                 ("peak mem fast / ref", "peak_mem_vs_reference", ".2f", 1, ""))
 # Conditions every row states; one value for all rows goes under the table, values that differ become columns.
 STEP_CONDITIONS = ("device", "torch", "triton", "amp", "mask_ratio", "norm_pix_loss", "attention", "optimizer")
-# Fields that are neither a figure nor a condition worth a column (bookkeeping, or said by the arm's name).
-STEP_BOOKKEEPING = {"test", "table", "outcome", "when", "timer", "backend", "compiled", "device_type", "cuda",
+# Text fields that are no condition worth a column (bookkeeping, or said by the arm's name).
+STEP_BOOKKEEPING = {"model", "arm", "test", "table", "outcome", "when", "timer", "backend", "device_type", "cuda",
                     "python", "fastmae_backend", "scope", "sm"}
 
 
 def step_table(rows: list[dict]) -> Table:
-    """Every training-step row that arrived, in run order, whatever its arm: the row's own fields say
-    what it is. Each figure of ``STEP_FIGURES`` any row has is a column; a condition (a text or
-    true/false field) that differs between rows is a column, one that all rows share is said once
-    under the table."""
+    """Every training-step row, in run order, whatever its arm: each figure any row has is a column; a
+    condition (a text or true/false field) that differs between rows is a column, one all rows share is
+    said once under the table."""
     rows, skipped = _complete(rows, ("arm", "images_per_s"))
     if not rows:
         return Table([], skipped)
     figures = [c for c in STEP_FIGURES if any(isinstance(r.get(c[1]), (int, float)) for r in rows)]
-    said = {"model", "arm", "batch", *(c[1] for c in STEP_FIGURES)} | STEP_BOOKKEEPING
-    conditions = list(STEP_CONDITIONS) + sorted({k for r in rows for k, v in r.items() if k not in said
-                                                 and k not in STEP_CONDITIONS and isinstance(v, (str, bool))})
+    conditions = list(STEP_CONDITIONS) + sorted({k for r in rows for k, v in r.items() if isinstance(v, (str, bool))
+                                                 and k not in STEP_BOOKKEEPING and k not in STEP_CONDITIONS})
     varying = [k for k in conditions if len({json.dumps(r.get(k), default=str) for r in rows}) > 1]
     shared = [k for k in conditions if k not in varying and rows[0].get(k) is not None]
     keys = [k for k in ("model", "arm", "batch") if any(k in r for r in rows)] + varying
-    out = ["\n#### Training step (forward, backward, optimizer)\n",
-           "| " + " | ".join(keys + [c[0] for c in figures]) + " |",
-           "|" + "---|" * len(keys) + "---:|" * len(figures)]
-    for r in rows:
-        cells = ["-" if r.get(k) is None else str(r[k]) for k in keys]
-        for _, field, spec, scale, suffix in figures:
-            v = r.get(field)
-            cells.append(_f(v * scale if isinstance(v, (int, float)) and not isinstance(v, bool) else None,
-                            spec, suffix))
-        out.append("| " + " | ".join(cells) + " |")
+    lines = [["-" if r.get(k) is None else str(r[k]) for k in keys]
+             + [_f(r.get(field), spec, suffix, scale) for _, field, spec, scale, suffix in figures] for r in rows]
     peak = next((r["peak_bf16_tflops_spec"] for r in rows if r.get("peak_bf16_tflops_spec")), None)
     mfu = f"MFU of the data-sheet bf16 peak, {peak:.0f} TFLOP/s" if peak else "no MFU (no known bf16 peak)"
-    out.append("\n" + "; ".join([f"{k} {rows[0][k]}" for k in shared] + [mfu]) + ".")
-    return Table(out, skipped)
+    return Table(_markdown("Training step (forward, backward, optimizer)", keys + [c[0] for c in figures], lines,
+                           len(keys)) + ["\n" + "; ".join([f"{k} {rows[0][k]}" for k in shared] + [mfu]) + "."],
+                 skipped)
 
 
-# Each table of the summary, in its order: the JSONL rows' ``table``, its title and how it is built.
+# Each table of the summary, in its order: the JSONL rows' ``table``, its title and its builder.
 TABLES = (("ops", "fused ops", ops_tables), ("resized_crop", "resized_crop", resized_crop_table),
           ("train_step", "training step", step_table), ("data", "data pipeline", data_table))
 
@@ -254,30 +240,17 @@ def build_tables(rows: list[dict]) -> tuple[list[str], dict]:
     for name, title, build in TABLES:
         mine = [{**r.get("extra_info", {}), "test": r.get("test")} for r in rows
                 if r.get("table") == name and r.get("outcome") == "passed"]
+        notes[name] = {"rows": len(mine)}
         try:
             table = build(mine)
         except Exception as err:  # noqa: BLE001 - one table's bug must not cost the others
             table = Table([f"\n({title} table not built: {type(err).__name__}: {err})"], len(mine))
-            notes[name] = {"rows": len(mine), "skipped": len(mine), "error": f"{type(err).__name__}: {err}"}
-        else:
-            notes[name] = {"rows": len(mine), "skipped": table.skipped}
+            notes[name]["error"] = f"{type(err).__name__}: {err}"
+        notes[name]["skipped"] = table.skipped
         lines += table.lines
         if table.skipped:
             lines.append(f"\n{table.skipped} {title} row(s) skipped: a field the table needs is missing.")
     return lines, notes
-
-
-def benchmark_counts(rows: list[dict]) -> dict:
-    """Passed, failed (test id and error) and skipped (grouped by reason) benchmarks."""
-    failed = [{"test": r.get("test"), "error": r.get("error")} for r in rows if r.get("outcome") == "failed"]
-    skipped: dict[str, list[str]] = {}
-    for r in rows:
-        if r.get("outcome") == "skipped":
-            reason = re.sub(r"\d+ s spent \+ ~\d+ s expected > \d+ s", "…", str(r.get("reason")))
-            skipped.setdefault(reason, []).append(r.get("test"))
-    known = {None, *(t[0] for t in TABLES)}
-    return {"passed": sum(r.get("outcome") == "passed" for r in rows), "failed": failed, "skipped": skipped,
-            "other_tables": sorted({str(r.get("table")) for r in rows if r.get("table") not in known})}
 
 
 def build_report(workdir: Path) -> dict:
@@ -288,15 +261,24 @@ def build_report(workdir: Path) -> dict:
         env = {"error": f"env.json: {err}"}
     kind = "gpu" if env.get("device_type") == "cuda" else "cpu"
     rows, bad = read_rows(workdir / "bench.jsonl")
+    skipped: dict[str, list[str]] = {}  # by reason, the budget's figures left out
+    for r in rows:
+        if r.get("outcome") == "skipped":
+            reason = re.sub(r"\d+ s spent \+ ~\d+ s expected > \d+ s", "…", str(r.get("reason")))
+            skipped.setdefault(reason, []).append(r.get("test"))
+    known = {None, *(t[0] for t in TABLES)}
     return {
         "kind": kind, "label": "GPU report" if kind == "gpu" else "CPU report (not a speed claim)",
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "git": {"commit": _run("git", "rev-parse", "HEAD"), "branch": _run("git", "rev-parse", "--abbrev-ref", "HEAD"),
-                "dirty": bool(_run("git", "status", "--porcelain", "--untracked-files=no"))},
+        "git": {"commit": _git("rev-parse", "HEAD"), "branch": _git("rev-parse", "--abbrev-ref", "HEAD"),
+                "dirty": bool(_git("status", "--porcelain", "--untracked-files=no"))},
         "environment": env, "install": _read(workdir / "install.txt").strip() or None,
         "kernel_tests": pytest_log(workdir, "kernel_tests"),
         "benchmark_steps": {name: _rc(workdir / f"{name}.rc") for name in BENCH_STEPS},
-        "benchmarks": {"rows": rows, "cut_lines": bad, **benchmark_counts(rows)},
+        "benchmarks": {"rows": rows, "cut_lines": bad, "passed": sum(r.get("outcome") == "passed" for r in rows),
+                       "failed": [{"test": r.get("test"), "error": r.get("error")} for r in rows
+                                  if r.get("outcome") == "failed"], "skipped": skipped,
+                       "other_tables": sorted({str(r.get("table")) for r in rows if r.get("table") not in known})},
         "tables": build_tables(rows)[1],
     }
 
@@ -329,16 +311,14 @@ def summary_markdown(report: dict) -> str:
                  + ", ".join(f"{k} {rc_note(v)}" for k, v in report["benchmark_steps"].items()) + ".")
     if b["failed"]:
         lines.append("Failed benchmarks: " + _listed([f"{x['test']} ({str(x['error'])[:100]})" for x in b["failed"]]))
-    for reason, tests in skipped.items():
-        lines.append(f"Skipped ({len(tests)}): {reason}")
+    lines += [f"Skipped ({len(tests)}): {reason}" for reason, tests in skipped.items()]
     if b["cut_lines"]:
         lines.append(f"{b['cut_lines']} line(s) of bench.jsonl cut off (a benchmark killed while writing).")
     if b["other_tables"]:
         lines.append(f"Rows of no table here: {', '.join(b['other_tables'])} (in the results file).")
     if report["kind"] == "cpu":
         lines.append("\nCPU run: these figures exercise the suite; they are not speed claims.")
-    lines += build_tables(b["rows"])[0]
-    text = "\n".join(lines)
+    text = "\n".join(lines + build_tables(b["rows"])[0])
     if len(text) > MAX_SUMMARY_CHARS:
         text = text[:MAX_SUMMARY_CHARS] + "\n\n(summary cut here: the whole is in the results file)"
     return text
@@ -354,8 +334,7 @@ def main(argv=None) -> Path:
     report["summary_markdown"] = summary_markdown(report)
     device = str(report["environment"].get("device") or "unknown").replace("CPU: ", "")
     slug = re.sub(r"[^A-Za-z0-9]+", "-", device).strip("-").lower()[:40]
-    stamp = report["date"].replace(":", "").replace("-", "")
-    path = args.out / f"{stamp}-{report['kind']}-{slug}.json"
+    path = args.out / f"{report['date'].replace(':', '').replace('-', '')}-{report['kind']}-{slug}.json"
     args.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1, default=str) + "\n", encoding="utf-8")
     path.with_suffix(".md").write_text(report["summary_markdown"] + "\n", encoding="utf-8")
