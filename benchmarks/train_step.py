@@ -1,32 +1,9 @@
-"""One MAE training step (forward, backward, AdamW step), four ways, and the fused ops' share of it.
+"""One MAE training step (forward, backward, AdamW step) four ways, the fused ops' share of it, and the
+loop as ``fastmae pretrain`` runs it with its switches flipped one at a time.
 
-Arms (SDPA attention in all): ``reference-eager`` (``backend="reference"``, the official algorithm,
-full pred), ``reference-compiled`` (``torch.compile(model)``), ``fastmae-eager`` (the fast path,
-``forward(full_pred=False)``; triton on CUDA, torch on CPU), ``fastmae-compiled``. CUDA: bf16
-autocast, fused AdamW, ``norm_pix_loss=True``, mask 0.75, batch 256 halved until a step fits. CPU:
-float32, ``mae_vit_tiny_patch4`` at batch 16: the fast / reference ratio matters there, not the speed.
-
-The loop arms (``run_loop_arm``, below): whole epochs of ``fastmae pretrain``'s own loop, this device's
-defaults (``loop``) and each of its switches flipped alone: a host sync per step, the batch copied on
-the compute stream, eager / compiled, foreach / fused AdamW. Their ``extra_info`` names the arm
-(``loop_arm``) and every switch (``loop_sync_per_step``, ``loop_copy``, ``loop_compiled``,
-``loop_optimizer``; ``loop_switched`` lists the ones flipped).
-
-Fused-op share: the step's fused ops (``cases.STEP``; for the reference arm the official code they
-replace) alone at the step's shapes and dtypes, forward and backward where the step differentiates,
-L2 flushed, host queued ahead; that time over the step time. The compiled reference fuses that code
-into its neighbours: no separable share (``None``).
-
-FLOPs per image (``train_flops_per_image``), matrix multiplies only, a multiply-add = 2::
-
-    forward = 2·K·P·D                                  patch embed, visible patches only
-            + depth · (2·T·D²·(4 + 2r) + 4·T²·D)      encoder blocks, T = K + 1, MLP ratio r
-            + 2·T·D·Dd                                 decoder_embed
-            + dec_depth · (2·S·Dd²·(4 + 2r) + 4·S²·Dd) decoder blocks, S = L + 1
-            + 2·M·Dd·P                                 decoder_pred on the masked patches
-    train   = 3 · forward                              backward = 2 × forward
-
-(qkv 6TD², proj 2TD², MLP 4rTD², QKᵀ and AV 2·2·T²·D): what MAE needs, for every arm alike.
+``benchmarks/NOTES.md`` ("End to end", "MFU", "Fused-op share") gives the arms, the conditions and
+the FLOP formula of ``train_flops_per_image``: matrix multiplies only, a multiply-add = 2, what MAE
+needs (encoder on ``K+1`` tokens, decoder on ``L+1``), for every arm alike; ``train = 3 · forward``.
 """
 
 import gc
@@ -43,35 +20,27 @@ from .harness import BenchEnv, measure, peak_bf16_tflops, time_calls
 ARMS = ("reference-eager", "fastmae-eager", "reference-compiled", "fastmae-compiled")
 MASK_RATIO = 0.75
 NORM_PIX_LOSS = True
-RESULTS: dict = {}  # (model, arm) -> result, filled as the arms run
+RESULTS: dict = {}  # (model, arm) -> result, filled as the arms run (the fast / reference ratios read it)
 
 
 def e2e_params(scope: str) -> list[tuple[str, int, str, float]]:
-    """``(model, batch, arm, estimated seconds)`` in run order (ViT-B/16, the headline, first; eager arms
-    first); ``--bench-budget`` skips an arm whose estimate would not fit."""
+    """``(model, batch, arm, estimated seconds)`` in run order, ViT-B/16 and the eager arms first;
+    ``--bench-budget`` skips an arm whose estimate would not fit."""
     if scope == "cpu":
         return [("mae_vit_tiny_patch4", 16, arm, 5 if arm.endswith("eager") else 45) for arm in ARMS]
     cost = {"mae_vit_base_patch16": (10, 70), "mae_vit_large_patch16": (15, 100)}
     return [(m, 256, arm, cost[m][arm.endswith("compiled")]) for m in cost for arm in ARMS]
 
 
-def _backend(arm: str, env: BenchEnv) -> str:
-    """The model backend of an arm."""
-    return "reference" if arm.startswith("reference") else env.fastmae_backend
-
-
-def _blocks(tokens: int, width: int, depth: int, mlp_ratio: float) -> int:
-    """Matmul FLOPs of ``depth`` transformer blocks on ``tokens`` rows of ``width``."""
-    linear = 2 * tokens * width * width * (4 + 2 * mlp_ratio)  # qkv + proj + fc1 + fc2
-    return int(depth * (linear + 4 * tokens * tokens * width))  # + QKᵀ and AV
-
-
 def train_flops_per_image(sh: MAEShape) -> int:
     """Training-step FLOPs per image (the module docstring's formula)."""
+    def blocks(tokens, width, depth):  # qkv + proj + fc1 + fc2, then QKᵀ and AV
+        return depth * (2 * tokens * width * width * (4 + 2 * sh.mlp_ratio) + 4 * tokens * tokens * width)
+
     k, d, dd, pd = sh.len_keep, sh.embed_dim, sh.decoder_dim, sh.patch_dim
-    forward = (2 * k * pd * d + _blocks(k + 1, d, sh.depth, sh.mlp_ratio) + 2 * (k + 1) * d * dd
-               + _blocks(sh.num_patches + 1, dd, sh.decoder_depth, sh.mlp_ratio) + 2 * sh.num_masked * dd * pd)
-    return 3 * forward
+    forward = (2 * k * pd * d + blocks(k + 1, d, sh.depth) + 2 * (k + 1) * d * dd  # patch embed, encoder, embed
+               + blocks(sh.num_patches + 1, dd, sh.decoder_depth) + 2 * sh.num_masked * dd * pd)  # decoder, pred
+    return int(3 * forward)
 
 
 class Trainer:
@@ -79,16 +48,16 @@ class Trainer:
 
     def __init__(self, model: str, arm: str, batch: int, env: BenchEnv):
         torch.manual_seed(0)
-        self.env, self.batch = env, batch
-        self.model = fastmae.create_model(model, backend=_backend(arm, env), norm_pix_loss=NORM_PIX_LOSS).to(env.device)
+        self.env, self.batch, self.full_pred = env, batch, arm.startswith("reference")  # official: every patch
+        backend = "reference" if self.full_pred else env.fastmae_backend
+        self.model = fastmae.create_model(model, backend=backend, norm_pix_loss=NORM_PIX_LOSS).to(env.device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05,
                                      **({"fused": True} if env.is_cuda else {}))
         self.forward = torch.compile(self.model) if arm.endswith("compiled") else self.model
         self.imgs = torch.randn(batch, self.model.in_chans, *self.model.img_size, device=env.device)  # [N, C, H, W]
-        self.full_pred = arm.startswith("reference")  # the official model predicts every patch
 
     def step(self) -> None:
-        """Forward (autocast on CUDA), backward, optimizer step."""
+        """Forward (bf16 autocast on CUDA), backward, optimizer step."""
         with torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.env.is_cuda):
             loss, _, _ = self.forward(self.imgs, MASK_RATIO, full_pred=self.full_pred)
         loss.backward()
@@ -125,11 +94,13 @@ def build_trainer(model: str, arm: str, batch: int, env: BenchEnv, warmup: int) 
 
 
 def fused_ops_seconds(env: BenchEnv, sh: MAEShape, arm: str) -> float | None:
-    """Median seconds of the step's fused ops (or their official code) alone, as the module docstring says."""
+    """Median seconds of the step's fused ops (``cases.STEP``; for a reference arm the official code they
+    replace) alone, at the step's shapes and autocast dtypes, forward and backward where the step
+    differentiates; None for the compiled reference, which fuses that code into its neighbours."""
     if arm == "reference-compiled":
         return None
     official = arm.startswith("reference")
-    amp = torch.bfloat16 if env.is_cuda else torch.float32  # activations under autocast
+    amp = torch.bfloat16 if env.is_cuda else torch.float32
     calls = []
     for piece in STEP:
         if official and piece.official is None:
@@ -148,11 +119,8 @@ def fused_ops_seconds(env: BenchEnv, sh: MAEShape, arm: str) -> float | None:
 
 
 def run_train_step(benchmark, env: BenchEnv, model: str, arm: str, batch: int) -> dict:
-    """Time 10 steps after 3 warm-up steps; images/s, MFU, peak memory, fused-op share into ``extra_info``.
-
-    Peak memory: ``max_memory_allocated`` over the timed steps minus what was allocated before the
-    trainer was built (the same for every arm: weights, optimizer state, batch, activations).
-    """
+    """Time 10 steps after 3 warm-up steps: images/s, MFU, peak memory (``max_memory_allocated`` over the
+    timed steps minus what was allocated before the trainer was built), fused-op share."""
     compiled = arm.endswith("compiled")
     baseline = _release(env, False)
     trainer = build_trainer(model, arm, batch, env, warmup=3)
@@ -165,15 +133,15 @@ def run_train_step(benchmark, env: BenchEnv, model: str, arm: str, batch: int) -
     _release(env, compiled)
 
     step_s = timing["median_ms"] / 1e3
-    flops = train_flops_per_image(sh)
-    images_per_s = sh.batch / step_s
+    flops, images_per_s = train_flops_per_image(sh), sh.batch / step_s
     achieved = flops * images_per_s / 1e12
     spec = peak_bf16_tflops(env.info["device"]) if env.is_cuda else None
     fused = fused_ops_seconds(env, sh, arm)
     info = {
-        "model": model, "arm": arm, "backend": _backend(arm, env), "compiled": compiled, "batch": sh.batch,
-        "batch_requested": batch, "amp": "bf16 autocast" if env.is_cuda else "none (float32)",
-        "mask_ratio": MASK_RATIO, "norm_pix_loss": NORM_PIX_LOSS, "attention": "F.scaled_dot_product_attention",
+        "model": model, "arm": arm, "backend": "reference" if arm.startswith("reference") else env.fastmae_backend,
+        "compiled": compiled, "batch": sh.batch, "batch_requested": batch,
+        "amp": "bf16 autocast" if env.is_cuda else "none (float32)", "mask_ratio": MASK_RATIO,
+        "norm_pix_loss": NORM_PIX_LOSS, "attention": "F.scaled_dot_product_attention",
         "optimizer": "AdamW" + (" (fused)" if env.is_cuda else ""), "shape": sh.as_dict(), **timing,
         "step_ms": timing["median_ms"], "images_per_s": images_per_s, "train_flops_per_image": flops,
         "achieved_tflops": achieved, "peak_bf16_tflops_spec": spec, "mfu": None if spec is None else achieved / spec,
@@ -193,32 +161,21 @@ def run_train_step(benchmark, env: BenchEnv, model: str, arm: str, batch: int) -
     return info
 
 
-# ---------------------------------------------------------------------------------------------------
-# The loop as ``fastmae pretrain`` runs it: loader -> prefetch -> step -> optimizer, one switch at a time.
-#
-# Each arm times whole epochs of ``fastmae.cli.engine.train_one_epoch`` (the procedural images at the
-# model's input size, the default loader workers, a read of the device at the epoch's end only) and
-# differs from ``loop`` (this device's defaults) in one of the switches below. On the CPU the arms run
-# the tiny model: they exercise the code, they are not a speed claim.
-
-LOOP_SWITCHES = ("sync_per_step", "overlap_copy", "compiled", "optimizer")
-
-
-def loop_defaults(is_cuda: bool) -> dict:
-    """What ``fastmae pretrain`` does on a CUDA device or on the CPU."""
-    return {"sync_per_step": False, "overlap_copy": True, "compiled": is_cuda,
-            "optimizer": "fused" if is_cuda else "foreach"}
+# The loop as ``fastmae pretrain`` runs it: whole epochs of ``fastmae.cli.engine.train_one_epoch``
+# (procedural images at the model's input size, the default loader workers, the device read at the
+# epoch's end only), this device's defaults (``loop``) and each switch flipped alone. On the CPU: the
+# tiny model, not a speed claim.
 
 
 def loop_arms(is_cuda: bool) -> dict[str, dict]:
-    """``arm name -> switches``: ``loop`` (the defaults), then each switch flipped alone."""
-    base = loop_defaults(is_cuda)
-    flipped = {"sync_per_step": True, "overlap_copy": False, "compiled": not base["compiled"],
-               "optimizer": "foreach" if base["optimizer"] == "fused" else "fused"}
-    names = {"sync_per_step": "sync-per-step", "overlap_copy": "copy-on-compute-stream",
-             "compiled": "compiled" if flipped["compiled"] else "eager",
-             "optimizer": f"{flipped['optimizer']}-adamw"}
-    return {"loop": base, **{f"loop-{names[k]}": {**base, k: flipped[k]} for k in LOOP_SWITCHES}}
+    """``arm name -> switches``: ``loop`` (what ``fastmae pretrain`` does on this device), then each
+    switch flipped alone."""
+    base = {"sync_per_step": False, "overlap_copy": True, "compiled": is_cuda,
+            "optimizer": "fused" if is_cuda else "foreach"}
+    flips = {"sync-per-step": {"sync_per_step": True}, "copy-on-compute-stream": {"overlap_copy": False},
+             "eager" if is_cuda else "compiled": {"compiled": not is_cuda},
+             "foreach-adamw" if is_cuda else "fused-adamw": {"optimizer": "foreach" if is_cuda else "fused"}}
+    return {"loop": base, **{f"loop-{name}": {**base, **flip} for name, flip in flips.items()}}
 
 
 def loop_params(scope: str) -> list[tuple[str, int, int, int]]:
@@ -227,8 +184,7 @@ def loop_params(scope: str) -> list[tuple[str, int, int, int]]:
 
 
 class SyncEachStep(torch.nn.Module):
-    """``model`` whose every call reads its loss on the host (``.item()``), as a loop that checks the
-    loss on the host each step does; outside ``torch.compile``."""
+    """``model`` whose every call reads its loss on the host (``.item()``), outside ``torch.compile``."""
 
     def __init__(self, model):
         super().__init__()
@@ -263,8 +219,7 @@ class LoopRun:
         self.scaler = torch.amp.GradScaler(env.device.type) if self.run.amp == "fp16" else None
         self.loader = fd.build_loader(fd.ProceduralImages(batch * iters, size=size), batch, size, seed=0,
                                       num_workers=self.run.num_workers, pin_memory=env.is_cuda)
-        self.switches, self.epochs, self.console = switches, 0, Console(False)
-        self.last: dict = {}
+        self.switches, self.epochs, self.console, self.last = switches, 0, Console(False), {}
 
     def epoch(self) -> None:
         from fastmae.cli.engine import train_one_epoch
@@ -278,7 +233,8 @@ class LoopRun:
 def run_loop_arm(benchmark, env: BenchEnv, model: str, size: int, batch: int, iters: int, arm: str,
                  out_dir: str) -> dict:
     """Time 3 epochs of ``iters`` iterations after one (compilation, worker start-up) untimed."""
-    switches = loop_arms(env.is_cuda)[arm]
+    arms = loop_arms(env.is_cuda)
+    switches = arms[arm]
     loop = LoopRun(env, model, size, batch, iters, switches, out_dir)
     timing = measure(benchmark, env, loop.epoch, rounds=3, warmup=1, flush=False, queue_ahead=False)
     step_ms = timing["median_ms"] / iters
@@ -288,17 +244,13 @@ def run_loop_arm(benchmark, env: BenchEnv, model: str, size: int, batch: int, it
         "loop_arm": arm, "loop_sync_per_step": switches["sync_per_step"],
         "loop_copy": "side stream" if switches["overlap_copy"] and env.is_cuda else "compute stream",
         "loop_compiled": switches["compiled"], "loop_optimizer": f"AdamW {switches['optimizer']}",
-        "loop_switched": [k for k in LOOP_SWITCHES if switches[k] != loop_defaults(env.is_cuda)[k]],
+        "loop_switched": [k for k, v in switches.items() if v != arms["loop"][k]],
         "amp": loop.run.amp, "backend": env.fastmae_backend, "num_workers": loop.run.num_workers,
         "speed_claim": env.is_cuda, "note": None if env.is_cuda else "CPU, tiny model: not a speed claim",
         **timing, **env.info,
     }
     del loop
     _release(env, switches["compiled"])
-    LOOP_RESULTS[(model, arm)] = info
     benchmark.group = f"train loop {model}"
     benchmark.extra_info.update(info)
     return info
-
-
-LOOP_RESULTS: dict = {}  # (model, arm) -> result
