@@ -1,14 +1,6 @@
-"""What is benchmarked (per-op suite, bytes model, training step alike): shapes, inputs and calls of
-every op, and the fused ops of a training step.
-
-``shape_for``: the sizes of ``fastmae.create_model(name)`` built on the ``meta`` device, keyed by the
-factory names of ``fastmae.MODELS`` (no size table here): ``N`` batch, ``C`` channels, ``H x W`` image,
-``p`` patch, ``L = HW/p²``, ``P = p²C``, ``K = int(L(1 - mask_ratio))`` kept, ``M = L - K``, ``D`` /
-``Dd`` widths. ``make_inputs``: an op's keyword inputs, from a real random masking. ``op_call``: the
-official algorithm (``fastmae.reference``) or ``fastmae.ops`` on a backend, as ``fn(**inputs)``.
-encoder_input's reference is the official encoder order (``encoder_input_official_ref``, on
-``x [N, L, D]``), what the fast path replaces; ``drop_cls`` (``x[:, 1:]``, reference only) is what
-``masked_tokens`` replaces.
+"""What is benchmarked, for the per-op suite, the bytes model and the training step alike: one ``Op``
+descriptor per fused op (inputs, reference, static arguments, minimal bytes), the shapes read from the
+model (``shape_for``), and the fused ops of a training step (``STEP``). Symbols: ``benchmarks/NOTES.md``.
 """
 
 from dataclasses import dataclass
@@ -42,8 +34,7 @@ class MAEShape:
     num_masked: int  # M
     patch_dim: int  # P
 
-    def as_dict(self) -> dict:
-        """The symbols, as every result stores them."""
+    def as_dict(self) -> dict:  # the symbols, as every result stores them
         return {"model": self.model, "N": self.batch, "C": self.in_chans, "H": self.img_size[0], "W": self.img_size[1],
                 "p": self.patch_size, "L": self.num_patches, "K": self.len_keep, "M": self.num_masked,
                 "P": self.patch_dim, "D": self.embed_dim, "Dd": self.decoder_dim, "mask_ratio": self.mask_ratio}
@@ -51,8 +42,7 @@ class MAEShape:
 
 @lru_cache(maxsize=None)
 def shape_for(model: str, batch: int, mask_ratio: float) -> MAEShape:
-    """``MAEShape`` of the factory ``model`` (a key of ``fastmae.MODELS``) at ``batch`` and ``mask_ratio``:
-    the sizes are read from ``fastmae.create_model(model)`` built on the ``meta`` device."""
+    """The sizes of ``fastmae.create_model(model)``, built on the ``meta`` device (no size table here)."""
     if model not in fastmae.MODELS:
         raise ValueError(f"unknown model {model!r}; choose one of {sorted(fastmae.MODELS)}")
     with torch.device("meta"):
@@ -67,9 +57,8 @@ def shape_for(model: str, batch: int, mask_ratio: float) -> MAEShape:
 
 
 class Inputs:
-    """The tensors an op's inputs are made of, at one shape and dtypes: ``data`` activations (tokens,
-    pred, images), ``table`` position tables and learned tokens, ``imgs`` the loss's images, and ``ids``
-    from one real random masking as the model draws it (int64 ids; ``mask`` float32, 1 = removed)."""
+    """An op's input tensors at one shape and dtypes: ``data`` activations, ``table`` position tables and
+    learned tokens, ``imgs`` images, ``ids`` from one real random masking (``mask`` float32, 1 = removed)."""
 
     def __init__(self, sh: MAEShape, dtype, device, table_dtype, imgs_dtype, requires_grad: bool):
         self.dtype, self.device, self.requires_grad = dtype, device, requires_grad
@@ -82,60 +71,49 @@ class Inputs:
                     "ids_restore": restore, "mask": (restore >= k).float()}
 
     def data(self, *size, grad=False, dtype=None):
-        """A random tensor of the activations' dtype (or ``dtype``), a leaf that requires grad with ``grad``."""
         t = torch.randn(*size, device=self.device, dtype=dtype or self.dtype)
         return t.requires_grad_(grad and self.requires_grad)
 
     def table(self, *size, grad=False):
-        """A position table or learned token."""
         return self.data(*size, grad=grad, dtype=self.table_dtype)
 
-    def imgs(self, sh: MAEShape, grad=False, dtype=None):
-        """Images ``[N, C, H, W]``."""
+    def imgs(self, sh: MAEShape, grad=False, dtype=None):  # [N, C, H, W]
         return self.data(sh.batch, sh.in_chans, *sh.img_size, grad=grad, dtype=dtype)
 
 
 class Op:
-    """One fused op as the benchmarks and the bytes model see it: its variants and passes, its inputs at a
-    shape, its reference and static arguments, its minimal bytes per pass and what its kernels move beyond
-    them in a training step. Adding an op here adds it to the bytes tables; a ``test_bench_<op>.py`` of
-    three lines (a ``bench_op`` marker) times it with these inputs and variants; its compile specs are
-    ``tools/kernel_specs/<kernels>.py``."""
+    """One fused op as the benchmarks and the bytes model see it. Adding one here adds it to the bytes
+    tables; a ``test_bench_<op>.py`` with a ``bench_op`` marker times it."""
 
     name: str
     kernels: str  # the module of fastmae.kernels that runs it (its compile specs: tools/kernel_specs/<kernels>.py)
     variants: tuple = ({},)
     passes: tuple = ("fwd", "bwd", "fwdbwd")
     input_dtype = None  # a fixed dtype of its data input, whatever the model's (masking_ids: float32 noise)
-    # The compile specs (tools/kernel_specs) of the launches a bf16-autocast training step makes for it at
-    # the headline shape, bf16 images as `fastmae pretrain` feeds them (benchmarks/test_bytes_model.py
-    # checks that they add up to its minimal bytes and ``extra``, with ``outside_kernels``).
+    # The compile specs (tools/kernel_specs) of its launches in a bf16-autocast training step at the
+    # headline shape (test_bytes_model checks them against ``minimal + extra - outside_kernels``).
     step_launches: tuple = ()
 
     def inputs(self, sh: MAEShape, t: Inputs, variant: dict, reference: bool) -> dict:
-        """The keyword inputs (``reference``: of the reference call)."""
+        """The keyword tensors (``reference``: of the reference call)."""
         raise NotImplementedError
 
-    def static(self, sh: MAEShape, variant: dict) -> dict:
-        """The keyword arguments that are not tensors."""
+    def static(self, sh: MAEShape, variant: dict) -> dict:  # the keyword arguments that are not tensors
         return {}
 
-    def reference(self):
-        """The official algorithm, ``fastmae.reference.<name>_ref``."""
+    def reference(self):  # the official algorithm
         return getattr(reference, f"{self.name}_ref")
 
     def minimal(self, sh: MAEShape, t: dict, s: dict, out_itemsize: int | None) -> dict[str, int]:
-        """Minimal bytes per pass on the inputs ``t``: every input read once, every output written once.
-        ``s``: bytes per element of each input; ``out_itemsize``: the written rows' when not the input's."""
+        """Bytes per pass when every input is read once and every output written once: ``s`` bytes per
+        element of each input, ``out_itemsize`` the written rows' when not the input's."""
         raise NotImplementedError
 
     def extra(self, sh: MAEShape, variant: dict) -> int:
-        """Bytes its kernels move beyond the minimal ones in a training step (fwd + bwd), from their
-        launch geometry; 0 for an op whose kernels read each input once and write each output once."""
+        """Bytes its kernels move beyond the minimal ones in a training step (fwd + bwd)."""
         return 0
 
-    def outside_kernels(self, sh: MAEShape) -> int:
-        """Bytes its launchers move in torch ops in that step (fwd + bwd): copies, sums of partials."""
+    def outside_kernels(self, sh: MAEShape) -> int:  # bytes its launchers move in torch ops in that step
         return 0
 
 
@@ -336,14 +314,12 @@ OPS = {op.name: op for op in (Patchify(), Unpatchify(), PatchifyGather(), Encode
 OP_VARIANTS = tuple((op.name, v) for op in OPS.values() if op.kernels for v in op.variants)
 
 
-def variant_label(op: str, variant: dict) -> str:
-    """``masked_mse_loss[masked,norm_pix]`` style names."""
+def variant_label(op: str, variant: dict) -> str:  # masked_mse_loss[masked,norm_pix]
     parts = [p for p in (variant.get("form"), "norm_pix" if variant.get("norm_pix") else None) if p]
     return f"{op}[{','.join(parts)}]" if parts else op
 
 
 def _op(name: str) -> Op:
-    """The descriptor of op ``name``."""
     if name not in OPS:
         raise ValueError(f"unknown op {name!r}; choose one of {sorted(OPS)}")
     return OPS[name]
@@ -352,12 +328,9 @@ def _op(name: str) -> Op:
 def make_inputs(op: str, variant: dict, sh: MAEShape, dtype: torch.dtype, device, *, reference: bool = False,
                 table_dtype: torch.dtype | None = None, imgs_dtype: torch.dtype | None = None,
                 requires_grad: bool = True) -> tuple[dict, tuple[str, ...]]:
-    """``(inputs, grad_of)``: the op's keyword inputs and the names of those a model trains through.
-
-    ``dtype`` is the activations' (tokens, pred, images); ``table_dtype`` the position tables' and
-    learned tokens', ``imgs_dtype`` the loss's images' (both default to ``dtype``; in the model under
-    bf16 autocast they are float32). ``reference`` gives the inputs of the op's reference call.
-    """
+    """``(inputs, grad_of)``: the op's keyword inputs and the names of those a model trains through;
+    ``dtype`` the activations', ``table_dtype`` and ``imgs_dtype`` (default ``dtype``) the tables' and
+    tokens' and the loss's images'; ``reference``: the reference call's inputs."""
     inputs = _op(op).inputs(sh, Inputs(sh, dtype, device, table_dtype, imgs_dtype, requires_grad), variant, reference)
     return inputs, tuple(name for name, t in inputs.items() if t.requires_grad)
 
@@ -373,8 +346,8 @@ def op_call(op: str, variant: dict, sh: MAEShape, backend: str | None = None):
 
 
 class StepPiece(NamedTuple):
-    """A fused op of the fast path's training step (``forward(full_pred=False)``) and the official
-    code it replaces (``official``: a reference op; ``None`` where no code is separable)."""
+    """A fused op of the fast path's training step and the official code it replaces (``None``: none
+    separable)."""
 
     piece: str
     op: str
@@ -386,8 +359,7 @@ class StepPiece(NamedTuple):
     official_label: str
 
     def dtypes(self, amp_dtype: torch.dtype) -> dict:
-        """``make_inputs`` keywords at the model's dtypes under ``amp_dtype`` autocast: tables, tokens
-        and images float32, GEMM outputs ``amp_dtype``; gradients where the step takes them."""
+        """``make_inputs`` keywords at the model's dtypes under ``amp_dtype`` autocast."""
         return {"dtype": torch.float32 if self.fp32_input else amp_dtype, "table_dtype": torch.float32,
                 "imgs_dtype": torch.float32, "requires_grad": self.backward}
 
