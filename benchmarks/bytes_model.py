@@ -1,16 +1,7 @@
-"""The bytes model: what each fused op must move, and what the eager reference path moves, per pass
-(``fwd``; ``bwd``, the gradients a model trains through; ``fwdbwd``, their sum: two autograd passes).
-
-``minimal``: every input read once, every output written once, what a perfect fused kernel moves;
-written by hand (counting cannot see inside a fused kernel). ``minimal / time`` is an op's effective
-bandwidth, ``minimal / copy bandwidth`` its ideal time.
-``reference``: counted, never written by hand. ``count_bytes`` runs the op's reference call (the
-official algorithm, ``cases.op_call``) and its autograd backward on ``meta`` tensors under a
-``TorchDispatchMode`` and adds up every ATen op's reads and writes, intermediates included: inputs
-read once (a broadcast input counts its distinct elements), outputs written once, caches ignored, a
-sort one pass; views and allocations free; a gather reads its index and one source element per
-output; ``scatter_add`` reads source and index and read-modify-writes what it touches;
-``slice_backward`` zero-fills and copies the slice in, as its eager kernel does.
+"""The bytes model (``benchmarks/NOTES.md``, "The bytes model"): per op and pass (``fwd``; ``bwd``, the
+gradients a model trains through; ``fwdbwd``, both), the ``minimal`` bytes (``cases.Op.minimal``,
+written by hand) and the ``reference`` bytes the eager reference path moves: counted by ``count_bytes``
+on ``meta`` tensors under a ``TorchDispatchMode``, by the conventions of ``op_traffic``.
 
 ``python -m benchmarks.bytes_model [--model mae_vit_large_patch16 --batch 64 --dtype fp32 --mask-ratio 0.9]``
 prints the tables ``benchmarks/NOTES.md`` quotes: per op and pass, and one training step.
@@ -50,12 +41,12 @@ def span_bytes(t: torch.Tensor) -> int:
 
 
 def _tensors(tree) -> list[torch.Tensor]:
-    """The tensors in a pytree of arguments or results."""
     return [x for x in tree_flatten(tree)[0] if isinstance(x, torch.Tensor)]
 
 
 def op_traffic(func, args, kwargs, out) -> int:
-    """Bytes one ATen call reads and writes, by the conventions of the module docstring."""
+    """Bytes one ATen call reads and writes: inputs read once (a broadcast input its distinct elements),
+    outputs written once, caches ignored, a sort one pass, views and allocations free; the cases below."""
     if func in _FREE or func.is_view:
         return 0
     inputs, outputs = _tensors((args, kwargs)), _tensors(out)
@@ -112,27 +103,19 @@ class Traffic:
     reference: int
 
 
-def minimal_bytes(op: str, sh: MAEShape, t: dict, out_itemsize: int | None = None) -> dict[str, int]:
-    """Minimal bytes per pass of ``op`` on the inputs ``t`` (``cases.Op.minimal``; the formulas are there).
-
-    Element sizes are the inputs': ``s_t`` of the tables and learned tokens, the output's the promoted
-    type's; ids as stored (int64: 8), the mask float32, the loss a float32 scalar. ``out_itemsize``:
-    patchify_gather's rows when written in another dtype than the images' (the autocast dtype in the model).
-    """
-    return OPS[op].minimal(sh, t, {name: x.element_size() for name, x in t.items()}, out_itemsize)
-
-
 @lru_cache(maxsize=None)
 def pass_bytes(op: str, variant: tuple, sh: MAEShape, reference: bool, dtype, table_dtype=None, imgs_dtype=None,
                requires_grad: bool = True, out_dtype=None) -> dict[str, int]:
     """Bytes per pass (``fwd``; ``bwd`` and ``fwdbwd`` where a gradient flows) on ``make_inputs``'s
-    tensors (``variant``: sorted items): counted for the reference call, the minimal formula otherwise."""
+    tensors (``variant``: sorted items): counted for the reference call, the minimal formula otherwise
+    (``out_dtype``: patchify_gather's rows when written in another dtype than the images')."""
     inputs, grad_of = make_inputs(op, dict(variant), sh, dtype, "meta", reference=reference, table_dtype=table_dtype,
                                   imgs_dtype=imgs_dtype, requires_grad=requires_grad)
     if reference:
         fwd, bwd = count_bytes(op_call(op, dict(variant), sh), inputs, grad_of, backward=bool(grad_of))
     else:
-        mini = minimal_bytes(op, sh, inputs, out_dtype.itemsize if out_dtype is not None else None)
+        sizes = {name: x.element_size() for name, x in inputs.items()}
+        mini = OPS[op].minimal(sh, inputs, sizes, out_dtype.itemsize if out_dtype is not None else None)
         fwd, bwd = mini["fwd"], mini.get("bwd", 0)
     return {"fwd": fwd, "bwd": bwd, "fwdbwd": fwd + bwd} if grad_of else {"fwd": fwd}
 
@@ -143,11 +126,6 @@ def op_bytes(op: str, variant: dict, sh: MAEShape, dtype, table_dtype=None, imgs
     mini, ref = (pass_bytes(op, tuple(sorted(variant.items())), sh, reference, dtype, table_dtype, imgs_dtype,
                             requires_grad) for reference in (False, True))
     return {p: Traffic(mini[p], ref[p]) for p in mini}
-
-
-# --------------------------------------------------------------------------------------------------
-# what the implementation moves in a training step
-# --------------------------------------------------------------------------------------------------
 
 
 def _mb(nbytes: int) -> str:
@@ -167,26 +145,17 @@ def table(sh: MAEShape, dtype, bandwidth: float = NOTES_BANDWIDTH) -> str:
     return "\n".join(lines)
 
 
-def _step_dtypes(piece, amp_dtype, imgs_dtype) -> dict:
-    """``piece.dtypes(amp_dtype)`` with the images in ``imgs_dtype`` (``None``: ``amp_dtype``, what
-    ``fastmae pretrain``'s input pipeline writes; ``torch.float32``: a loader that normalises on the CPU,
-    as the official one)."""
-    dtypes = piece.dtypes(amp_dtype)
-    imgs_dtype = imgs_dtype or amp_dtype
-    if piece.op == "patchify_gather":  # its data input is the images
-        dtypes["dtype"] = imgs_dtype
-    return {**dtypes, "imgs_dtype": imgs_dtype}
-
-
 def step_rows(sh: MAEShape, amp_dtype=torch.bfloat16, imgs_dtype=None) -> list[dict]:
     """One row per fused op of a training step (``cases.STEP``) under ``amp_dtype`` autocast, images in
-    ``imgs_dtype`` (default ``amp_dtype``, the CLI's; see ``_step_dtypes``):
-    ``piece``, ``fast`` (op and passes), ``minimal`` bytes, ``implementation`` (what its kernels move,
-    ``cases.Op.extra``), ``official``
-    (the code it replaces) and that code's counted ``reference`` bytes."""
+    ``imgs_dtype`` (default ``amp_dtype``, what ``fastmae pretrain`` feeds; float32 as the official
+    loader gives them): ``minimal`` bytes, ``implementation`` (``+ cases.Op.extra``), and the official
+    code's counted ``reference`` bytes."""
     rows = []
     for piece in STEP:
-        mode, dtypes = "fwdbwd" if piece.backward else "fwd", _step_dtypes(piece, amp_dtype, imgs_dtype)
+        dtypes = {**piece.dtypes(amp_dtype), "imgs_dtype": imgs_dtype or amp_dtype}
+        if piece.op == "patchify_gather":  # its data input is the images
+            dtypes["dtype"] = dtypes["imgs_dtype"]
+        mode = "fwdbwd" if piece.backward else "fwd"
         out_dtype = amp_dtype if piece.op == "patchify_gather" else None  # rows written for the GEMM
         minimal = pass_bytes(piece.op, tuple(sorted(piece.variant.items())), sh, False, **dtypes,
                              out_dtype=out_dtype)[mode]
@@ -199,16 +168,9 @@ def step_rows(sh: MAEShape, amp_dtype=torch.bfloat16, imgs_dtype=None) -> list[d
     return rows
 
 
-def step_summary(sh: MAEShape, amp_dtype=torch.bfloat16, imgs_dtype=None) -> str:
-    """One line: the fused ops' bytes per training step against their minimal bytes."""
-    rows = step_rows(sh, amp_dtype, imgs_dtype)
-    mini, now = (sum(r[key] for r in rows) for key in ("minimal", "implementation"))
-    return f"fused ops per training step: {_mb(now)} MB moved = {now / mini:.3f}x the minimal {_mb(mini)} MB"
-
-
 def step_table(sh: MAEShape, amp_dtype=torch.bfloat16, bandwidth: float = NOTES_BANDWIDTH, imgs_dtype=None) -> str:
-    """Markdown for ``step_rows`` and a total line. Columns: (header, row key, format; ``str`` for text,
-    the others are totalled): a new figure per op is one more key in ``step_rows`` and one more column."""
+    """Markdown for ``step_rows``, a total row, and the line of the fused ops' bytes against the minimal.
+    Columns: (header, row key, format; ``str`` for text, the others are totalled)."""
     columns = (("step piece", "piece", str), ("fast path op", "fast", str), ("minimal MB", "minimal", _mb),
                (f"ideal µs at {bandwidth / 1e12:.1f} TB/s", "minimal", lambda b: f"{b / bandwidth * 1e6:.1f}"),
                ("implementation MB", "implementation", _mb),
@@ -218,7 +180,10 @@ def step_table(sh: MAEShape, amp_dtype=torch.bfloat16, bandwidth: float = NOTES_
     rows.append({"piece": "**total**", "fast": "", "official": "", **total})
     lines = ["| " + " | ".join(head for head, _, _ in columns) + " |",
              "|" + "|".join("---" if fmt is str else "---:" for _, _, fmt in columns) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(fmt(r[key]) for _, key, fmt in columns) + " |" for r in rows])
+    lines += ["| " + " | ".join(fmt(r[key]) for _, key, fmt in columns) + " |" for r in rows]
+    mini, now = total["minimal"], total["implementation"]
+    return "\n".join(lines) + (f"\n\nfused ops per training step: {_mb(now)} MB moved = {now / mini:.3f}x the "
+                               f"minimal {_mb(mini)} MB")
 
 
 def heading(sh: MAEShape, dtype_name: str) -> str:
@@ -249,7 +214,7 @@ def step_text(sh: MAEShape, dtype, dtype_name: str, bandwidth: float = NOTES_BAN
                              (torch.float32, "float32 images, as the official loader gives them")):
         out.append(f"One training step under {dtype_name} autocast ({what}; float32 position tables and tokens; "
                    f"{dtype_name} activations), fast path vs official path:\n\n"
-                   f"{step_table(sh, dtype, bandwidth, imgs_dtype)}\n\n{step_summary(sh, dtype, imgs_dtype)}")
+                   f"{step_table(sh, dtype, bandwidth, imgs_dtype)}")
     return "\n\n".join(out)
 
 
