@@ -1,31 +1,9 @@
 #!/usr/bin/env bash
-# The GPU report in one call (CUDA, no network; torch, triton, pytest, pytest-benchmark preinstalled,
-# pytest-xdist and pytest-timeout used where present):
-#     bash benchmarks/gpu_report.sh
-# 1. the environment (GPU, driver, versions, copy bandwidth, bf16 GEMM rate), measured and written first;
-# 2. the offline install; when it fails, the run goes on from the source tree, with one line saying so;
-# 3. the kernel test files (those that use helpers.requires_kernels, as CI names them; whole-model and
-#    property tests last) on CUDA with real compiles, in parallel, a per-test timeout, verbose (a cut
-#    run still names its failures);
-# 4. the per-op benchmarks at the headline shape (report scope), 5. resized_crop and the data
-#    pipeline, 6. the training-step arms (and any benchmark file the steps before do not name): each
-#    benchmark appends its line to bench.jsonl as it ends;
-# 7. python3 -m benchmarks.report: ONE results file and its markdown summary (benchmarks/results/).
-# With $OUT set, the results file, the summary and logs.tar.gz (every log, env.json and bench.jsonl,
-# refreshed after each step) are copied there. The summary is printed last. Exit code 0 when the
-# report was written (failures are in it), 2 when it was not.
-# ONE deadline, FASTMAE_REPORT_DEADLINE_S (520) s from the start, RESERVE_S kept for the report: each
-# step's limit is its weight's part of the seconds left when it starts (a step that ends early leaves
-# its time to the next), at least FLOOR_S; at its limit a step gets SIGINT (pytest still prints what
-# it has), then SIGKILL; --bench-budget skips a benchmark that would start too late (counted in the
-# summary). Without CUDA the same steps write a CPU report.
-#   FASTMAE_REPORT_SCOPE=full        the whole per-op grid (~30 min)
-#   FASTMAE_REPORT_WORKDIR=DIR       the logs there (default: a new temporary folder)
-#   FASTMAE_REPORT_RESULTS_DIR=DIR   the results file and summary there (default: benchmarks/results)
-#   FASTMAE_REPORT_SKIP_INSTALL=1    no install: fastmae imported from the source tree
-#   FASTMAE_REPORT_INSTALL_CMD=CMD   the install command (default: the offline pip install -e below)
-#   FASTMAE_REPORT_TESTS="ARGS"      pytest arguments for step 3 instead of the kernel test files
-#   FASTMAE_REPORT_BENCH_K=EXPR      only the benchmarks that pytest -k EXPR selects, in steps 4-6
+# The GPU report in one call (benchmarks/NOTES.md, "The GPU report": the steps, the time shares, the hooks):
+#     bash benchmarks/gpu_report.sh      # OUT=<folder> collects the results file, its summary, logs.tar.gz
+# The environment, the offline install (a failure only noted), the kernel tests, the per-op benchmarks,
+# resized_crop and the data pipeline, the training step, then python3 -m benchmarks.report, inside ONE
+# deadline; each step delivered to $OUT as it ends. Exit 0 when the report was written, 2 when not.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # Started from a pytest-xdist worker (its own test does that), the benchmarks would see the worker's
@@ -144,20 +122,19 @@ done
 ARGS=(--benchmark-only -q -rfEs -p no:cacheprovider -p no:hypothesispytest -p no:unraisableexception
       --bench-scope "$SCOPE" --bench-jsonl "$WORK/bench.jsonl" --benchmark-columns=min,median,rounds
       ${FASTMAE_REPORT_BENCH_K:+-k "$FASTMAE_REPORT_BENCH_K"})
-# budget SECONDS SLACK: the --bench-budget of a step of SECONDS, room left for the last case started in time
-budget() { echo $(( $1 - ($1 / 3 < $2 ? $1 / 3 : $2) )); }
-T=$(share $OPS_W $(( OPS_W + DATA_W + TRAIN_W )))
-step "per-op benchmarks, scope $SCOPE, headline shape first (${T}s)"
-bounded "$T" ops $PY -m pytest "${OP_FILES[@]}" "${ARGS[@]}" --bench-budget "$(budget "$T" 30)"
-deliver
-T=$(share $DATA_W $(( DATA_W + TRAIN_W )))
-step "resized_crop and the data pipeline (${T}s)"
-bounded "$T" data $PY -m pytest "${DATA_FILES[@]}" "${ARGS[@]}" --bench-budget "$(budget "$T" 10)"
-deliver
-T=$(share $TRAIN_W $TRAIN_W)
-step "training-step benchmarks (${T}s): ${REST[*]}"
-bounded "$T" train_step $PY -m pytest "${REST[@]}" "${ARGS[@]}" --bench-budget "$(budget "$T" 30)"
-deliver
+# bench NAME WEIGHT REST SLACK TITLE FILES...: a benchmark step of WEIGHT / REST of the seconds left; its
+# --bench-budget leaves SLACK seconds (at most a third) for the last case started in time.
+bench() {
+    local t
+    t=$(share "$2" "$3")
+    step "$5 (${t}s)"
+    bounded "$t" "$1" $PY -m pytest "${@:6}" "${ARGS[@]}" --bench-budget "$(( t - (t / 3 < $4 ? t / 3 : $4) ))"
+    deliver
+}
+bench ops $OPS_W $(( OPS_W + DATA_W + TRAIN_W )) 30 "per-op benchmarks, scope $SCOPE, headline shape first" \
+    "${OP_FILES[@]}"
+bench data $DATA_W $(( DATA_W + TRAIN_W )) 10 "resized_crop and the data pipeline" "${DATA_FILES[@]}"
+bench train_step $TRAIN_W $TRAIN_W 30 "training-step benchmarks: ${REST[*]}" "${REST[@]}"
 
 step "report: python3 -m benchmarks.report"
 $PY -m benchmarks.report --workdir "$WORK" --out "$RESULTS_DIR" >"$WORK/report.log" 2>&1

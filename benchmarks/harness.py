@@ -1,11 +1,6 @@
-"""The benchmark environment (device, copy bandwidth, GEMM rate, versions, bf16 peak) and the timer.
-``python3 -m benchmarks.harness --json PATH`` writes the environment alone (the GPU report's first step).
-
-Timing: on CUDA every round runs its setup (e.g. the forward before a backward) and synchronises,
-untimed; a 256 MB write flushes the L2 cache, a ~1 ms GPU spin lets the host queue the call, two CUDA
-events time it: GPU time, kernels back to back, cold L2, as in a training step where the host runs
-ahead. The median is the figure (pytest-benchmark's statistics are host-clock times, flush and spin
-included). On CPU: wall clock. Warm-up calls (Triton JIT, ``torch.compile``) come first.
+"""The benchmark environment (device, copy bandwidth, GEMM rate, versions, bf16 peak) and the timer
+(``benchmarks/NOTES.md``, "Timing"). ``python3 -m benchmarks.harness --json PATH`` writes the
+environment alone (the GPU report's first step).
 """
 
 import argparse
@@ -36,7 +31,6 @@ def peak_bf16_tflops(device_name: str) -> float | None:
 
 
 def _cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``, else what ``platform`` knows)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
@@ -56,11 +50,9 @@ class BenchEnv:
 
     @property
     def is_cuda(self) -> bool:
-        """Whether the device is a GPU."""
         return self.device.type == "cuda"
 
     def sync(self) -> None:
-        """Wait for the GPU's queued work (nothing to wait for on CPU)."""
         if self.is_cuda:
             torch.cuda.synchronize(self.device)
 
@@ -119,7 +111,7 @@ def timed(env: BenchEnv, fn, flush: bool = False, queue_ahead: bool = True) -> f
 
 
 def _nothing() -> None:
-    """The default setup: nothing to prepare."""
+    pass
 
 
 def time_calls(env: BenchEnv, fn, rounds: int, warmup: int, setup=_nothing, flush: bool = False) -> list[float]:
@@ -138,10 +130,9 @@ def time_calls(env: BenchEnv, fn, rounds: int, warmup: int, setup=_nothing, flus
 def measure(benchmark, env: BenchEnv, target, setup=_nothing, *, rounds: int, warmup: int, flush: bool = True,
             queue_ahead: bool = True, peak_memory: bool = False) -> dict:
     """Time ``target()`` in pytest-benchmark's pedantic mode after ``warmup`` calls, ``setup()`` untimed
-    before each: ``median_ms``, ``min_ms``, ``rounds`` and ``timer`` of ``timed`` (with
-    ``queue_ahead=False`` the host's own time counts too, as for a whole training step); with
-    ``peak_memory``, ``peak_mem_mb``: allocated at the peak of one more call above what was allocated
-    before it (CUDA; None on CPU)."""
+    before each: ``median_ms``, ``min_ms``, ``rounds``, ``timer`` (``queue_ahead=False``: the host's own
+    time counts too, as for a whole training step); ``peak_mem_mb`` with ``peak_memory``: allocated at
+    the peak of one more call above what was allocated before it (CUDA; None on CPU)."""
     time_calls(env, target, 0, warmup, setup)  # compile / JIT / autotune outside the numbers
     samples: list[float] = []
 
@@ -170,7 +161,6 @@ def measure(benchmark, env: BenchEnv, target, setup=_nothing, *, rounds: int, wa
 
 
 def _driver_version() -> str | None:
-    """The NVIDIA driver's version (``nvidia-smi``), None where there is none."""
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=20, check=True).stdout
@@ -180,10 +170,9 @@ def _driver_version() -> str | None:
 
 
 def main(argv=None) -> dict:
-    """``python3 -m benchmarks.harness --json PATH``: the environment every result is stored with
-    (``make_env``'s ``info``, the driver added), written to PATH and printed on one line."""
-    ap = argparse.ArgumentParser(description="measure the benchmark environment (device, versions, copy "
-                                             "bandwidth, bf16 GEMM rate) and write it as JSON")
+    """Write the environment every result is stored with (``make_env``'s ``info``, the driver added) to
+    PATH; print it on one line."""
+    ap = argparse.ArgumentParser(description="measure the benchmark environment and write it as JSON")
     ap.add_argument("--json", type=Path, required=True, help="where to write it")
     args = ap.parse_args(argv)
     info = {**make_env().info, "driver": _driver_version()}
