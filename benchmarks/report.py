@@ -176,10 +176,11 @@ def resized_crop_table(rows: list[dict]) -> Table:
                       _f(ref.get("images_per_s"), ",.0f"), _ratio(fast, ref, "images_per_s")])
     header = ["images", "source H x W", "output", "dtype", "fastmae images/s", "fastmae ms", "GB/s",
               "reference images/s", "fastmae / reference"]
-    return Table(_markdown("resized_crop (crop, antialiased bicubic resize, flip, normalise: one launch per batch)",
-                           header, lines, 4)
-                 + [f"\n{rows[0].get('device', '?')}; torch {rows[0].get('torch', '?')}; RandomResizedCrop boxes "
-                    "(scale 0.2-1), half flipped; time per batch on the benchmark's clock."], skipped)
+    out = _markdown("resized_crop (crop, antialiased bicubic resize, flip, normalise: one launch per batch)",
+                    header, lines, 4)
+    out.append(f"\n{rows[0].get('device', '?')}; torch {rows[0].get('torch', '?')}; RandomResizedCrop boxes "
+               "(scale 0.2-1), half flipped; time per batch on the benchmark's clock.")
+    return Table(out, skipped)
 
 
 def data_table(rows: list[dict]) -> Table:
@@ -202,8 +203,8 @@ STEP_FIGURES = (("images/s", "images_per_s", ".1f", 1, ""), ("step ms", "step_ms
 # Conditions every row states; one value for all rows goes under the table, values that differ become columns.
 STEP_CONDITIONS = ("device", "torch", "triton", "amp", "mask_ratio", "norm_pix_loss", "attention", "optimizer")
 # Text fields that are no condition worth a column (bookkeeping, or said by the arm's name).
-STEP_BOOKKEEPING = {"model", "arm", "test", "table", "outcome", "when", "timer", "backend", "device_type", "cuda",
-                    "python", "fastmae_backend", "scope", "sm"}
+STEP_BOOKKEEPING = {"model", "arm", "test", "table", "outcome", "when", "timer", "backend", "compiled", "device_type",
+                    "cuda", "python", "fastmae_backend", "scope", "sm"}
 
 
 def step_table(rows: list[dict]) -> Table:
@@ -223,9 +224,9 @@ def step_table(rows: list[dict]) -> Table:
              + [_f(r.get(field), spec, suffix, scale) for _, field, spec, scale, suffix in figures] for r in rows]
     peak = next((r["peak_bf16_tflops_spec"] for r in rows if r.get("peak_bf16_tflops_spec")), None)
     mfu = f"MFU of the data-sheet bf16 peak, {peak:.0f} TFLOP/s" if peak else "no MFU (no known bf16 peak)"
-    return Table(_markdown("Training step (forward, backward, optimizer)", keys + [c[0] for c in figures], lines,
-                           len(keys)) + ["\n" + "; ".join([f"{k} {rows[0][k]}" for k in shared] + [mfu]) + "."],
-                 skipped)
+    out = _markdown("Training step (forward, backward, optimizer)", keys + [c[0] for c in figures], lines, len(keys))
+    out.append("\n" + "; ".join([f"{k} {rows[0][k]}" for k in shared] + [mfu]) + ".")
+    return Table(out, skipped)
 
 
 # Each table of the summary, in its order: the JSONL rows' ``table``, its title and its builder.
