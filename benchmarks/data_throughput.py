@@ -95,6 +95,11 @@ def _fastmae(folder, spec, held, batch=16, pooled=True):
     return run
 
 
+def _is_photos(folder) -> bool:
+    sig = folder.signature
+    return sig.dtype == np.uint8 and sig.channels in (1, 3) and not any(folder._arrays)
+
+
 def cpu_ms(folder, size, passes) -> dict:
     """CPU ms per image of each method, median over ``passes`` taken in turns: neither the load on the
     machine nor the method before (whose memory traffic cools the caches) favours one."""
@@ -115,11 +120,6 @@ def cpu_ms(folder, size, passes) -> dict:
             methods[name]()
             times[name].append(1e3 * (time.process_time() - t) / len(files))
     return {k: statistics.median(v) for k, v in times.items()}
-
-
-def _is_photos(folder) -> bool:
-    sig = folder.signature
-    return sig.dtype == np.uint8 and sig.channels in (1, 3) and not any(folder._arrays)
 
 
 def report(folder, size: tuple[int, int], passes: int = 3) -> str:

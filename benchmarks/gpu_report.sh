@@ -13,7 +13,7 @@ START=$(date +%s)
 DEADLINE_S=${FASTMAE_REPORT_DEADLINE_S:-520}
 RESERVE_S=15  # the report, the copy to $OUT
 FLOOR_S=20    # Python, torch and pytest start in well under that
-# Weights of the steps after the install: ~120 s kernel tests, ~145 s per-op, ~50 s data, ~170 s training step.
+# Weights of the steps after the install (what they come to: NOTES.md, "Time").
 TESTS_W=25 OPS_W=30 DATA_W=10 TRAIN_W=35
 WORK=${FASTMAE_REPORT_WORKDIR:-$(mktemp -d "${TMPDIR:-/tmp}/fastmae-report.XXXXXX")}
 RESULTS_DIR=${FASTMAE_REPORT_RESULTS_DIR:-benchmarks/results}
