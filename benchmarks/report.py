@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import re
 import subprocess
+from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
@@ -69,9 +70,7 @@ def pytest_log(workdir: Path, name: str) -> dict:
             status[found.group(1)] = found.group(2)
         elif found := _STATUS_FIRST.match(line):
             status[found.group(2)] = found.group(1)
-    counts: dict[str, int] = {}
-    for s in status.values():
-        counts[s.lower()] = counts.get(s.lower(), 0) + 1
+    counts = dict(Counter(s.lower() for s in status.values()))
     summaries = [ln.strip("= ") for ln in log.splitlines() if _SUMMARY.search(ln)]
     return {"rc": _rc(workdir / f"{name}.rc"), "ran": bool(log), "summary": summaries[-1] if summaries else None,
             "counts": counts, "failed": [t for t, s in status.items() if s in ("FAILED", "ERROR")]}
