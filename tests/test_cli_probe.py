@@ -49,7 +49,8 @@ def top1(out, what):
 @pytest.mark.slow
 def test_probe_reports_the_checkpoint_and_the_random_encoders(checkpoint, capsys):
     _, path = checkpoint
-    code, out, err = probe(capsys, "--checkpoint", path, "--num-images", "48", "--random-inits", "2", *QUICK)
+    code, out, err = probe(capsys, "--checkpoint", path, "--num-images", "48", "--test-images", "12", "--random-inits",
+                           "2", *QUICK)
     assert code == 0, err
     lines = out.strip().splitlines()
     assert len(lines) == 4, out
@@ -60,7 +61,8 @@ def test_probe_reports_the_checkpoint_and_the_random_encoders(checkpoint, capsys
     gap = float(re.search(r"pretraining: ([+-][\d.]+) points", out).group(1))
     assert gap == pytest.approx(pretrained - random, abs=0.11)  # both printed to one decimal
     # the same run again prints the same figures (seeded split, heads and random encoders)
-    again = probe(capsys, "--checkpoint", path, "--num-images", "48", "--random-inits", "2", *QUICK)[1]
+    again = probe(capsys, "--checkpoint", path, "--num-images", "48", "--test-images", "12", "--random-inits", "2",
+                  *QUICK)[1]
     untimed = lambda text: re.sub(r" \[[\d.]+s\]", "", text)  # noqa: E731
     assert untimed(again) == untimed(out)
 
@@ -94,7 +96,7 @@ def test_every_checkpoint_kind_gives_the_same_encoder_figure(checkpoint, tmp_pat
 
 
 def test_procedural_split_is_the_default_runs_images_and_new_ones(checkpoint, monkeypatch, capsys):
-    # training images: the default run's set (seed 0); test images: a quarter as many from seed 1
+    # training images: the default run's set (seed 0); test images: as many new ones (seed 1), or --test-images
     seen = []
     original = ProceduralImages.__init__
 
@@ -105,7 +107,9 @@ def test_procedural_split_is_the_default_runs_images_and_new_ones(checkpoint, mo
     monkeypatch.setattr(ProceduralImages, "__init__", spy)
     _, path = checkpoint
     assert probe(capsys, "--checkpoint", path, "--num-images", "40", "--random-inits", "0", *QUICK)[0] == 0
-    assert seen == [(40, 64, 0), (10, 64, 1)]
+    assert probe(capsys, "--checkpoint", path, "--num-images", "40", "--test-images", "10", "--random-inits", "0",
+                 *QUICK)[0] == 0
+    assert seen == [(40, 64, 0), (40, 64, 1), (40, 64, 0), (10, 64, 1)]
 
 
 def image_folder(root, sizes):
@@ -201,6 +205,7 @@ def test_random_encoders_are_seeded_fresh_and_leave_the_global_rng(checkpoint):
 @pytest.mark.parametrize("extra, message", [
     (["--warmup-epochs", "2", "--epochs", "2"], "--warmup-epochs 2 must be less than --epochs 2"),
     (["--data", "{flat}", "--num-images", "2048"], "--num-images applies to the procedural set only"),
+    (["--data", "{flat}", "--test-images", "100"], "--test-images applies to the procedural set only"),
     (["--holdout", "0.3"], "--holdout applies to --data only"),
     (["--num-images", "1"], "the probe needs at least 2 training images"),
     (["--data", "{flat}"], "1 image outside a class sub-directory"),

@@ -14,8 +14,9 @@ Data:
 
 - by default the embedded procedural set of the default ``fastmae pretrain`` run, with its labels
   (``fastmae.data.ProceduralImages.label``: stripes or not, times the kind of the topmost shape; 6
-  classes). The probe trains on the run's own images (``--num-images``, seed 0) and is tested on a
-  quarter as many drawn with seed 1, which neither the pretraining nor the probe has seen;
+  classes). The probe trains on the run's own images (``--num-images``, seed 0) and is tested on
+  ``--test-images`` (as many by default) drawn with seed 1, which neither the pretraining nor the
+  probe has seen;
 - ``--data DIR``: an ImageFolder layout (one directory of images per class); a seeded
   ``--holdout`` fraction of each class is the test split (each class keeps at least one training
   image).
@@ -53,7 +54,9 @@ def add_arguments(parser):
                         "class); default: the embedded procedural set with its 6 labels")
     parser.add_argument("--num-images", type=positive_int, default=2048,
                         help="procedural set: the training images (those of the default pretraining "
-                        "run); a quarter as many new ones are the test split")
+                        "run)")
+    parser.add_argument("--test-images", type=positive_int,
+                        help="procedural set: the new images of the test split (default: as many as --num-images)")
     parser.add_argument("--holdout", type=ratio, default=0.2,
                         help="--data: the fraction of each class held out for testing")
     parser.add_argument("--epochs", type=positive_int, default=90, help="probe epochs (official: 90)")
@@ -173,12 +176,14 @@ def _data(args, size, warn, norm=(3, None, None)):
         if args.num_images < 2:
             raise UsageError(f"--num-images {args.num_images}: the probe needs at least 2 training images")
         make = lambda n, s: fd.ProceduralImages(n, size=2 * size, seed=s)  # noqa: E731 - as the default run
-        fit, held = make(args.num_images, 0), make(max(1, args.num_images // 4), 1)
+        test_images = getattr(args, "test_images", None) or args.num_images
+        fit, held = make(args.num_images, 0), make(test_images, 1)
         return (_tensors(fit, range(len(fit)), size, "training", warn),
                 _tensors(held, range(len(held)), size, "test", warn),
                 fit.classes, f"the procedural set ({2 * size} px)")
-    if "num_images" in passed:
-        raise UsageError("--num-images applies to the procedural set only, not to --data")
+    for name in ("num_images", "test_images"):
+        if name in passed:
+            raise UsageError(f"--{name.replace('_', '-')} applies to the procedural set only, not to --data")
     try:
         folder = fd.ImageFolder(args.data, warn=warn, channels=1 if channels == 1 else None)
     except fd.DataError as e:
