@@ -99,12 +99,14 @@ def test_first_line_comes_before_the_slow_set_up(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(pretrain, "make_optimizer", spy)
     assert run(capsys, base_args(tmp_path / "run", "--epochs", "1"))[0] == 0
     assert printed == ["pretraining mae_vit_micro_patch4 at 16 px on cpu (1 process, 1 thread, amp off), 1 epoch at "
-                       f"blr 0.01 (1 warmup), into {tmp_path / 'run'}: building the model and the optimizer...\n"]
+                       f"blr 0.005 (1 warmup), norm-pix loss, into {tmp_path / 'run'}: building the model and the "
+                       "optimizer...\n"]
 
 
 @pytest.mark.parametrize("extra, message", [
     # The warmup is the whole run: the lr of the last step (epoch 0.75) is 3/4 of the peak.
-    (["--epochs", "1", "--warmup-epochs", "1"], "--warmup-epochs 1 lasts past the last optimizer "
+    # At --blr 0.01, batch 8: a peak of 3.125e-04.
+    (["--epochs", "1", "--warmup-epochs", "1", "--blr", "0.01"], "--warmup-epochs 1 lasts past the last optimizer "
      "step (at epoch 0.75 of --epochs 1, 4 iterations per epoch), whose lr is 2.344e-04"),
     # An epoch of one optimizer step (4 iterations, --accum-iter 4): the only step is at epoch 1.
     (["--warmup-epochs", "1.5", "--accum-iter", "4"], "--warmup-epochs 1.5 lasts past the last "

@@ -38,9 +38,9 @@ def micro(out, *extra):
                               "800 epochs at blr 0.00015 (40 warmup), into {out}"),
     ("mae_vit_base_patch16", "pretraining mae_vit_base_patch16 at 224 px on cpu (1 process, 1 thread, amp off), "
                              "800 epochs at blr 0.00015 (40 warmup), into {out}"),
-    # The demo model keeps the demo's recipe.
+    # The demo model keeps the demo's recipe, norm-pix loss included.
     ("mae_vit_tiny_patch4", "pretraining mae_vit_tiny_patch4 at 32 px on cpu (1 process, 1 thread, amp off), "
-                            "60 epochs at blr 0.01 (1 warmup), into {out}"),
+                            "28 epochs at blr 0.005 (3 warmup), norm-pix loss, into {out}"),
 ])
 def test_image_size_and_recipe_default_to_the_models(tmp_path, capsys, model, first_line):
     out = tmp_path / "run"
@@ -48,6 +48,19 @@ def test_image_size_and_recipe_default_to_the_models(tmp_path, capsys, model, fi
                                      "--device", "cpu", "--output-dir", str(out)])
     assert code == 2 and "--batch-size 8 is larger than the data (4 images)" in err
     assert stdout.splitlines()[0].startswith(first_line.format(out=out))
+
+
+def test_norm_pix_loss_follows_the_recipe_unless_a_flag_says_otherwise(tmp_path, capsys):
+    # The demo turns it on; --no-norm-pix-loss turns it off, and the checkpoint stores what ran.
+    code, stdout, err = run(capsys, micro(tmp_path / "off", "--no-norm-pix-loss"))
+    assert code == 0, err
+    assert "norm-pix" not in stdout.splitlines()[0]
+    assert torch.load(tmp_path / "off" / "checkpoint-last.pth", weights_only=True)["args"]["norm_pix_loss"] is False
+    # The paper's models leave it off (the first line above, in test_image_size_and_recipe_default_to_the_models);
+    # the official flag turns it on (stopped before building the model by a batch larger than the data).
+    code, stdout, err = run(capsys, ["pretrain", "--model", "mae_vit_large_patch16", "--norm_pix_loss", "--num-images",
+                                     "4", "--batch-size", "8", "--device", "cpu", "--output-dir", str(tmp_path / "l")])
+    assert code == 2 and "(40 warmup), norm-pix loss, into" in stdout.splitlines()[0], stdout + err
 
 
 def test_small_grid_and_few_kept_patches_are_warned_about(tmp_path, capsys):

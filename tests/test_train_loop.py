@@ -325,6 +325,15 @@ def test_resume_command_repeats_the_compile_flags(flags):
     assert (" ".join(flags) in command) if flags else "compile" not in command, command
 
 
+@pytest.mark.parametrize("flag", ["--no-norm-pix-loss", "--norm-pix-loss"])
+def test_resume_command_repeats_a_norm_pix_flag_that_differs_from_the_checkpoint(flag):
+    args = parse_args(base_args("out", flag))
+    run = config.resolve(args, DistInfo(), torch.device("cpu"), {})
+    stored = {**run.stored_args(), "norm_pix_loss": not run.norm_pix_loss}
+    assert run.norm_pix_loss == (flag == "--norm-pix-loss")
+    assert f" {flag} " in config.resume_command(run, args, "out/checkpoint-last.pth", stored) + " "
+
+
 def test_compile_mode_choices_are_torchs():
     args = parse_args(base_args("x", "--compile", "--compile-mode", "max-autotune-no-cudagraphs"))
     assert args.compile_mode == "max-autotune-no-cudagraphs"

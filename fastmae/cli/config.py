@@ -27,6 +27,8 @@ TRAJECTORY_OPTIONS = ("model", "input_size", "mask_ratio", "norm_pix_loss", "dat
                       "batch_size", "accum_iter", "epochs", "warmup_epochs", "blr", "lr", "min_lr",
                       "weight_decay", "amp", "seed", "demo", "in_chans", "mean", "std", "vflip", "layout",
                       "threads")
+# The on/off options that have a --no- form (their default depends on the device or the model).
+NEGATABLE = ("compile", "norm_pix_loss")
 # The options the lr is computed from: the checkpoint's lr is kept only when none of them is passed.
 LR_OPTIONS = ("lr", "blr", "batch_size", "accum_iter")
 
@@ -144,7 +146,7 @@ def resolve(args, dist, device, stored=None):
 
 def model_defaults(model):
     """The defaults of ``--input-size`` (the factory's own image side), ``--blr``,
-    ``--warmup-epochs`` and ``--epochs`` (the demo's recipe for :data:`DEMO_MODELS`, the paper's
+    ``--warmup-epochs``, ``--epochs`` and ``--norm-pix-loss`` (the demo's recipe for :data:`DEMO_MODELS`, the paper's
     for the others) for the factory ``model``; a one-line ``UsageError`` for an unknown name."""
     import fastmae
 
@@ -184,12 +186,12 @@ def resume_command(run, args, checkpoint, stored):
     for name, value in vars(args).items():
         restored = name in TRAJECTORY_OPTIONS and stored.get(name) == getattr(run, name)
         if (name in ("command", "passed", "resume", "output_dir", IGNORED_DEST) or value is None
-                or (value is False and name != "compile")  # --no-compile is passed on purpose
+                or (value is False and name not in NEGATABLE)  # --no-compile is passed on purpose
                 or (passed is not None and name not in passed) or restored):
             continue
         flag = "--" + name.replace("_", "-")
-        if name == "compile":
-            words.append(flag if value else "--no-compile")
+        if name in NEGATABLE:
+            words.append(flag if value else "--no-" + flag[2:])
             continue
         words += [flag] if value is True else [flag, str(value)]
     command = shlex.join(["fastmae", "pretrain", *words])
