@@ -8,9 +8,10 @@ images with norm-pix loss, about 2 minutes on 2 idle CPU cores, the loss falling
 epoch's checkpoint-last where the file system allows: no second copy on disk), one JSON line per
 epoch to ``OUT/log.txt`` (with ``data_wait``, the seconds the steps waited for batches) and, at the
 end, ``OUT/reconstructions.png``, ``OUT/loss.png`` and the next commands with this run's paths. The
-checkpoints and log.txt are written atomically (a kill mid-save leaves the previous file). The first line names the plan
-before the slow set-up; progress lines read ``epoch 3/28 [20/32] loss ... lr ... img/s, ETA 1m50s``
-(epochs from 1 there, from 0 in log.txt and the checkpoint names). Under torchrun each rank reads its
+checkpoints, log.txt and the two images are written atomically (a kill mid-save leaves the previous
+file). The first line names the plan before the slow set-up; progress lines read
+``epoch 3/28 [20/32] loss ... lr ... img/s, ETA 1m50s`` (epochs from 1 there, from 0 in log.txt and the
+checkpoint names). Under torchrun each rank reads its
 share of the data; rank 0 scans --data and shares the list, and the ranks wait for its writes.
 
 Without ``--output-dir`` a run writes to the first of ``output/pretrain``, ``output/pretrain-2``, ...
@@ -54,6 +55,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import fastmae
 import fastmae.data as fd
+from fastmae._files import write_file
 from fastmae.cli import bands, distributed, pretrain_options
 from fastmae.cli.aliases import ignored_warning
 from fastmae.cli.run_state import (load_checkpoint, load_model_state, remove_stale_temporaries,
@@ -412,5 +414,6 @@ def _save_reconstructions(model, images, run, num=8):
     imgs = torch.stack(decoded).to(device)
     path = os.path.join(run.output_dir, "reconstructions.png")
     to_image = None if photos else bands.stretch_display(bands.parse_bands(None, imgs.shape[1]))
-    grid(panel_rows(model, imgs, run.mask_ratio, run.seed, to_image), TITLES).save(path)
+    image = grid(panel_rows(model, imgs, run.mask_ratio, run.seed, to_image), TITLES)
+    write_file(path, lambda f: image.save(f, format="PNG"))
     return path
