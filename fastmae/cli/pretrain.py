@@ -11,8 +11,8 @@ end, ``OUT/reconstructions.png``, ``OUT/loss.png`` and the next commands with th
 checkpoints, log.txt and the two images are written atomically (a kill mid-save leaves the previous
 file). The first line names the plan before the slow set-up; progress lines read
 ``epoch 3/28 [20/32] loss ... lr ... img/s, ETA 1m50s`` (epochs from 1 there, from 0 in log.txt and the
-checkpoint names). Under torchrun each rank reads its
-share of the data; rank 0 scans --data and shares the list, and the ranks wait for its writes.
+checkpoint names). Under torchrun each rank reads its share of the data; rank 0 scans --data and
+shares the list, and the ranks wait for its writes.
 
 Without ``--output-dir`` a run writes to the first of ``output/pretrain``, ``output/pretrain-2``, ...
 that holds no run, or, with ``--resume``, beside the checkpoint, so the default command can be run
