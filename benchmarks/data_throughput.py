@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import fastmae.data as fd
+from fastmae.data.arrays import ARRAY_EXTENSIONS
 from fastmae.data.pillow_path import pillow_pretrain_transform
 
 PHOTO_ROWS = (("decode", "(a) decode only: Pillow open + load (the floor)"),
@@ -97,7 +98,8 @@ def _fastmae(folder, spec, held, batch=16, pooled=True):
 
 def _is_photos(folder) -> bool:
     sig = folder.signature
-    return sig.dtype == np.uint8 and sig.channels in (1, 3) and not any(folder._arrays)
+    is_array = (f.lower().endswith(ARRAY_EXTENSIONS) for f in folder.files)
+    return sig.dtype == np.uint8 and sig.channels in (1, 3) and not any(is_array)
 
 
 def cpu_ms(folder, size, passes) -> dict:
