@@ -1,11 +1,6 @@
-"""One ``gpu_report.sh`` run as ONE results file and its markdown summary (``benchmarks/NOTES.md``, "The
-GPU report")::
-
-    python3 -m benchmarks.report --workdir DIR --out benchmarks/results
-
-``DIR`` holds ``env.json``, ``install.txt``, ``<step>.log`` / ``<step>.rc`` and ``bench.jsonl``. Nothing
-a run leaves makes the report fail: a missing piece is reported missing, a cut line or a row without
-the fields its table needs is counted, and a table that cannot be built is one line saying why.
+"""One ``gpu_report.sh`` run as ONE results file and its markdown summary, ``python3 -m benchmarks.report
+--workdir DIR --out benchmarks/results`` (what DIR holds, and why nothing a run leaves makes the report
+fail: ``benchmarks/NOTES.md``, "The GPU report").
 """
 
 import argparse
@@ -44,14 +39,9 @@ def _git(*args: str) -> str | None:
         return None
 
 
-def _number(x):
-    """``x`` when it is a number (not a bool), else None."""
-    return x if isinstance(x, (int, float)) and not isinstance(x, bool) else None
-
-
-def _f(x, spec: str, suffix: str = "", scale: float = 1) -> str:
-    """A table cell: ``x * scale`` formatted with ``spec`` and ``suffix``, ``-`` for None or a non-number."""
-    return "-" if _number(x) is None else format(x * scale, spec) + suffix
+def _f(x, fmt: str, scale: float = 1) -> str:
+    """A table cell: ``fmt.format(x * scale)``, ``-`` when ``x`` is no number (None, a bool, a text)."""
+    return fmt.format(x * scale) if isinstance(x, (int, float)) and not isinstance(x, bool) else "-"
 
 
 def rc_note(rc: int | None) -> str:
@@ -76,26 +66,15 @@ def pytest_log(workdir: Path, name: str) -> dict:
             "counts": counts, "failed": [t for t, s in status.items() if s in ("FAILED", "ERROR")]}
 
 
-def read_rows(path: Path) -> tuple[list[dict], int]:
-    """The JSON objects of a JSONL file, and how many lines were not one (cut off by a kill)."""
-    rows, bad = [], 0
-    for line in filter(str.strip, _read(path).splitlines()):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        if isinstance(row, dict):
-            rows.append(row)
-        else:
-            bad += 1
-    return rows, bad
+def _json(text: str):
+    """``text`` parsed as JSON, or the error that says why it is not JSON."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        return err
 
 
-class Table(NamedTuple):
-    """A table's markdown lines and how many of its rows lacked a field it needs."""
-
-    lines: list[str]
-    skipped: int = 0
+Table = NamedTuple("Table", [("lines", list[str]), ("skipped", int)])  # markdown; rows lacking a field it needs
 
 
 def _complete(rows: list[dict], fields: tuple[str, ...]) -> tuple[list[dict], int]:
@@ -116,43 +95,46 @@ def _markdown(title: str, header: list[str], lines: list[list[str]], text_column
             *("| " + " | ".join(cells) + " |" for cells in lines)]
 
 
-def _by_provider(rows: list[dict], key) -> dict:
-    """``{key(row): {provider: row}}``, in run order."""
-    out: dict = {}
+def _pivot(rows: list[dict], title, keys: list[str], key, columns: tuple) -> list[str]:
+    """Per ``title(row)``, in run order, a table of one line per ``key(row)`` (text cells headed ``keys``)
+    and a column per ``(header, provider, field, format[, scale])``: that provider's row's field, any
+    provider's for None, for a pair (a, b) a's field over b's."""
+    tables: dict = {}
     for r in rows:
-        out.setdefault(key(r), {})[r["provider"]] = r
+        tables.setdefault(title(r), {}).setdefault(key(r), {})[r["provider"]] = r
+
+    def cell(by, provider, field, fmt, scale=1):
+        if isinstance(provider, tuple):
+            a, b = (by.get(p, {}).get(field) for p in provider)
+            return _f(a / b if a and b else None, fmt, scale)
+        return _f((by.get(provider, {}) if provider else next(iter(by.values()))).get(field), fmt, scale)
+
+    out = []
+    for name, lines in tables.items():
+        cells = [[*k, *(cell(by, *c[1:]) for c in columns)] for k, by in lines.items()]
+        out += _markdown(name, keys + [c[0] for c in columns], cells, len(keys))
     return out
-
-
-def _ratio(a: dict, b: dict, field: str) -> str:
-    return _f(a[field] / b[field] if a.get(field) and b.get(field) else None, ".1f", "x")
 
 
 OPS_FIELDS = ("op", "variant", "provider", "mode", "dtype", "shape.model", "shape.N", "shape.mask_ratio",
               "median_ms", "minimal_bytes")
-OPS_HEADER = ["op", "pass", "MB (minimal)", "fastmae ms", "GB/s", "% copy BW", "reference ms", "compiled ms",
-              "vs eager", "vs compiled", "peak MB"]
+OPS_COLUMNS = (("MB (minimal)", None, "minimal_bytes", "{:.1f}", 1e-6),
+               ("fastmae ms", "fastmae", "median_ms", "{:.3f}"), ("GB/s", "fastmae", "effective_gbps", "{:.0f}"),
+               ("% copy BW", "fastmae", "pct_of_copy_bw", "{:.0f}"),
+               ("reference ms", "reference", "median_ms", "{:.3f}"),
+               ("compiled ms", "reference-compiled", "median_ms", "{:.3f}"),
+               ("vs eager", ("reference", "fastmae"), "median_ms", "{:.1f}x"),
+               ("vs compiled", ("reference-compiled", "fastmae"), "median_ms", "{:.1f}x"),
+               ("peak MB", "fastmae", "peak_mem_mb", "{:.0f}"))
 
 
 def ops_tables(rows: list[dict]) -> Table:
     """One table per (model, batch, mask, dtype), headline first: each op and pass, fastmae against the
     eager and the compiled reference."""
     rows, skipped = _complete(rows, OPS_FIELDS)
-    shapes: dict = {}
-    for r in rows:
-        s = r["shape"]
-        shapes.setdefault((s["model"], s["N"], s["mask_ratio"], r["dtype"]), []).append(r)
-    out = []
-    for (model, n, ratio, dtype), mine in shapes.items():
-        lines = []
-        for (variant, mode), by in _by_provider(mine, lambda r: (r["variant"], r["mode"])).items():
-            fast, ref, comp = (by.get(p, {}) for p in ("fastmae", "reference", "reference-compiled"))
-            lines.append([variant, mode, f"{next(iter(by.values()))['minimal_bytes'] / 1e6:.1f}",
-                          _f(fast.get("median_ms"), ".3f"), _f(fast.get("effective_gbps"), ".0f"),
-                          _f(fast.get("pct_of_copy_bw"), ".0f"), _f(ref.get("median_ms"), ".3f"),
-                          _f(comp.get("median_ms"), ".3f"), _ratio(ref, fast, "median_ms"),
-                          _ratio(comp, fast, "median_ms"), _f(fast.get("peak_mem_mb"), ".0f")])
-        out += _markdown(f"Fused ops: {model}, batch {n}, mask {ratio}, {dtype}", OPS_HEADER, lines, 2)
+    shape = "Fused ops: {model}, batch {N}, mask {mask_ratio}, ".format
+    out = _pivot(rows, lambda r: shape(**r["shape"]) + r["dtype"], ["op", "pass"], lambda r: (r["variant"], r["mode"]),
+                 OPS_COLUMNS)
     if rows:
         out.append(f"\nTiming: {rows[0].get('timer') or '-'}; median of {rows[0].get('rounds') or '?'} rounds.")
     if any(r["op"] == "encoder_input" for r in rows):
@@ -160,25 +142,23 @@ def ops_tables(rows: list[dict]) -> Table:
     return Table(out, skipped)
 
 
+CROP_FIELDS = ("provider", "images", "image_hw", "out_side", "dtype", "median_ms", "images_per_s")
+CROP_COLUMNS = (("fastmae images/s", "fastmae", "images_per_s", "{:,.0f}"),
+                ("fastmae ms", "fastmae", "median_ms", "{:.3f}"), ("GB/s", "fastmae", "effective_gbps", "{:.0f}"),
+                ("reference images/s", "reference", "images_per_s", "{:,.0f}"),
+                ("fastmae / reference", ("fastmae", "reference"), "images_per_s", "{:.1f}x"))
+
+
 def resized_crop_table(rows: list[dict]) -> Table:
     """images/s of ``resized_crop`` per case: fastmae's op against the per-image reference loop."""
-    rows, skipped = _complete(rows, ("provider", "images", "image_hw", "out_side", "dtype", "median_ms",
-                                     "images_per_s"))
-    if not rows:
-        return Table([], skipped)
-    lines = []
-    for (n, (h, w), side, dtype), by in _by_provider(
-            rows, lambda r: (r["images"], tuple(r["image_hw"]), r["out_side"], r["dtype"])).items():
-        fast, ref = by.get("fastmae", {}), by.get("reference", {})
-        lines.append([str(n), f"{h} x {w}", f"{side} x {side}", dtype, _f(fast.get("images_per_s"), ",.0f"),
-                      _f(fast.get("median_ms"), ".3f"), _f(fast.get("effective_gbps"), ".0f"),
-                      _f(ref.get("images_per_s"), ",.0f"), _ratio(fast, ref, "images_per_s")])
-    header = ["images", "source H x W", "output", "dtype", "fastmae images/s", "fastmae ms", "GB/s",
-              "reference images/s", "fastmae / reference"]
-    out = _markdown("resized_crop (crop, antialiased bicubic resize, flip, normalise: one launch per batch)",
-                    header, lines, 4)
-    out.append(f"\n{rows[0].get('device', '?')}; torch {rows[0].get('torch', '?')}; RandomResizedCrop boxes "
-               "(scale 0.2-1), half flipped; time per batch on the benchmark's clock.")
+    rows, skipped = _complete(rows, CROP_FIELDS)
+    title = "resized_crop (crop, antialiased bicubic resize, flip, normalise: one launch per batch)"
+    out = _pivot(rows, lambda r: title, ["images", "source H x W", "output", "dtype"],
+                 lambda r: (str(r["images"]), "{} x {}".format(*r["image_hw"]), "{0} x {0}".format(r["out_side"]),
+                            r["dtype"]), CROP_COLUMNS)
+    if rows:
+        out.append(f"\n{rows[0].get('device', '?')}; torch {rows[0].get('torch', '?')}; RandomResizedCrop boxes "
+                   "(scale 0.2-1), half flipped; time per batch on the benchmark's clock.")
     return Table(out, skipped)
 
 
@@ -189,16 +169,16 @@ def data_table(rows: list[dict]) -> Table:
     for r in rows:
         out += [f"\n#### Data pipeline, CPU cost per image ({r.get('images', '?')} images, {r.get('size', '?')} px)\n",
                 f"fastmae {r['fastmae_ms']:.2f} ms, decode-only floor {r['floor_ms']:.2f} ms "
-                f"(floor / fastmae {_f(r.get('floor_over_fastmae'), '.2f')})"]
+                f"(floor / fastmae {_f(r.get('floor_over_fastmae'), '{:.2f}')})"]
     return Table(out, skipped)
 
 
-# The training-step figures, a column when any row has them: (header, field, format, scale, suffix).
-STEP_FIGURES = (("images/s", "images_per_s", ".1f", 1, ""), ("step ms", "step_ms", ".1f", 1, ""),
-                ("MFU", "mfu", ".1f", 100, "%"), ("% of measured GEMM", "pct_of_measured_gemm", ".1f", 1, ""),
-                ("peak GB", "peak_mem_gb", ".1f", 1, ""), ("fused-op share", "fused_ops_share", ".1f", 100, "%"),
-                ("fast / ref", "speedup_vs_reference", ".2f", 1, "x"),
-                ("peak mem fast / ref", "peak_mem_vs_reference", ".2f", 1, ""))
+# The training-step figures, a column when any row has them: (header, field, format[, scale]).
+STEP_FIGURES = (("images/s", "images_per_s", "{:.1f}"), ("step ms", "step_ms", "{:.1f}"),
+                ("MFU", "mfu", "{:.1f}%", 100), ("% of measured GEMM", "pct_of_measured_gemm", "{:.1f}"),
+                ("peak GB", "peak_mem_gb", "{:.1f}"), ("fused-op share", "fused_ops_share", "{:.1f}%", 100),
+                ("fast / ref", "speedup_vs_reference", "{:.2f}x"),
+                ("peak mem fast / ref", "peak_mem_vs_reference", "{:.2f}"))
 # Conditions every row states; one value for all rows goes under the table, values that differ become columns.
 STEP_CONDITIONS = ("device", "torch", "triton", "amp", "mask_ratio", "norm_pix_loss", "attention", "optimizer")
 # Text fields that are no condition worth a column (bookkeeping, or said by the arm's name).
@@ -219,8 +199,8 @@ def step_table(rows: list[dict]) -> Table:
     varying = [k for k in conditions if len({json.dumps(r.get(k), default=str) for r in rows}) > 1]
     shared = [k for k in conditions if k not in varying and rows[0].get(k) is not None]
     keys = [k for k in ("model", "arm", "batch") if any(k in r for r in rows)] + varying
-    lines = [["-" if r.get(k) is None else str(r[k]) for k in keys]
-             + [_f(r.get(field), spec, suffix, scale) for _, field, spec, scale, suffix in figures] for r in rows]
+    lines = [["-" if r.get(k) is None else str(r[k]) for k in keys] + [_f(r.get(c[1]), *c[2:]) for c in figures]
+             for r in rows]
     peak = next((r["peak_bf16_tflops_spec"] for r in rows if r.get("peak_bf16_tflops_spec")), None)
     mfu = f"MFU of the data-sheet bf16 peak, {peak:.0f} TFLOP/s" if peak else "no MFU (no known bf16 peak)"
     out = _markdown("Training step (forward, backward, optimizer)", keys + [c[0] for c in figures], lines, len(keys))
@@ -255,12 +235,11 @@ def build_tables(rows: list[dict]) -> tuple[list[str], dict]:
 
 def build_report(workdir: Path) -> dict:
     """Everything one run produced, as the results file stores it (``summary_markdown`` added by ``main``)."""
-    try:
-        env = json.loads(_read(workdir / "env.json") or "{}")
-    except json.JSONDecodeError as err:
-        env = {"error": f"env.json: {err}"}
+    env = _json(_read(workdir / "env.json") or "{}")
+    env = env if isinstance(env, dict) else {"error": f"env.json: {env}"}
     kind = "gpu" if env.get("device_type") == "cuda" else "cpu"
-    rows, bad = read_rows(workdir / "bench.jsonl")
+    lines = [_json(line) for line in _read(workdir / "bench.jsonl").splitlines() if line.strip()]
+    rows = [r for r in lines if isinstance(r, dict)]  # the others were cut off by a kill
     skipped: dict[str, list[str]] = {}  # by reason, the budget's figures left out
     for r in rows:
         if r.get("outcome") == "skipped":
@@ -275,7 +254,8 @@ def build_report(workdir: Path) -> dict:
         "environment": env, "install": _read(workdir / "install.txt").strip() or None,
         "kernel_tests": pytest_log(workdir, "kernel_tests"),
         "benchmark_steps": {name: _rc(workdir / f"{name}.rc") for name in BENCH_STEPS},
-        "benchmarks": {"rows": rows, "cut_lines": bad, "passed": sum(r.get("outcome") == "passed" for r in rows),
+        "benchmarks": {"rows": rows, "cut_lines": len(lines) - len(rows),
+                       "passed": sum(r.get("outcome") == "passed" for r in rows),
                        "failed": [{"test": r.get("test"), "error": r.get("error")} for r in rows
                                   if r.get("outcome") == "failed"], "skipped": skipped,
                        "other_tables": sorted({str(r.get("table")) for r in rows if r.get("table") not in known})},
@@ -292,13 +272,13 @@ def _listed(items: list[str]) -> str:
 def summary_markdown(report: dict) -> str:
     """The run's conditions, the failing test ids, the benchmark counts and every table."""
     env, git, t, b = report["environment"], report["git"], report["kernel_tests"], report["benchmarks"]
-    gemm = f"; bf16 GEMM {_f(env.get('gemm_tflops'), '.0f')} TFLOP/s" if report["kind"] == "gpu" else ""
+    gemm = f"; bf16 GEMM {_f(env.get('gemm_tflops'), '{:.0f}')} TFLOP/s" if report["kind"] == "gpu" else ""
     lines = [f"### {report['label']}", "",
              f"{env.get('device', 'environment not measured')} (driver {env.get('driver') or '-'}), "
              f"torch {env.get('torch')}, triton {env.get('triton')}, CUDA {env.get('cuda')}, "
              f"Python {env.get('python')}; "
              f"commit {(git['commit'] or '?')[:10]}{' (dirty)' if git['dirty'] else ''}, {report['date']}. "
-             f"Copy bandwidth measured in the same run: {_f(env.get('copy_gbps'), '.0f')} GB/s{gemm}.", "",
+             f"Copy bandwidth measured in the same run: {_f(env.get('copy_gbps'), '{:.0f}')} GB/s{gemm}.", "",
              f"Install: {report['install'] or 'no record'}"]
     counts = ", ".join(f"{n} {s}" for s, n in sorted(t["counts"].items())) or "none ran"
     pytest_says = f"; pytest: {t['summary']}" if t["summary"] else "; no pytest summary line" if t["ran"] else ""
