@@ -224,8 +224,8 @@ def build_tables(rows: list[dict]) -> tuple[list[str], dict]:
         try:
             table = build(mine)
         except Exception as err:  # noqa: BLE001 - one table's bug must not cost the others
-            table = Table([f"\n({title} table not built: {type(err).__name__}: {err})"], len(mine))
             notes[name]["error"] = f"{type(err).__name__}: {err}"
+            table = Table([f"\n({title} table not built: {notes[name]['error']})"], len(mine))
         notes[name]["skipped"] = table.skipped
         lines += table.lines
         if table.skipped:
