@@ -93,16 +93,15 @@ class OpCase(NamedTuple):
 
 
 def op_cases(op: str, variants, scope: str) -> list[OpCase]:
-    """Every (variant, shape, dtype, provider, pass) of ``op``; cases with equal inputs (shapes, dtypes)
-    and static arguments run once."""
+    """Every (variant, shape, dtype, provider, pass) of ``op``; cases with equal arguments (tensors'
+    shapes and dtypes, the others' values) run once."""
     cases, seen = [], set()
     for variant in variants:
         items = tuple(sorted(variant.items()))
         for rank, (sh, dtype) in enumerate(scope_shapes(scope)):
             dtype = OPS[op].input_dtype or dtype
-            inputs, _ = make_inputs(op, variant, sh, dtype, "meta", reference=True)
-            key = (items, tuple((k, t.shape, t.dtype) for k, t in inputs.items()),
-                   tuple(sorted(op_call(op, variant, sh).keywords.items())))
+            kwargs, _ = make_inputs(op, variant, sh, dtype, "meta", reference=True)
+            key = (items, *((k, (v.shape, v.dtype) if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()))
             if key in seen:
                 continue
             seen.add(key)
@@ -192,8 +191,7 @@ def _compiled_reference(case: OpCase):
                             ("accumulated_recompile_limit", 4096), ("accumulated_cache_size_limit", 4096)):
             if hasattr(cfg, name):
                 setattr(cfg, name, max(getattr(cfg, name), floor))
-        fn = op_call(case.op, dict(case.variant), case.shape)
-        _COMPILED[key] = torch.compile(fn, dynamic=False, fullgraph=True)
+        _COMPILED[key] = torch.compile(op_call(case.op), dynamic=False, fullgraph=True)
     return _COMPILED[key]
 
 
@@ -203,9 +201,9 @@ def op_result(benchmark, op_case: OpCase, bench_env) -> dict:
     ``benchmark.extra_info``."""
     case, env, variant = op_case, bench_env, dict(op_case.variant)
     if case.provider == "fastmae":
-        fn, backend = op_call(case.op, variant, case.shape, env.fastmae_backend), env.fastmae_backend
+        fn, backend = op_call(case.op, env.fastmae_backend), env.fastmae_backend
     elif case.provider == "reference":
-        fn, backend = op_call(case.op, variant, case.shape), "reference"
+        fn, backend = op_call(case.op), "reference"
     else:
         fn, backend = _compiled_reference(case), "reference+inductor"
     inputs, grad_of = make_inputs(case.op, variant, case.shape, case.dtype, env.device,
