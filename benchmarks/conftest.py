@@ -48,8 +48,6 @@ def pytest_configure(config):
     elif os.environ.get("TRITON_INTERPRET") == "1":  # a GPU benchmark under the interpreter would time Python
         raise pytest.UsageError("TRITON_INTERPRET=1 is set: run the benchmarks on CUDA without the Triton "
                                 "interpreter (a separate pytest run from tests/, TRITON_INTERPRET=0)")
-    config.addinivalue_line("markers", "bench_op(op, *variants): the fused op (and variants) a benchmark measures")
-    config.addinivalue_line("markers", "bench_cost(seconds): a benchmark's expected run time, for --bench-budget")
 
 
 def bench_scope(config) -> str:
