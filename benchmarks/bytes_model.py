@@ -109,13 +109,13 @@ def pass_bytes(op: str, variant: tuple, sh: MAEShape, reference: bool, dtype, ta
     """Bytes per pass (``fwd``; ``bwd`` and ``fwdbwd`` where a gradient flows) on ``make_inputs``'s
     tensors (``variant``: sorted items): counted for the reference call, the minimal formula otherwise
     (``out_dtype``: patchify_gather's rows when written in another dtype than the images')."""
-    inputs, grad_of = make_inputs(op, dict(variant), sh, dtype, "meta", reference=reference, table_dtype=table_dtype,
+    kwargs, grad_of = make_inputs(op, dict(variant), sh, dtype, "meta", reference=reference, table_dtype=table_dtype,
                                   imgs_dtype=imgs_dtype, requires_grad=requires_grad)
     if reference:
-        fwd, bwd = count_bytes(op_call(op, dict(variant), sh), inputs, grad_of, backward=bool(grad_of))
+        fwd, bwd = count_bytes(op_call(op), kwargs, grad_of, backward=bool(grad_of))
     else:
-        sizes = {name: x.element_size() for name, x in inputs.items()}
-        mini = OPS[op].minimal(sh, inputs, sizes, out_dtype.itemsize if out_dtype is not None else None)
+        sizes = {name: x.element_size() for name, x in kwargs.items() if isinstance(x, torch.Tensor)}
+        mini = OPS[op].minimal(sh, kwargs, sizes, out_dtype.itemsize if out_dtype is not None else None)
         fwd, bwd = mini["fwd"], mini.get("bwd", 0)
     return {"fwd": fwd, "bwd": bwd, "fwdbwd": fwd + bwd} if grad_of else {"fwd": fwd}
 
@@ -129,7 +129,6 @@ def op_bytes(op: str, variant: dict, sh: MAEShape, dtype, table_dtype=None, imgs
 
 
 def _mb(nbytes: int) -> str:
-    """Bytes as MB (10^6) with one decimal."""
     return f"{nbytes / 1e6:.1f}"
 
 
@@ -153,34 +152,29 @@ def step_rows(sh: MAEShape, amp_dtype=torch.bfloat16, imgs_dtype=None) -> list[d
     rows = []
     for piece in STEP:
         dtypes = {**piece.dtypes(amp_dtype), "imgs_dtype": imgs_dtype or amp_dtype}
-        if piece.op == "patchify_gather":  # its data input is the images
+        gather = piece.op == "patchify_gather"  # its data input is the images, its rows written for the GEMM
+        if gather:
             dtypes["dtype"] = dtypes["imgs_dtype"]
         mode = "fwdbwd" if piece.backward else "fwd"
-        out_dtype = amp_dtype if piece.op == "patchify_gather" else None  # rows written for the GEMM
         minimal = pass_bytes(piece.op, tuple(sorted(piece.variant.items())), sh, False, **dtypes,
-                             out_dtype=out_dtype)[mode]
-        implementation = minimal + OPS[piece.op].extra(sh, piece.variant)
+                             out_dtype=amp_dtype if gather else None)[mode]
         ref = 0 if piece.official is None else pass_bytes(
             piece.official, tuple(sorted(piece.official_variant.items())), sh, True, **dtypes)[mode]
         rows.append({"piece": piece.piece, "fast": f"{variant_label(piece.op, piece.variant)} ({mode})",
-                     "minimal": minimal, "implementation": implementation,
+                     "minimal": minimal, "implementation": minimal + OPS[piece.op].extra(sh, piece.variant),
                      "official": piece.official_label, "reference": ref})
     return rows
 
 
 def step_table(sh: MAEShape, amp_dtype=torch.bfloat16, bandwidth: float = NOTES_BANDWIDTH, imgs_dtype=None) -> str:
-    """Markdown for ``step_rows``, a total row, and the line of the fused ops' bytes against the minimal.
-    Columns: (header, row key, format; ``str`` for text, the others are totalled)."""
-    columns = (("step piece", "piece", str), ("fast path op", "fast", str), ("minimal MB", "minimal", _mb),
-               (f"ideal µs at {bandwidth / 1e12:.1f} TB/s", "minimal", lambda b: f"{b / bandwidth * 1e6:.1f}"),
-               ("implementation MB", "implementation", _mb),
-               ("official path", "official", str), ("reference MB", "reference", _mb))
+    """Markdown for ``step_rows``, a total row, and the line of the fused ops' bytes against the minimal."""
     rows = step_rows(sh, amp_dtype, imgs_dtype)
-    total = {key: sum(r[key] for r in rows) for _, key, fmt in columns if fmt is not str}
-    rows.append({"piece": "**total**", "fast": "", "official": "", **total})
-    lines = ["| " + " | ".join(head for head, _, _ in columns) + " |",
-             "|" + "|".join("---" if fmt is str else "---:" for _, _, fmt in columns) + "|"]
-    lines += ["| " + " | ".join(fmt(r[key]) for _, key, fmt in columns) + " |" for r in rows]
+    total = {key: sum(r[key] for r in rows) for key in ("minimal", "implementation", "reference")}
+    lines = [f"| step piece | fast path op | minimal MB | ideal µs at {bandwidth / 1e12:.1f} TB/s | implementation MB "
+             "| official path | reference MB |", "|---|---|---:|---:|---:|---|---:|"]
+    for r in rows + [{"piece": "**total**", "fast": "", "official": "", **total}]:
+        lines.append(f"| {r['piece']} | {r['fast']} | {_mb(r['minimal'])} | {r['minimal'] / bandwidth * 1e6:.1f} "
+                     f"| {_mb(r['implementation'])} | {r['official']} | {_mb(r['reference'])} |")
     mini, now = total["minimal"], total["implementation"]
     return "\n".join(lines) + (f"\n\nfused ops per training step: {_mb(now)} MB moved = {now / mini:.3f}x the "
                                f"minimal {_mb(mini)} MB")

@@ -1,5 +1,5 @@
 """What is benchmarked, for the per-op suite, the bytes model and the training step alike: one ``Op``
-descriptor per fused op (inputs, reference, static arguments, minimal bytes), the shapes read from the
+descriptor per fused op (its call's arguments, reference, minimal bytes), the shapes read from the
 model (``shape_for``), and the fused ops of a training step (``STEP``). Symbols: ``benchmarks/NOTES.md``.
 """
 
@@ -60,7 +60,7 @@ class Inputs:
     """An op's input tensors at one shape and dtypes: ``data`` activations, ``table`` position tables and
     learned tokens, ``imgs`` images, ``ids`` from one real random masking (``mask`` float32, 1 = removed)."""
 
-    def __init__(self, sh: MAEShape, dtype, device, table_dtype, imgs_dtype, requires_grad: bool):
+    def __init__(self, sh: MAEShape, dtype, device, table_dtype=None, imgs_dtype=None, requires_grad=True):
         self.dtype, self.device, self.requires_grad = dtype, device, requires_grad
         self.table_dtype, self.imgs_dtype = table_dtype or dtype, imgs_dtype or dtype
         noise = torch.rand(sh.batch, sh.num_patches, device=device)  # small noise is kept
@@ -95,18 +95,15 @@ class Op:
     step_launches: tuple = ()
 
     def inputs(self, sh: MAEShape, t: Inputs, variant: dict, reference: bool) -> dict:
-        """The keyword tensors (``reference``: of the reference call)."""
+        """The keyword arguments of a call, tensors and the others (``reference``: of the reference call)."""
         raise NotImplementedError
-
-    def static(self, sh: MAEShape, variant: dict) -> dict:  # the keyword arguments that are not tensors
-        return {}
 
     def reference(self):  # the official algorithm
         return getattr(reference, f"{self.name}_ref")
 
     def minimal(self, sh: MAEShape, t: dict, s: dict, out_itemsize: int | None) -> dict[str, int]:
         """Bytes per pass when every input is read once and every output written once: ``s`` bytes per
-        element of each input, ``out_itemsize`` the written rows' when not the input's."""
+        element of each input tensor, ``out_itemsize`` the written rows' when not the input's."""
         raise NotImplementedError
 
     def extra(self, sh: MAEShape, variant: dict) -> int:
@@ -121,10 +118,7 @@ class Patchify(Op):
     name, kernels = "patchify", "patchify"
 
     def inputs(self, sh, t, variant, reference):
-        return {"imgs": t.imgs(sh, grad=True)}
-
-    def static(self, sh, variant):
-        return {"patch_size": sh.patch_size}
+        return {"imgs": t.imgs(sh, grad=True), "patch_size": sh.patch_size}
 
     def minimal(self, sh, t, s, out_itemsize):  # read the image, write the patches (L·P = C·H·W); back alike
         one_copy = 2 * sh.batch * sh.num_patches * sh.patch_dim * s.get("imgs", s.get("x"))
@@ -135,10 +129,8 @@ class Unpatchify(Patchify):
     name = "unpatchify"
 
     def inputs(self, sh, t, variant, reference):
-        return {"x": t.data(sh.batch, sh.num_patches, sh.patch_dim, grad=True)}
-
-    def static(self, sh, variant):
-        return {"patch_size": sh.patch_size, "grid_size": sh.grid, "in_chans": sh.in_chans}
+        return {"x": t.data(sh.batch, sh.num_patches, sh.patch_dim, grad=True), "patch_size": sh.patch_size,
+                "grid_size": sh.grid, "in_chans": sh.in_chans}
 
 
 class PatchifyGather(Op):
@@ -146,10 +138,7 @@ class PatchifyGather(Op):
     step_launches = ("patchify_gather_bf16",)  # forward only: the images need no gradient
 
     def inputs(self, sh, t, variant, reference):
-        return {"imgs": t.imgs(sh, grad=True), "ids_keep": t.ids["ids_keep"]}
-
-    def static(self, sh, variant):
-        return {"patch_size": sh.patch_size}
+        return {"imgs": t.imgs(sh, grad=True), "ids_keep": t.ids["ids_keep"], "patch_size": sh.patch_size}
 
     def minimal(self, sh, t, s, out_itemsize):
         # fwd: ids + visible pixels read, rows written; bwd: row grads + ids read, the whole image grad written
@@ -260,19 +249,16 @@ class MaskedMSELoss(Op):
     step_launches = ("masked_mse_loss_fwd_masked", "masked_mse_loss_sum_masked", "masked_mse_loss_bwd_masked")
 
     def inputs(self, sh, t, variant, reference):
-        rows, weights = (sh.num_patches, "mask") if variant.get("form", "full") == "full" else (sh.num_masked,
-                                                                                               "ids_masked")
+        full = variant.get("form", "full") == "full"
+        rows, weights = (sh.num_patches, "mask") if full else (sh.num_masked, "ids_masked")
         return {"pred": t.data(sh.batch, rows, sh.patch_dim, grad=True), "imgs": t.imgs(sh, dtype=t.imgs_dtype),
-                weights: t.ids[weights]}
-
-    def static(self, sh, variant):
-        return {"patch_size": sh.patch_size, "norm_pix_loss": bool(variant.get("norm_pix")),
-                **({"mask": None} if variant.get("form") == "masked" else {})}
+                weights: t.ids[weights], **({} if full else {"mask": None}), "patch_size": sh.patch_size,
+                "norm_pix_loss": bool(variant.get("norm_pix"))}
 
     def minimal(self, sh, t, s, out_itemsize):
         # fwd: pred + its patches' pixels + mask (or ids) read, a scalar written; bwd: the same read
         # again (the target is never stored) and the pred grad written. Norm-pix: arithmetic only.
-        weights = t["mask"] if "mask" in t else t["ids_masked"]
+        weights = t["mask"] if t.get("mask") is not None else t["ids_masked"]
         rows = t["pred"].shape[1]
         pred, pix = sh.batch * rows * sh.patch_dim * s["pred"], sh.batch * rows * sh.patch_dim * s["imgs"]
         read = pred + pix + weights.numel() * weights.element_size()
@@ -283,14 +269,10 @@ class MaskedMSELoss(Op):
         # written and read back; the final sum writes loss and 1 / den, the backward reads both (the
         # minimum: the loss written, its gradient read). The programs from the launcher itself, on meta tensors.
         from fastmae.kernels import masked_mse_loss
-        full = variant.get("form", "full") == "full"
-        n, rows = sh.batch, sh.num_patches if full else sh.num_masked
-        pred = torch.empty((n, rows, sh.patch_dim), dtype=torch.bfloat16, device="meta")
-        imgs = torch.empty((n, sh.in_chans, *sh.img_size), dtype=torch.bfloat16, device="meta")
-        mask = torch.empty((n, sh.num_patches), device="meta") if full else None
-        ids = None if full else torch.empty((n, sh.num_masked), dtype=torch.int64, device="meta")
-        programs, _, _ = masked_mse_loss._launch_args(pred, imgs, mask, ids, sh.patch_size, True)
-        return 2 * programs * 4 * (2 if full else 1) + 4 + 4
+        t = self.inputs(sh, Inputs(sh, torch.bfloat16, "meta"), variant, reference=False)
+        programs, _, _ = masked_mse_loss._launch_args(t["pred"], t["imgs"], t.get("mask"),
+                                                      t.get("ids_masked"), sh.patch_size, True)
+        return 2 * programs * 4 * (2 if "ids_masked" not in t else 1) + 4 + 4
 
 
 class MaskingIds(Op):
@@ -299,10 +281,7 @@ class MaskingIds(Op):
     passes, input_dtype = ("fwd",), torch.float32  # the noise is float32 whatever the model
 
     def inputs(self, sh, t, variant, reference):
-        return {"noise": t.ids["noise"]}
-
-    def static(self, sh, variant):
-        return {"len_keep": sh.len_keep}
+        return {"noise": t.ids["noise"], "len_keep": sh.len_keep}
 
     def minimal(self, sh, t, s, out_itemsize):  # noise read; ids_keep + ids_masked, ids_restore, the mask written
         return {"fwd": sh.batch * sh.num_patches * (s["noise"] + 8 + 8 + 4)}
@@ -328,21 +307,16 @@ def _op(name: str) -> Op:
 def make_inputs(op: str, variant: dict, sh: MAEShape, dtype: torch.dtype, device, *, reference: bool = False,
                 table_dtype: torch.dtype | None = None, imgs_dtype: torch.dtype | None = None,
                 requires_grad: bool = True) -> tuple[dict, tuple[str, ...]]:
-    """``(inputs, grad_of)``: the op's keyword inputs and the names of those a model trains through;
-    ``dtype`` the activations', ``table_dtype`` and ``imgs_dtype`` (default ``dtype``) the tables' and
-    tokens' and the loss's images'; ``reference``: the reference call's inputs."""
-    inputs = _op(op).inputs(sh, Inputs(sh, dtype, device, table_dtype, imgs_dtype, requires_grad), variant, reference)
-    return inputs, tuple(name for name, t in inputs.items() if t.requires_grad)
+    """``(kwargs, grad_of)``: the op's keyword arguments and the names of the tensors a model trains
+    through; ``dtype`` the activations', ``table_dtype`` and ``imgs_dtype`` (default ``dtype``) the
+    tables' and tokens' and the loss's images'; ``reference``: the reference call's."""
+    kwargs = _op(op).inputs(sh, Inputs(sh, dtype, device, table_dtype, imgs_dtype, requires_grad), variant, reference)
+    return kwargs, tuple(k for k, t in kwargs.items() if isinstance(t, torch.Tensor) and t.requires_grad)
 
 
-def op_call(op: str, variant: dict, sh: MAEShape, backend: str | None = None):
-    """``fn(**inputs)``: the official algorithm (``backend=None``) or ``fastmae.ops.<op>`` on ``backend``."""
-    spec = _op(op)
-    if backend is None:
-        fn, on = spec.reference(), {}
-    else:
-        fn, on = getattr(ops, op), {"backend": backend}
-    return partial(fn, **spec.static(sh, variant), **on)
+def op_call(op: str, backend: str | None = None):
+    """The official algorithm (``backend=None``) or ``fastmae.ops.<op>`` on ``backend``."""
+    return _op(op).reference() if backend is None else partial(getattr(ops, op), backend=backend)
 
 
 class StepPiece(NamedTuple):

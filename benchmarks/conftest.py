@@ -48,8 +48,6 @@ def pytest_configure(config):
     elif os.environ.get("TRITON_INTERPRET") == "1":  # a GPU benchmark under the interpreter would time Python
         raise pytest.UsageError("TRITON_INTERPRET=1 is set: run the benchmarks on CUDA without the Triton "
                                 "interpreter (a separate pytest run from tests/, TRITON_INTERPRET=0)")
-    config.addinivalue_line("markers", "bench_op(op, *variants): the fused op (and variants) a benchmark measures")
-    config.addinivalue_line("markers", "bench_cost(seconds): a benchmark's expected run time, for --bench-budget")
 
 
 def bench_scope(config) -> str:
@@ -93,16 +91,15 @@ class OpCase(NamedTuple):
 
 
 def op_cases(op: str, variants, scope: str) -> list[OpCase]:
-    """Every (variant, shape, dtype, provider, pass) of ``op``; cases with equal inputs (shapes, dtypes)
-    and static arguments run once."""
+    """Every (variant, shape, dtype, provider, pass) of ``op``; cases with equal arguments (tensors'
+    shapes and dtypes, the others' values) run once."""
     cases, seen = [], set()
     for variant in variants:
         items = tuple(sorted(variant.items()))
         for rank, (sh, dtype) in enumerate(scope_shapes(scope)):
             dtype = OPS[op].input_dtype or dtype
-            inputs, _ = make_inputs(op, variant, sh, dtype, "meta", reference=True)
-            key = (items, tuple((k, t.shape, t.dtype) for k, t in inputs.items()),
-                   tuple(sorted(op_call(op, variant, sh).keywords.items())))
+            kwargs, _ = make_inputs(op, variant, sh, dtype, "meta", reference=True)
+            key = (items, *((k, (v.shape, v.dtype) if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()))
             if key in seen:
                 continue
             seen.add(key)
@@ -192,8 +189,7 @@ def _compiled_reference(case: OpCase):
                             ("accumulated_recompile_limit", 4096), ("accumulated_cache_size_limit", 4096)):
             if hasattr(cfg, name):
                 setattr(cfg, name, max(getattr(cfg, name), floor))
-        fn = op_call(case.op, dict(case.variant), case.shape)
-        _COMPILED[key] = torch.compile(fn, dynamic=False, fullgraph=True)
+        _COMPILED[key] = torch.compile(op_call(case.op), dynamic=False, fullgraph=True)
     return _COMPILED[key]
 
 
@@ -203,9 +199,9 @@ def op_result(benchmark, op_case: OpCase, bench_env) -> dict:
     ``benchmark.extra_info``."""
     case, env, variant = op_case, bench_env, dict(op_case.variant)
     if case.provider == "fastmae":
-        fn, backend = op_call(case.op, variant, case.shape, env.fastmae_backend), env.fastmae_backend
+        fn, backend = op_call(case.op, env.fastmae_backend), env.fastmae_backend
     elif case.provider == "reference":
-        fn, backend = op_call(case.op, variant, case.shape), "reference"
+        fn, backend = op_call(case.op), "reference"
     else:
         fn, backend = _compiled_reference(case), "reference+inductor"
     inputs, grad_of = make_inputs(case.op, variant, case.shape, case.dtype, env.device,

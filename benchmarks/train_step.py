@@ -107,7 +107,7 @@ def fused_ops_seconds(env: BenchEnv, sh: MAEShape, arm: str) -> float | None:
             continue
         op, variant = (piece.official, piece.official_variant) if official else (piece.op, piece.variant)
         inputs, grad_of = make_inputs(op, variant, sh, device=env.device, reference=official, **piece.dtypes(amp))
-        calls.append((op_call(op, variant, sh, None if official else env.fastmae_backend), inputs, grad_of))
+        calls.append((op_call(op, None if official else env.fastmae_backend), inputs, grad_of))
 
     def run():
         for fn, inputs, grad_of in calls:

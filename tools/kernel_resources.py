@@ -1,7 +1,6 @@
 """Resource table for every fused kernel, compiled for real GPUs on any machine (no GPU needed).
 
     python -m tools.kernel_resources [--arch 90 80] [--module NAME ...] [--json]
-    python -m benchmarks.kernel_resources ...                                      (the same)
 
 Every module in ``fastmae.kernel_modules.KERNEL_MODULES`` has its kernels at ViT-B/16 shapes listed by
 ``tools.kernel_specs.<module>.compile_specs()``. Each spec is compiled with ``triton.compile`` for
