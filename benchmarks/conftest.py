@@ -160,24 +160,6 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.fixture(autouse=True)
-def _fail_after_timing(request):
-    """``FASTMAE_BENCH_FAIL_AFTER_TIMING=TEXT``: every benchmark whose id contains TEXT raises once its
-    timing is done, before its test stores a figure (the GPU report's own test shows that such a
-    failure is counted, not fatal)."""
-    text = os.environ.get("FASTMAE_BENCH_FAIL_AFTER_TIMING")
-    if not text or text not in request.node.nodeid or "benchmark" not in request.fixturenames:
-        return
-    bench = request.getfixturevalue("benchmark")
-    timed = bench.pedantic
-
-    def pedantic(*args, **kwargs):
-        timed(*args, **kwargs)
-        raise RuntimeError(f"failure injected after the timing (FASTMAE_BENCH_FAIL_AFTER_TIMING={text!r})")
-
-    bench.pedantic = pedantic
-
-
 def _compiled_reference(case: OpCase):
     """The reference under ``torch.compile(fullgraph=True, dynamic=False)``, once per (op, shape, dtype)."""
     key = (case.op, case.variant, case.shape, case.dtype)

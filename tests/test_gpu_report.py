@@ -178,6 +178,27 @@ def test_kernel_disagrees():
 '''
 
 
+# A pytest plugin the benchmark steps load (PYTEST_PLUGINS): every benchmark whose id contains INJECTED
+# raises once its timing is done, before its test stores a figure.
+FAIL_AFTER_TIMING = """
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _fail_after_timing(request):
+    if {injected!r} not in request.node.nodeid or "benchmark" not in request.fixturenames:
+        return
+    bench = request.getfixturevalue("benchmark")
+    timed = bench.pedantic
+
+    def pedantic(*args, **kwargs):
+        timed(*args, **kwargs)
+        raise RuntimeError("failure injected after the timing")
+
+    bench.pedantic = pedantic
+"""
+
+
 @pytest.mark.slow
 def test_the_report_delivers_on_the_cpu_with_a_failed_install_and_a_failing_benchmark(tmp_path):
     # The whole script, shortened: stand-in kernel tests (one fails), one per-op case of each pass
@@ -190,12 +211,13 @@ def test_the_report_delivers_on_the_cpu_with_a_failed_install_and_a_failing_benc
     fake.write_text(FAKE_KERNEL_TESTS)
     out, results, work = tmp_path / "out", tmp_path / "results", tmp_path / "work"
     injected = "-fp32-fastmae-fwd]"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHON": sys.executable, "OUT": str(out),
+    (tmp_path / "fail_after_timing.py").write_text(FAIL_AFTER_TIMING.format(injected=injected))
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}", "PYTHON": sys.executable, "OUT": str(out),
            "FASTMAE_REPORT_WORKDIR": str(work), "FASTMAE_REPORT_RESULTS_DIR": str(results),
            "FASTMAE_REPORT_DEADLINE_S": str(deadline), "FASTMAE_REPORT_INSTALL_CMD": "exit 3",
            "FASTMAE_REPORT_TESTS": str(fake),
            "FASTMAE_REPORT_BENCH_K": "(test_unpatchify and fp32-fastmae-fwd) or demo_64px or fastmae-eager",
-           "FASTMAE_BENCH_FAIL_AFTER_TIMING": injected}
+           "PYTEST_PLUGINS": "fail_after_timing"}
     env.pop("TRITON_INTERPRET", None)
     start = time.monotonic()
     run = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_report.sh")], env=env, capture_output=True,
@@ -220,7 +242,7 @@ def test_the_report_delivers_on_the_cpu_with_a_failed_install_and_a_failing_benc
     assert [t.rsplit("::", 1)[1] for t in rep["kernel_tests"]["failed"]] == ["test_kernel_disagrees"]
     failed = rep["benchmarks"]["failed"]
     assert len(failed) == 1 and failed[0]["test"].endswith(injected), failed
-    assert "FASTMAE_BENCH_FAIL_AFTER_TIMING" in failed[0]["error"]
+    assert "failure injected after the timing" in failed[0]["error"]
     assert "1 failed" in rep["summary_markdown"] and failed[0]["test"] in rep["summary_markdown"]
     # What ran to its end is in its table (a step cut on a slow machine says so instead).
     steps = rep["benchmark_steps"]
