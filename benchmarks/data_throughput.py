@@ -32,38 +32,34 @@ MULTIBAND_SETS = (("tif256", 256, "tif", None), ("tif256_deflate", 256, "tif", "
                   ("tif512", 512, "tif", None), ("tif512_deflate", 512, "tif", "zlib"), ("npy512", 512, "npy", None))
 
 
-def _per_image(fn):
-    """A row's method, ``method(folder, size, held)``, that runs ``fn(path, size, i)`` on every image."""
-    def method(folder, size, held):
-        for i, path in enumerate(folder.files):
-            fn(path, size, i)
-    return method
+def _decode(folder, size, held):
+    for path in folder.files:
+        with Image.open(path) as im:
+            im.load()
 
 
-def _decode(path, size, i):
-    with Image.open(path) as im:
-        im.load()
+def _previous(folder, size, held):
+    for i, path in enumerate(folder.files):
+        with Image.open(path) as im:
+            pillow_pretrain_transform(im, size, fd.sample_rng(0, 0, i))
 
 
-def _previous(path, size, i):
-    with Image.open(path) as im:
-        pillow_pretrain_transform(im, size, fd.sample_rng(0, 0, i))
+def _read_array(folder, size, held):
+    for path in folder.files:
+        np.array(fd.open_array(path))  # every pixel read (a memory map too) or decoded
 
 
-def _read_array(path, size, i):
-    np.array(fd.open_array(path))  # every pixel read (a memory map too) or decoded
-
-
-def _domain_reference(path, size, i):
+def _domain_reference(folder, size, held):
     """What the domain codebases do on the CPU (RandomResizedCrop's box and flip from fastmae's draws)."""
-    arr = np.array(fd.open_array(path))  # [H, W, C]
-    full = 65535.0 if arr.dtype == np.uint16 else 255.0 if arr.dtype == np.uint8 else 1.0
-    x = (torch.from_numpy(arr.astype(np.float32)).permute(2, 0, 1) / full - 0.1) / 0.05  # [C, H, W]
-    rng = fd.sample_rng(0, 0, i)
-    top, left, h, w = fd.random_resized_crop_box(arr.shape[1], arr.shape[0], rng)
-    out = F.interpolate(x[None, :, top:top + h, left:left + w], size=size, mode="bicubic", antialias=True)
-    if fd.draw_flip(rng):
-        out = out.flip(-1)
+    for i, path in enumerate(folder.files):
+        arr = np.array(fd.open_array(path))  # [H, W, C]
+        full = 65535.0 if arr.dtype == np.uint16 else 255.0 if arr.dtype == np.uint8 else 1.0
+        x = (torch.from_numpy(arr.astype(np.float32)).permute(2, 0, 1) / full - 0.1) / 0.05  # [C, H, W]
+        rng = fd.sample_rng(0, 0, i)
+        top, left, h, w = fd.random_resized_crop_box(arr.shape[1], arr.shape[0], rng)
+        out = F.interpolate(x[None, :, top:top + h, left:left + w], size=size, mode="bicubic", antialias=True)
+        if fd.draw_flip(rng):
+            out = out.flip(-1)
 
 
 def _fastmae(folder, size, held, draft=True, pooled=True, batch=16):
@@ -80,18 +76,19 @@ def _fastmae(folder, size, held, draft=True, pooled=True, batch=16):
             held.append(fd.collate_crops(samples, size))
 
 
-# (key, table row, method): for 8-bit photographs; for multi-band, 16-bit or float images (fastmae.data.arrays)
-PHOTO_ROWS = (("decode", "(a) decode only: Pillow open + load (the floor)", _per_image(_decode)),
+# (key, table row, method): a method, ``method(folder, size, held)``, runs one path over every image; the
+# photo rows for 8-bit photographs, the array rows for multi-band, 16-bit or float images (fastmae.data.arrays)
+PHOTO_ROWS = (("decode", "(a) decode only: Pillow open + load (the floor)", _decode),
               ("previous", "(b) previous CPU path: Pillow RandomResizedCrop bicubic + flip + float32 normalise",
-               _per_image(_previous)),
+               _previous),
               ("fastmae", "(c) fastmae CPU side: decode (JPEG draft) + box + flip + slice + ragged collate "
                           "(reused buffer)", _fastmae),
               ("fastmae_no_draft", "(c') fastmae CPU side without JPEG draft", partial(_fastmae, draft=False)),
               ("fastmae_fresh", "(c'') fastmae CPU side, a new shared-memory batch each time (unpinned batches)",
                partial(_fastmae, pooled=False)))
-ARRAY_ROWS = (("decode", "(a) read only: every pixel read or decoded (the floor)", _per_image(_read_array)),
+ARRAY_ROWS = (("decode", "(a) read only: every pixel read or decoded (the floor)", _read_array),
               ("reference", "(b) domain reference: read + float32 + per-channel normalise + torch antialiased "
-                            "resize (CPU)", _per_image(_domain_reference)),
+                            "resize (CPU)", _domain_reference),
               ("fastmae", "(c) fastmae CPU side: open (memory map where possible) + box + flips + slice + ragged "
                           "collate", _fastmae))
 
