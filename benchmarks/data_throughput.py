@@ -4,11 +4,8 @@
     python -m benchmarks.data_throughput --make DIR [--count 64]     # photo-like 500x375 q90 JPEGs
     python -m benchmarks.data_throughput --make DIR --multiband      # 13-band uint16 GeoTIFFs and .npy files
 
-One process, one thread, CPU seconds (``time.process_time``) per image, the allocator settings of the
-loader's workers for every method; each method runs over all the images, the methods take turns pass
-by pass (the order reversed every other pass), and each figure is the median over passes. The methods
-are the ``PHOTO_ROWS`` for 8-bit photographs, the ``ARRAY_ROWS`` for multi-band, 16-bit or float
-images (``fastmae.data.arrays``). The last line is exactly:
+The method and the measured figures: ``benchmarks/NOTES.md``, "CPU cost per image" and "Multi-band
+images: CPU cost per image". The last line is exactly:
 
     cpu cost per image: fastmae X ms, decode-only floor Y ms, floor/fastmae Z
 """
@@ -18,6 +15,7 @@ import os
 import platform
 import statistics
 import time
+from functools import partial
 from unittest import mock
 
 import numpy as np
@@ -29,98 +27,83 @@ import fastmae.data as fd
 from fastmae.data.arrays import ARRAY_EXTENSIONS
 from fastmae.data.pillow_path import pillow_pretrain_transform
 
-PHOTO_ROWS = (("decode", "(a) decode only: Pillow open + load (the floor)"),
-              ("previous", "(b) previous CPU path: Pillow RandomResizedCrop bicubic + flip + float32 normalise"),
-              ("fastmae", "(c) fastmae CPU side: decode (JPEG draft) + box + flip + slice + ragged collate "
-                          "(reused buffer)"),
-              ("fastmae_no_draft", "(c') fastmae CPU side without JPEG draft"),
-              ("fastmae_fresh", "(c'') fastmae CPU side, a new shared-memory batch each time (unpinned batches)"))
-ARRAY_ROWS = (("decode", "(a) read only: every pixel read or decoded (the floor)"),
-              ("reference", "(b) domain reference: read + float32 + per-channel normalise + torch antialiased "
-                            "resize (CPU)"),
-              ("fastmae", "(c) fastmae CPU side: open (memory map where possible) + box + flips + slice + ragged "
-                          "collate"))
 # --make --multiband: (folder, side, file kind, TIFF compression) of 13-band uint16 procedural scenes
 MULTIBAND_SETS = (("tif256", 256, "tif", None), ("tif256_deflate", 256, "tif", "zlib"),
                   ("tif512", 512, "tif", None), ("tif512_deflate", 512, "tif", "zlib"), ("npy512", 512, "npy", None))
 
 
-def _decode(path, size, i):
-    with Image.open(path) as im:
-        im.load()
+def _decode(folder, size, held):
+    for path in folder.files:
+        with Image.open(path) as im:
+            im.load()
 
 
-def _previous(path, size, i):
-    with Image.open(path) as im:
-        pillow_pretrain_transform(im, size, fd.sample_rng(0, 0, i))
+def _previous(folder, size, held):
+    for i, path in enumerate(folder.files):
+        with Image.open(path) as im:
+            pillow_pretrain_transform(im, size, fd.sample_rng(0, 0, i))
 
 
-def _read_array(path, size, i):
-    np.array(fd.open_array(path))  # every pixel read (a memory map too) or decoded
+def _read_array(folder, size, held):
+    for path in folder.files:
+        np.array(fd.open_array(path))  # every pixel read (a memory map too) or decoded
 
 
-def _domain_reference(path, size, i):
-    """What the domain codebases do on the CPU: read, float32, per-channel normalise, then the crop and an
-    antialiased torch resize (RandomResizedCrop's box and flip from the same draws as fastmae)."""
-    arr = np.array(fd.open_array(path))  # [H, W, C]
-    full = 65535.0 if arr.dtype == np.uint16 else 255.0 if arr.dtype == np.uint8 else 1.0
-    x = (torch.from_numpy(arr.astype(np.float32)).permute(2, 0, 1) / full - 0.1) / 0.05  # [C, H, W]
-    rng = fd.sample_rng(0, 0, i)
-    top, left, h, w = fd.random_resized_crop_box(arr.shape[1], arr.shape[0], rng)
-    out = F.interpolate(x[None, :, top:top + h, left:left + w], size=size, mode="bicubic", antialias=True)
-    if fd.draw_flip(rng):
-        out = out.flip(-1)
+def _domain_reference(folder, size, held):
+    """What the domain codebases do on the CPU (RandomResizedCrop's box and flip from fastmae's draws)."""
+    for i, path in enumerate(folder.files):
+        arr = np.array(fd.open_array(path))  # [H, W, C]
+        full = 65535.0 if arr.dtype == np.uint16 else 255.0 if arr.dtype == np.uint8 else 1.0
+        x = (torch.from_numpy(arr.astype(np.float32)).permute(2, 0, 1) / full - 0.1) / 0.05  # [C, H, W]
+        rng = fd.sample_rng(0, 0, i)
+        top, left, h, w = fd.random_resized_crop_box(arr.shape[1], arr.shape[0], rng)
+        out = F.interpolate(x[None, :, top:top + h, left:left + w], size=size, mode="bicubic", antialias=True)
+        if fd.draw_flip(rng):
+            out = out.flip(-1)
 
 
-def _per_image(fn, files, size):
-    """A method that runs ``fn(path, size, i)`` on every image."""
-    def run():
-        for i, path in enumerate(files):
-            fn(path, size, i)
-    return run
-
-
-def _fastmae(folder, spec, held, batch=16, pooled=True):
-    """A method: fastmae's CPU side over every image, ``batch`` at a time. ``pooled``: into reused buffers,
+def _fastmae(folder, size, held, draft=True, pooled=True, batch=16):
+    """fastmae's CPU side over every image, ``batch`` at a time. ``pooled``: into reused buffers,
     released as the main process's pinning thread does; else a new shared-memory segment per batch, as a
     worker makes for unpinned batches, kept in ``held`` (freed untimed)."""
-    def run():
-        dataset = fd.CropDataset(folder, spec, seed=0)
-        for b0 in range(0, len(folder), batch):
-            samples = [dataset[(0, i)] for i in range(b0, min(b0 + batch, len(folder)))]
-            if pooled:
-                fd.collate_crops(samples, spec.size, pool_slots=4).release()
-                continue
-            with mock.patch("torch.utils.data.get_worker_info", return_value=object()):
-                held.append(fd.collate_crops(samples, spec.size))
-    return run
+    dataset = fd.CropDataset(folder, fd.CropSpec(size, draft=draft), seed=0)
+    for b0 in range(0, len(folder), batch):
+        samples = [dataset[(0, i)] for i in range(b0, min(b0 + batch, len(folder)))]
+        if pooled:
+            fd.collate_crops(samples, size, pool_slots=4).release()
+            continue
+        with mock.patch("torch.utils.data.get_worker_info", return_value=object()):
+            held.append(fd.collate_crops(samples, size))
 
 
-def _is_photos(folder) -> bool:
-    sig = folder.signature
-    is_array = (f.lower().endswith(ARRAY_EXTENSIONS) for f in folder.files)
-    return sig.dtype == np.uint8 and sig.channels in (1, 3) and not any(is_array)
+# (key, table row, method): a method, ``method(folder, size, held)``, runs one path over every image; the
+# photo rows for 8-bit photographs, the array rows for multi-band, 16-bit or float images (fastmae.data.arrays)
+PHOTO_ROWS = (("decode", "(a) decode only: Pillow open + load (the floor)", _decode),
+              ("previous", "(b) previous CPU path: Pillow RandomResizedCrop bicubic + flip + float32 normalise",
+               _previous),
+              ("fastmae", "(c) fastmae CPU side: decode (JPEG draft) + box + flip + slice + ragged collate "
+                          "(reused buffer)", _fastmae),
+              ("fastmae_no_draft", "(c') fastmae CPU side without JPEG draft", partial(_fastmae, draft=False)),
+              ("fastmae_fresh", "(c'') fastmae CPU side, a new shared-memory batch each time (unpinned batches)",
+               partial(_fastmae, pooled=False)))
+ARRAY_ROWS = (("decode", "(a) read only: every pixel read or decoded (the floor)", _read_array),
+              ("reference", "(b) domain reference: read + float32 + per-channel normalise + torch antialiased "
+                            "resize (CPU)", _domain_reference),
+              ("fastmae", "(c) fastmae CPU side: open (memory map where possible) + box + flips + slice + ragged "
+                          "collate", _fastmae))
 
 
-def cpu_ms(folder, size, passes) -> dict:
-    """CPU ms per image of each method, median over ``passes`` taken in turns: neither the load on the
-    machine nor the method before (whose memory traffic cools the caches) favours one."""
-    files, spec, held = folder.files, fd.CropSpec(size), []
-    if _is_photos(folder):
-        methods = {"decode": _per_image(_decode, files, size), "previous": _per_image(_previous, files, size),
-                   "fastmae": _fastmae(folder, spec, held),
-                   "fastmae_no_draft": _fastmae(folder, spec._replace(draft=False), held),
-                   "fastmae_fresh": _fastmae(folder, spec, held, pooled=False)}
-    else:
-        methods = {"decode": _per_image(_read_array, files, size),
-                   "reference": _per_image(_domain_reference, files, size), "fastmae": _fastmae(folder, spec, held)}
-    times: dict = {k: [] for k in methods}
+def cpu_ms(folder, size, passes, rows) -> dict:
+    """CPU ms per image (``time.process_time``) of each row's method over all the images, median over
+    ``passes`` taken in turns, the order reversed every other pass: neither the load on the machine nor
+    the method before (whose memory traffic cools the caches) favours one."""
+    times, held = {key: [] for key, _, _ in rows}, []
     for p in range(passes):
-        for name in (list(methods) if p % 2 == 0 else list(methods)[::-1]):
+        for key, _, method in (rows if p % 2 == 0 else rows[::-1]):
             held.clear()
             t = time.process_time()
-            methods[name]()
-            times[name].append(1e3 * (time.process_time() - t) / len(files))
+            method(folder, size, held)
+            times[key].append(1e3 * (time.process_time() - t) / len(folder.files))
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -128,11 +111,15 @@ def report(folder, size: tuple[int, int], passes: int = 3) -> str:
     """The table and the last line, as printed."""
     torch.set_num_threads(1)
     fd.worker_memory_settings()  # as the loader's workers run (allocator reuse): for every method alike
-    ms = cpu_ms(folder, size, passes)
-    files, floor, fast = folder.files, ms["decode"], ms["fastmae"]
-    if _is_photos(folder):
+    files, sig = folder.files, folder.signature
+    photos = sig.dtype == np.uint8 and sig.channels in (1, 3) and not any(
+        f.lower().endswith(ARRAY_EXTENSIONS) for f in files)
+    rows = PHOTO_ROWS if photos else ARRAY_ROWS
+    ms = cpu_ms(folder, size, passes, rows)
+    floor, fast = ms["decode"], ms["fastmae"]
+    if photos:
         shapes = np.array([Image.open(f).size for f in files])
-        what, rows = f"mean {shapes[:, 0].mean():.0f}x{shapes[:, 1].mean():.0f}", PHOTO_ROWS
+        what = f"mean {shapes[:, 0].mean():.0f}x{shapes[:, 1].mean():.0f}"
         dataset = fd.CropDataset(folder, fd.CropSpec(size), seed=0)
         crops = fd.collate_crops([dataset[(0, i)] for i in range(len(files))], size)
         notes = [f"shipped per image: previous float32 {3 * size[0] * size[1] * 4 / 1e3:.0f} KB, "
@@ -141,7 +128,7 @@ def report(folder, size: tuple[int, int], passes: int = 3) -> str:
                  f"fastmae {16e3 / fast:,.0f} images/s"]
     else:
         h, w = fd.open_array(files[0]).shape[:2]
-        what, rows = f"{os.path.splitext(files[0])[1]} of {h}x{w}, {folder.signature}", ARRAY_ROWS
+        what = f"{os.path.splitext(files[0])[1]} of {h}x{w}, {folder.signature}"
         notes = [f"reference/fastmae {ms['reference'] / fast:.2f}"]
     lines = [f"data throughput: {len(files)} images ({what}) from {os.path.dirname(files[0])}, output "
              f"{size[0]}x{size[1]}; 1 process, 1 thread, CPU seconds, median of {passes} passes, allocator "
@@ -149,17 +136,16 @@ def report(folder, size: tuple[int, int], passes: int = 3) -> str:
              f"{platform.processor() or platform.machine()}, torch {torch.__version__}, Pillow {Image.__version__}, "
              f"numpy {np.__version__}",
              "", "| path | CPU ms / image | images/s per core | floor / path |", "|---|---:|---:|---:|"]
-    lines += [f"| {label} | {ms[k]:.3f} | {1e3 / ms[k]:,.0f} | {floor / ms[k]:.2f} |" for k, label in rows]
+    lines += [f"| {label} | {ms[k]:.3f} | {1e3 / ms[k]:,.0f} | {floor / ms[k]:.2f} |" for k, label, _ in rows]
     lines += ["", *notes, f"cpu cost per image: fastmae {fast:.2f} ms, decode-only floor {floor:.2f} ms, "
                           f"floor/fastmae {floor / fast:.2f}"]
     return "\n".join(lines)
 
 
-def make_multiband(directory: str, count: int) -> list[str]:
-    """The folders of ``MULTIBAND_SETS`` under ``directory``, ``count`` images each."""
+def make_multiband(directory: str, count: int) -> None:
+    """Write the folders of ``MULTIBAND_SETS`` under ``directory``, ``count`` images each."""
     import tifffile
 
-    made = []
     for name, side, kind, compression in MULTIBAND_SETS:
         folder = os.path.join(directory, name)
         os.makedirs(folder, exist_ok=True)
@@ -171,8 +157,7 @@ def make_multiband(directory: str, count: int) -> list[str]:
             else:  # band-interleaved, as Sentinel-2 L2A GeoTIFF exports
                 tifffile.imwrite(path, scenes.image(i), photometric="minisblack", planarconfig="contig",
                                  compression=compression)
-        made.append(folder)
-    return made
+        print(f"wrote {count} 13-band uint16 images to {folder}")
 
 
 def main(argv=None) -> int:
@@ -187,8 +172,7 @@ def main(argv=None) -> int:
                         help="with --make: the 13-band uint16 GeoTIFF and .npy folders instead of JPEGs")
     args = parser.parse_args(argv)
     if args.make and args.multiband:
-        for folder in make_multiband(args.make, args.count):
-            print(f"wrote {args.count} 13-band uint16 images to {folder}")
+        make_multiband(args.make, args.count)
     elif args.make:
         fd.write_photo_like_jpegs(args.make, args.count)
         print(f"wrote {args.count} photo-like 500x375 q90 JPEGs to {args.make}")

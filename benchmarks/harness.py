@@ -30,14 +30,6 @@ def peak_bf16_tflops(device_name: str) -> float | None:
     return next((v for key, v in PEAK_BF16_TFLOPS if key.lower() in device_name.lower()), None)
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 @dataclass
 class BenchEnv:
     """The device, the fastmae provider's backend (triton on CUDA, torch on CPU), the L2-flush buffer,
@@ -61,9 +53,7 @@ def make_env() -> BenchEnv:
     """The device (CUDA when available), its copy bandwidth (bytes read + written over the time of a
     512 MB copy, 64 MB on CPU), on CUDA its 8192³ bf16 GEMM rate (the practical MFU ceiling), versions."""
     try:
-        import triton
-
-        triton_version = triton.__version__
+        from triton import __version__ as triton_version
     except ImportError:
         triton_version = None
     info = {"torch": torch.__version__, "triton": triton_version, "cuda": torch.version.cuda,
@@ -74,21 +64,24 @@ def make_env() -> BenchEnv:
         info.update(device=props.name, sm=f"{props.major}{props.minor}", gpu_mem_gib=round(props.total_memory / 2**30))
         env = BenchEnv(device, "triton", torch.empty(FLUSH_BYTES // 4, dtype=torch.int32, device=device), info)
     else:
-        info["device"] = f"CPU: {_cpu_model()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as f:
+                cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+        except (OSError, StopIteration):
+            cpu = platform.processor() or platform.machine()
+        info["device"] = f"CPU: {cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
         env = BenchEnv(torch.device("cpu"), "torch", None, info)
     info.update(device_type=env.device.type, fastmae_backend=env.fastmae_backend)
-
-    def median_s(fn) -> float:
-        return statistics.median(time_calls(env, fn, rounds=10, warmup=3))
-
     nbytes = (512 if env.is_cuda else 64) * 2**20
     src = torch.ones(nbytes // 4, device=env.device)
     dst = torch.empty_like(src)
-    info["copy_gbps"] = round(2 * nbytes / median_s(lambda: dst.copy_(src)) / 1e9, 1)
+    copy_s = statistics.median(time_calls(env, lambda: dst.copy_(src), rounds=10, warmup=3))
+    info["copy_gbps"] = round(2 * nbytes / copy_s / 1e9, 1)
     src = dst = None  # the copy buffers are freed before the GEMM allocates its own
     if env.is_cuda:
         a = torch.randn(8192, 8192, device=env.device, dtype=torch.bfloat16)
-        info["gemm_tflops"] = round(2 * 8192**3 / median_s(lambda: a @ a) / 1e12, 1)
+        gemm_s = statistics.median(time_calls(env, lambda: a @ a, rounds=10, warmup=3))
+        info["gemm_tflops"] = round(2 * 8192**3 / gemm_s / 1e12, 1)
     return env
 
 
@@ -110,11 +103,7 @@ def timed(env: BenchEnv, fn, flush: bool = False, queue_ahead: bool = True) -> f
     return start.elapsed_time(end) / 1e3
 
 
-def _nothing() -> None:
-    pass
-
-
-def time_calls(env: BenchEnv, fn, rounds: int, warmup: int, setup=_nothing, flush: bool = False) -> list[float]:
+def time_calls(env: BenchEnv, fn, rounds: int, warmup: int, setup=lambda: None, flush: bool = False) -> list[float]:
     """Seconds per call of ``fn`` after ``warmup`` calls, ``setup()`` untimed before each (no pytest-benchmark)."""
     times = []
     for i in range(warmup + rounds):
@@ -127,7 +116,7 @@ def time_calls(env: BenchEnv, fn, rounds: int, warmup: int, setup=_nothing, flus
     return times
 
 
-def measure(benchmark, env: BenchEnv, target, setup=_nothing, *, rounds: int, warmup: int, flush: bool = True,
+def measure(benchmark, env: BenchEnv, target, setup=lambda: None, *, rounds: int, warmup: int, flush: bool = True,
             queue_ahead: bool = True, peak_memory: bool = False) -> dict:
     """Time ``target()`` in pytest-benchmark's pedantic mode after ``warmup`` calls, ``setup()`` untimed
     before each: ``median_ms``, ``min_ms``, ``rounds``, ``timer`` (``queue_ahead=False``: the host's own
@@ -147,26 +136,15 @@ def measure(benchmark, env: BenchEnv, target, setup=_nothing, *, rounds: int, wa
         timer = ("CUDA events around the call" + (", host queued ahead" if queue_ahead else "")
                  + (", L2 flushed before each call" if flush else ""))
     out = {"median_ms": statistics.median(samples) * 1e3, "min_ms": min(samples) * 1e3, "rounds": len(samples),
-           "timer": timer}
-    if peak_memory:
-        out["peak_mem_mb"] = None
-        if env.is_cuda:
-            synced_setup()
-            torch.cuda.reset_peak_memory_stats(env.device)
-            base = torch.cuda.memory_allocated(env.device)
-            target()
-            env.sync()
-            out["peak_mem_mb"] = (torch.cuda.max_memory_allocated(env.device) - base) / 1e6
+           "timer": timer, **({"peak_mem_mb": None} if peak_memory else {})}
+    if peak_memory and env.is_cuda:
+        synced_setup()
+        torch.cuda.reset_peak_memory_stats(env.device)
+        base = torch.cuda.memory_allocated(env.device)
+        target()
+        env.sync()
+        out["peak_mem_mb"] = (torch.cuda.max_memory_allocated(env.device) - base) / 1e6
     return out
-
-
-def _driver_version() -> str | None:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.splitlines()[0].strip() if out.strip() else None
 
 
 def main(argv=None) -> dict:
@@ -175,7 +153,12 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description="measure the benchmark environment and write it as JSON")
     ap.add_argument("--json", type=Path, required=True, help="where to write it")
     args = ap.parse_args(argv)
-    info = {**make_env().info, "driver": _driver_version()}
+    try:
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=20, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        driver = ""
+    info = {**make_env().info, "driver": driver.splitlines()[0].strip() if driver else None}
     args.json.write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
     gemm = f", bf16 GEMM {info['gemm_tflops']:.0f} TFLOP/s" if info["gemm_tflops"] else ""
     print(f"{info['device']} (driver {info['driver'] or '-'}), torch {info['torch']}, triton {info['triton']}, "

@@ -1,9 +1,7 @@
 """One MAE training step (forward, backward, AdamW step) four ways, the fused ops' share of it, and the
 loop as ``fastmae pretrain`` runs it with its switches flipped one at a time.
 
-``benchmarks/NOTES.md`` ("End to end", "MFU", "Fused-op share") gives the arms, the conditions and
-the FLOP formula of ``train_flops_per_image``: matrix multiplies only, a multiply-add = 2, what MAE
-needs (encoder on ``K+1`` tokens, decoder on ``L+1``), for every arm alike; ``train = 3 · forward``.
+``benchmarks/NOTES.md`` ("End to end", "MFU", "Fused-op share") gives the arms and the conditions.
 """
 
 import gc
@@ -13,6 +11,9 @@ import torch
 
 import fastmae
 import fastmae.data as fd
+from fastmae.cli import config, engine, parse_args, pretrain
+from fastmae.cli.console import Console
+from fastmae.cli.distributed import DistInfo
 
 from .cases import STEP, MAEShape, make_inputs, op_call, shape_for
 from .harness import BenchEnv, measure, peak_bf16_tflops, time_calls
@@ -33,7 +34,8 @@ def e2e_params(scope: str) -> list[tuple[str, int, str, float]]:
 
 
 def train_flops_per_image(sh: MAEShape) -> int:
-    """Training-step FLOPs per image (the module docstring's formula)."""
+    """Training-step FLOPs per image: matrix multiplies only, a multiply-add = 2, what MAE needs (encoder on
+    ``K+1`` tokens, decoder on ``L+1``), for every arm alike; ``train = 3 · forward``."""
     def blocks(tokens, width, depth):  # qkv + proj + fc1 + fc2, then QKᵀ and AV
         return depth * (2 * tokens * width * width * (4 + 2 * sh.mlp_ratio) + 4 * tokens * tokens * width)
 
@@ -41,28 +43,6 @@ def train_flops_per_image(sh: MAEShape) -> int:
     forward = (2 * k * pd * d + blocks(k + 1, d, sh.depth) + 2 * (k + 1) * d * dd  # patch embed, encoder, embed
                + blocks(sh.num_patches + 1, dd, sh.decoder_depth) + 2 * sh.num_masked * dd * pd)  # decoder, pred
     return int(3 * forward)
-
-
-class Trainer:
-    """A model, its optimizer and one batch of float32 images: ``step()`` is one training step."""
-
-    def __init__(self, model: str, arm: str, batch: int, env: BenchEnv):
-        torch.manual_seed(0)
-        self.env, self.batch, self.full_pred = env, batch, arm.startswith("reference")  # official: every patch
-        backend = "reference" if self.full_pred else env.fastmae_backend
-        self.model = fastmae.create_model(model, backend=backend, norm_pix_loss=NORM_PIX_LOSS).to(env.device)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05,
-                                     **({"fused": True} if env.is_cuda else {}))
-        self.forward = torch.compile(self.model) if arm.endswith("compiled") else self.model
-        self.imgs = torch.randn(batch, self.model.in_chans, *self.model.img_size, device=env.device)  # [N, C, H, W]
-
-    def step(self) -> None:
-        """Forward (bf16 autocast on CUDA), backward, optimizer step."""
-        with torch.autocast(self.env.device.type, dtype=torch.bfloat16, enabled=self.env.is_cuda):
-            loss, _, _ = self.forward(self.imgs, MASK_RATIO, full_pred=self.full_pred)
-        loss.backward()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
 
 
 def _release(env: BenchEnv, compiled: bool) -> int:
@@ -76,27 +56,44 @@ def _release(env: BenchEnv, compiled: bool) -> int:
     return torch.cuda.memory_allocated(env.device)
 
 
-def build_trainer(model: str, arm: str, batch: int, env: BenchEnv, warmup: int) -> Trainer:
-    """A trainer that has run ``warmup`` steps (compilation included), halving the batch on OOM."""
+def build_step(model: str, arm: str, batch: int, env: BenchEnv, warmup: int):
+    """``(step, batch)``: ``step()`` is one training step (forward under bf16 autocast on CUDA, backward,
+    AdamW step) of a new model on one batch of float32 images, run ``warmup`` times (compilation
+    included); the batch halved on out-of-memory until a step fits."""
+    full_pred = arm.startswith("reference")  # official: every patch
     while True:
         try:
-            trainer = Trainer(model, arm, batch, env)
+            torch.manual_seed(0)
+            net = fastmae.create_model(model, backend="reference" if full_pred else env.fastmae_backend,
+                                       norm_pix_loss=NORM_PIX_LOSS).to(env.device)
+            opt = torch.optim.AdamW(net.parameters(), lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05,
+                                    **({"fused": True} if env.is_cuda else {}))
+            forward = torch.compile(net) if arm.endswith("compiled") else net
+            imgs = torch.randn(batch, net.in_chans, *net.img_size, device=env.device)  # [N, C, H, W]
+
+            def step() -> None:
+                with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=env.is_cuda):
+                    loss, _, _ = forward(imgs, MASK_RATIO, full_pred=full_pred)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
             for _ in range(warmup):
-                trainer.step()
+                step()
             env.sync()
-            return trainer
+            return step, batch
         except torch.OutOfMemoryError:
             if batch == 1:
                 raise
-        trainer = None  # outside the except block: its traceback no longer pins the failed step's tensors
+        # outside the except block: its traceback no longer pins the failed step's tensors
+        net = opt = forward = imgs = step = None
         _release(env, arm.endswith("compiled"))
         batch //= 2
 
 
 def fused_ops_seconds(env: BenchEnv, sh: MAEShape, arm: str) -> float | None:
-    """Median seconds of the step's fused ops (``cases.STEP``; for a reference arm the official code they
-    replace) alone, at the step's shapes and autocast dtypes, forward and backward where the step
-    differentiates; None for the compiled reference, which fuses that code into its neighbours."""
+    """Median seconds of the step's fused ops alone (``cases.STEP``; NOTES.md, "Fused-op share"); None for
+    the compiled reference, which fuses that code into its neighbours."""
     if arm == "reference-compiled":
         return None
     official = arm.startswith("reference")
@@ -120,16 +117,16 @@ def fused_ops_seconds(env: BenchEnv, sh: MAEShape, arm: str) -> float | None:
 
 def run_train_step(benchmark, env: BenchEnv, model: str, arm: str, batch: int) -> dict:
     """Time 10 steps after 3 warm-up steps: images/s, MFU, peak memory (``max_memory_allocated`` over the
-    timed steps minus what was allocated before the trainer was built), fused-op share."""
+    timed steps minus what was allocated before the model was built), fused-op share."""
     compiled = arm.endswith("compiled")
     baseline = _release(env, False)
-    trainer = build_trainer(model, arm, batch, env, warmup=3)
-    sh = shape_for(model, trainer.batch, MASK_RATIO)
+    step, fitted = build_step(model, arm, batch, env, warmup=3)
+    sh = shape_for(model, fitted, MASK_RATIO)
     if env.is_cuda:
         torch.cuda.reset_peak_memory_stats(env.device)
-    timing = measure(benchmark, env, trainer.step, rounds=10, warmup=0, flush=False, queue_ahead=False)
+    timing = measure(benchmark, env, step, rounds=10, warmup=0, flush=False, queue_ahead=False)
     peak = torch.cuda.max_memory_allocated(env.device) - baseline if env.is_cuda else None
-    del trainer
+    del step
     _release(env, compiled)
 
     step_s = timing["median_ms"] / 1e3
@@ -161,15 +158,10 @@ def run_train_step(benchmark, env: BenchEnv, model: str, arm: str, batch: int) -
     return info
 
 
-# The loop as ``fastmae pretrain`` runs it: whole epochs of ``fastmae.cli.engine.train_one_epoch``
-# (procedural images at the model's input size, the default loader workers, the device read at the
-# epoch's end only), this device's defaults (``loop``) and each switch flipped alone. On the CPU: the
-# tiny model, not a speed claim.
-
-
 def loop_arms(is_cuda: bool) -> dict[str, dict]:
-    """``arm name -> switches``: ``loop`` (what ``fastmae pretrain`` does on this device), then each
-    switch flipped alone."""
+    """``arm name -> switches`` of the loop as ``fastmae pretrain`` runs it (whole epochs of
+    ``train_one_epoch`` on procedural images): ``loop``, this device's defaults, then each switch
+    flipped alone. On the CPU: the tiny model, not a speed claim."""
     base = {"sync_per_step": False, "overlap_copy": True, "compiled": is_cuda,
             "optimizer": "fused" if is_cuda else "foreach"}
     flips = {"sync-per-step": {"sync_per_step": True}, "copy-on-compute-stream": {"overlap_copy": False},
@@ -183,17 +175,9 @@ def loop_params(scope: str) -> list[tuple[str, int, int, int]]:
     return [("mae_vit_tiny_patch4", 32, 16, 8)] if scope == "cpu" else [("mae_vit_base_patch16", 224, 256, 20)]
 
 
-class SyncEachStep(torch.nn.Module):
-    """``model`` whose every call reads its loss on the host (``.item()``), outside ``torch.compile``."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.inner = model
-
-    def forward(self, *args, **kwargs):
-        out = self.inner(*args, **kwargs)
-        out[0].detach().item()
-        return out
+def _read_loss(module, args, out) -> None:
+    """A forward hook: the host reads the loss (``.item()``) after every call, outside ``torch.compile``."""
+    out[0].detach().item()
 
 
 class LoopRun:
@@ -201,10 +185,6 @@ class LoopRun:
     ``epoch()`` trains one epoch through ``train_one_epoch``."""
 
     def __init__(self, env: BenchEnv, model: str, size: int, batch: int, iters: int, switches: dict, out_dir: str):
-        from fastmae.cli import config, parse_args, pretrain
-        from fastmae.cli.console import Console
-        from fastmae.cli.distributed import DistInfo
-
         torch.manual_seed(0)
         args = parse_args(["pretrain", "--model", model, "--input-size", str(size), "--batch-size", str(batch),
                            "--num-images", str(batch * iters), "--print-freq", str(iters), "--norm-pix-loss",
@@ -215,18 +195,16 @@ class LoopRun:
         self.optimizer = pretrain.make_optimizer(model_, self.run, switches["optimizer"])
         self.model = torch.compile(model_) if switches["compiled"] else model_
         if switches["sync_per_step"]:
-            self.model = SyncEachStep(self.model)
+            self.model.register_forward_hook(_read_loss)
         self.scaler = torch.amp.GradScaler(env.device.type) if self.run.amp == "fp16" else None
         self.loader = fd.build_loader(fd.ProceduralImages(batch * iters, size=size), batch, size, seed=0,
                                       num_workers=self.run.num_workers, pin_memory=env.is_cuda)
         self.switches, self.epochs, self.console, self.last = switches, 0, Console(False), {}
 
     def epoch(self) -> None:
-        from fastmae.cli.engine import train_one_epoch
-
         self.loader.set_epoch(self.epochs)
-        self.last = train_one_epoch(self.model, self.loader, self.optimizer, self.scaler, self.run, self.epochs,
-                                    self.console, overlap_copy=self.switches["overlap_copy"])
+        self.last = engine.train_one_epoch(self.model, self.loader, self.optimizer, self.scaler, self.run,
+                                           self.epochs, self.console, overlap_copy=self.switches["overlap_copy"])
         self.epochs += 1
 
 
