@@ -18,8 +18,8 @@ MAX_LISTED = 20  # failing test ids or benchmarks named in the summary (all are 
 # pytest's verbose lines, "tests/x.py::t[a] PASSED [ 5%]" and with xdist "[gw1] [ 5%] FAILED tests/x.py::t[a]";
 # anchored, so a captured log line that says ERROR is not a test.
 _STATUSES = "PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS"
-_ID_FIRST = re.compile(rf"^(\S+\.py(?:::\S+)?) ({_STATUSES})\b")
-_STATUS_FIRST = re.compile(rf"^(?:\[gw\d+\] \[\s*\d+%\] )?({_STATUSES}) (\S+\.py(?:::\S+)?)")
+_ID_FIRST = re.compile(rf"^(\S+\.py(?:::.*?)?) ({_STATUSES})(?: +\[\s*\d+%\])?$")
+_STATUS_FIRST = re.compile(rf"^(?:\[gw\d+\] \[\s*\d+%\] )?({_STATUSES}) (\S+\.py(?:::.*?)?)(?: - .*)?$")
 _SUMMARY = re.compile(r"(\d+ (passed|failed|errors?|skipped|deselected|xfailed|xpassed)|no tests ran)\b.* in [\d.]+s")
 
 
