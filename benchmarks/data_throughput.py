@@ -32,26 +32,26 @@ MULTIBAND_SETS = (("tif256", 256, "tif", None), ("tif256_deflate", 256, "tif", "
                   ("tif512", 512, "tif", None), ("tif512_deflate", 512, "tif", "zlib"), ("npy512", 512, "npy", None))
 
 
-def _decode(folder, size, held):
-    for path in folder.files:
+def _decode(folder, n, size, held):
+    for path in folder.files[:n]:
         with Image.open(path) as im:
             im.load()
 
 
-def _previous(folder, size, held):
-    for i, path in enumerate(folder.files):
+def _previous(folder, n, size, held):
+    for i, path in enumerate(folder.files[:n]):
         with Image.open(path) as im:
             pillow_pretrain_transform(im, size, fd.sample_rng(0, 0, i))
 
 
-def _read_array(folder, size, held):
-    for path in folder.files:
+def _read_array(folder, n, size, held):
+    for path in folder.files[:n]:
         np.array(fd.open_array(path))  # every pixel read (a memory map too) or decoded
 
 
-def _domain_reference(folder, size, held):
+def _domain_reference(folder, n, size, held):
     """What the domain codebases do on the CPU (RandomResizedCrop's box and flip from fastmae's draws)."""
-    for i, path in enumerate(folder.files):
+    for i, path in enumerate(folder.files[:n]):
         arr = np.array(fd.open_array(path))  # [H, W, C]
         full = 65535.0 if arr.dtype == np.uint16 else 255.0 if arr.dtype == np.uint8 else 1.0
         x = (torch.from_numpy(arr.astype(np.float32)).permute(2, 0, 1) / full - 0.1) / 0.05  # [C, H, W]
@@ -62,13 +62,13 @@ def _domain_reference(folder, size, held):
             out = out.flip(-1)
 
 
-def _fastmae(folder, size, held, draft=True, pooled=True, batch=16):
-    """fastmae's CPU side over every image, ``batch`` at a time. ``pooled``: into reused buffers,
+def _fastmae(folder, n, size, held, draft=True, pooled=True, batch=16):
+    """fastmae's CPU side over the first ``n`` images, ``batch`` at a time. ``pooled``: into reused buffers,
     released as the main process's pinning thread does; else a new shared-memory segment per batch, as a
     worker makes for unpinned batches, kept in ``held`` (freed untimed)."""
     dataset = fd.CropDataset(folder, fd.CropSpec(size, draft=draft), seed=0)
-    for b0 in range(0, len(folder), batch):
-        samples = [dataset[(0, i)] for i in range(b0, min(b0 + batch, len(folder)))]
+    for b0 in range(0, n, batch):
+        samples = [dataset[(0, i)] for i in range(b0, min(b0 + batch, n))]
         if pooled:
             fd.collate_crops(samples, size, pool_slots=4).release()
             continue
@@ -76,7 +76,7 @@ def _fastmae(folder, size, held, draft=True, pooled=True, batch=16):
             held.append(fd.collate_crops(samples, size))
 
 
-# (key, table row, method): a method, ``method(folder, size, held)``, runs one path over every image; the
+# (key, table row, method): a method, ``method(folder, n, size, held)``, runs one path over the first n images; the
 # photo rows for 8-bit photographs, the array rows for multi-band, 16-bit or float images (fastmae.data.arrays)
 PHOTO_ROWS = (("decode", "(a) decode only: Pillow open + load (the floor)", _decode),
               ("previous", "(b) previous CPU path: Pillow RandomResizedCrop bicubic + flip + float32 normalise",
@@ -93,8 +93,8 @@ ARRAY_ROWS = (("decode", "(a) read only: every pixel read or decoded (the floor)
                           "collate", _fastmae))
 
 
-def cpu_ms(folder, size, passes, rows) -> dict:
-    """CPU ms per image (``time.process_time``) of each row's method over all the images, median over
+def cpu_ms(folder, n, size, passes, rows) -> dict:
+    """CPU ms per image (``time.process_time``) of each row's method over the first ``n`` images, median over
     ``passes`` taken in turns, the order reversed every other pass: neither the load on the machine nor
     the method before (whose memory traffic cools the caches) favours one."""
     times, held = {key: [] for key, _, _ in rows}, []
@@ -102,23 +102,27 @@ def cpu_ms(folder, size, passes, rows) -> dict:
         for key, _, method in (rows if p % 2 == 0 else rows[::-1]):
             held.clear()
             t = time.process_time()
-            method(folder, size, held)
-            times[key].append(1e3 * (time.process_time() - t) / len(folder.files))
+            method(folder, n, size, held)
+            times[key].append(1e3 * (time.process_time() - t) / n)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def report(folder, size: tuple[int, int], passes: int = 3) -> str:
-    """The table and the last line, as printed."""
+def report(folder, size: tuple[int, int], passes: int = 3, images: int = 64) -> str:
+    """The table and the last line, as printed, for the first ``images`` images of ``folder``."""
     torch.set_num_threads(1)
     fd.worker_memory_settings()  # as the loader's workers run (allocator reuse): for every method alike
-    files, sig = folder.files, folder.signature
+    files, sig = folder.files[:images], folder.signature
     photos = sig.dtype == np.uint8 and sig.channels in (1, 3) and not any(
         f.lower().endswith(ARRAY_EXTENSIONS) for f in files)
     rows = PHOTO_ROWS if photos else ARRAY_ROWS
-    ms = cpu_ms(folder, size, passes, rows)
+    ms = cpu_ms(folder, len(files), size, passes, rows)
     floor, fast = ms["decode"], ms["fastmae"]
     if photos:
-        shapes = np.array([Image.open(f).size for f in files])
+        sizes = []
+        for f in files:
+            with Image.open(f) as im:
+                sizes.append(im.size)
+        shapes = np.array(sizes)
         what = f"mean {shapes[:, 0].mean():.0f}x{shapes[:, 1].mean():.0f}"
         dataset = fd.CropDataset(folder, fd.CropSpec(size), seed=0)
         crops = fd.collate_crops([dataset[(0, i)] for i in range(len(files))], size)
@@ -179,9 +183,7 @@ def main(argv=None) -> int:
     elif not args.data:
         parser.error("--data DIR is required (or --make DIR to create a test set)")
     else:
-        folder = fd.ImageFolder(args.data, verify=False)
-        folder.files, folder._arrays = folder.files[:args.images], folder._arrays[:args.images]
-        print(report(folder, (args.size, args.size), args.passes))
+        print(report(fd.ImageFolder(args.data, verify=False), (args.size, args.size), args.passes, args.images))
     return 0
 
 
