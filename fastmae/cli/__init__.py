@@ -22,7 +22,7 @@ from fastmae.cli.errors import CLIError, UsageError
 # Each command: its module ``fastmae.cli.<name>`` (``add_arguments(parser)``, ``run(args)``) and
 # its one-line help. Modules are imported when the parser is built, not at ``import fastmae.cli``.
 COMMANDS = {
-    "pretrain": "MAE pretraining (default: a tiny model on an embedded image set, ~5 min on 2 CPU cores)",
+    "pretrain": "MAE pretraining (default: a tiny model on an embedded image set, about 2 min on 2 CPU cores)",
     "visualize": "the official demo's panels (original, masked, reconstruction, + visible)",
     "mask": "the masking lesson: MaskGenerator masks written as PNGs",
     "export": "a checkpoint's weights only, for timm, Hugging Face (ViTMAEForPreTraining) or as an encoder",
