@@ -17,8 +17,13 @@ mkdir -p "$WORK" ${OUT:+"$OUT"}
 
 step() { echo "[$(( $(date +%s) - START ))s] $*" | tee -a "$WORK/steps.log" >&2; }
 left() { echo $(( START + DEADLINE_S - RESERVE_S - $(date +%s) )); }  # seconds to the deadline less the reserve
-# share NUM DEN: NUM/DEN of the seconds left, at least FLOOR_S (bounded keeps a step inside the deadline).
-share() { local s=$(( $(left) * $1 / $2 )); echo $(( s > FLOOR_S ? s : FLOOR_S )); }
+# share NUM DEN: NUM/DEN of the seconds left, at least FLOOR_S of them (never more than are left).
+share() {
+    local l s
+    l=$(left)
+    s=$(( l * $1 / $2 > FLOOR_S ? l * $1 / $2 : FLOOR_S ))
+    echo $(( s < l ? s : (l > 0 ? l : 0) ))
+}
 # deliver [FILES...]: to $OUT, logs.tar.gz (every file of $WORK, replaced whole) and FILES.
 deliver() {
     [ -z "${OUT:-}" ] && return

@@ -15,10 +15,11 @@ from typing import NamedTuple
 BENCH_STEPS = ("ops", "data", "train_step")  # the script's benchmark steps, in run order
 MAX_SUMMARY_CHARS = 10_000  # the GPU machine returns the last 12,000 characters of output
 MAX_LISTED = 20  # failing test ids or benchmarks named in the summary (all are in the results file)
-# pytest's verbose lines, "tests/x.py::t[a] PASSED [ 5%]" and with xdist "[gw1] [ 5%] FAILED tests/x.py::t[a]";
-# anchored, so a captured log line that says ERROR is not a test.
+# pytest's verbose lines, "tests/x.py::t[a b] SKIPPED (why) [ 5%]" and with xdist "[gw1] [ 5%] FAILED
+# tests/x.py::t[a b]", and -rfE's "FAILED tests/x.py::t[a b] - message": an id may hold spaces; anchored,
+# so a captured log line that says ERROR is not a test.
 _STATUSES = "PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS"
-_ID_FIRST = re.compile(rf"^(\S+\.py(?:::.*?)?) ({_STATUSES})(?: +\[\s*\d+%\])?$")
+_ID_FIRST = re.compile(rf"^(\S+\.py(?:::.*?)?) ({_STATUSES})(?: \(.*\))?(?: +\[\s*\d+%\])?$")
 _STATUS_FIRST = re.compile(rf"^(?:\[gw\d+\] \[\s*\d+%\] )?({_STATUSES}) (\S+\.py(?:::.*?)?)(?: - .*)?$")
 _SUMMARY = re.compile(r"(\d+ (passed|failed|errors?|skipped|deselected|xfailed|xpassed)|no tests ran)\b.* in [\d.]+s")
 
@@ -39,9 +40,9 @@ def _git(*args: str) -> str | None:
         return None
 
 
-def _f(x, fmt: str, scale: float = 1) -> str:
-    """A table cell: ``fmt.format(x * scale)``, ``-`` when ``x`` is no number (None, a bool, a text)."""
-    return fmt.format(x * scale) if isinstance(x, (int, float)) and not isinstance(x, bool) else "-"
+def _f(x, fmt: str, scale: float = 1, per: float = 1) -> str:
+    """A table cell: ``fmt.format(x * scale / per)``, ``-`` when ``x`` is no number (None, a bool, a text)."""
+    return fmt.format(x * scale / per) if isinstance(x, (int, float)) and not isinstance(x, bool) else "-"
 
 
 def rc_note(rc: int | None) -> str:
@@ -55,7 +56,7 @@ def pytest_log(workdir: Path, name: str) -> dict:
     cut), the counts of each test id's last status and the failing ids."""
     log = _read(workdir / f"{name}.log")
     status: dict[str, str] = {}
-    for line in log.splitlines():
+    for line in map(str.rstrip, log.splitlines()):  # xdist ends its lines with a space
         if found := _ID_FIRST.match(line):
             status[found.group(1)] = found.group(2)
         elif found := _STATUS_FIRST.match(line):
@@ -97,17 +98,17 @@ def _markdown(title: str, header: list[str], lines: list[list[str]], text_column
 
 def _pivot(rows: list[dict], title, keys: list[str], key, columns: tuple) -> list[str]:
     """Per ``title(row)``, in run order, a table of one line per ``key(row)`` (text cells headed ``keys``)
-    and a column per ``(header, provider, field, format[, scale])``: that provider's row's field, any
+    and a column per ``(header, provider, field, format[, scale, per])``: that provider's row's field, any
     provider's for None, for a pair (a, b) a's field over b's."""
     tables: dict = {}
     for r in rows:
         tables.setdefault(title(r), {}).setdefault(key(r), {})[r["provider"]] = r
 
-    def cell(by, provider, field, fmt, scale=1):
+    def cell(by, provider, field, *fmt):
         if isinstance(provider, tuple):
             a, b = (by.get(p, {}).get(field) for p in provider)
-            return _f(a / b if a and b else None, fmt, scale)
-        return _f((by.get(provider, {}) if provider else next(iter(by.values()))).get(field), fmt, scale)
+            return _f(a / b if a and b else None, *fmt)
+        return _f((by.get(provider, {}) if provider else next(iter(by.values()))).get(field), *fmt)
 
     out = []
     for name, lines in tables.items():
@@ -118,7 +119,7 @@ def _pivot(rows: list[dict], title, keys: list[str], key, columns: tuple) -> lis
 
 OPS_FIELDS = ("op", "variant", "provider", "mode", "dtype", "shape.model", "shape.N", "shape.mask_ratio",
               "median_ms", "minimal_bytes")
-OPS_COLUMNS = (("MB (minimal)", None, "minimal_bytes", "{:.1f}", 1e-6),
+OPS_COLUMNS = (("MB (minimal)", None, "minimal_bytes", "{:.1f}", 1, 1e6),
                ("fastmae ms", "fastmae", "median_ms", "{:.3f}"), ("GB/s", "fastmae", "effective_gbps", "{:.0f}"),
                ("% copy BW", "fastmae", "pct_of_copy_bw", "{:.0f}"),
                ("reference ms", "reference", "median_ms", "{:.3f}"),

@@ -75,16 +75,18 @@ def test_a_cut_pytest_run_still_names_its_failures(tmp_path):
         "[gw1] [  3%] PASSED tests/test_masking_ids.py::test_ids[4]\n"
         "[gw0] [  4%] ERROR tests/test_decoder_input.py::test_grad[bf16]\n"
         "[gw0] [  5%] SKIPPED tests/test_reproducibility.py::test_big\n"
-        # ids with spaces (parametrised messages), each format, and -rfE's short summary line
+        # ids with spaces (parametrised messages), each format (xdist ends a line with a space), a skip
+        # with its reason, and -rfE's short summary line
         "tests/test_multiband.py::test_opts[--mean has 1 value(s)] PASSED [  6%]\n"
-        "[gw1] [  7%] FAILED tests/test_patchify.py::test_bad_input[x has 47]\n"
+        "[gw1] [  7%] FAILED tests/test_patchify.py::test_bad_input[x has 47] \n"
+        "tests/test_resized_crop.py::test_big SKIPPED (needs CUDA)          [  8%]\n"
         "FAILED tests/test_patchify.py::test_bad_input[x has 47] - AssertionError: boom\n"
         "ERROR    fastmae.ops:ops.py:12 a captured log line, not a test\n"
         "tests/test_patchify.py:88: AssertionError\n"
         "KeyboardInterrupt\n")
     (tmp_path / "kernel_tests.rc").write_text("124\n")
     got = report.pytest_log(tmp_path, "kernel_tests")
-    assert got["counts"] == {"passed": 3, "failed": 2, "error": 1, "skipped": 1}
+    assert got["counts"] == {"passed": 3, "failed": 2, "error": 1, "skipped": 2}
     assert got["failed"] == ["tests/test_patchify.py::test_patchify[b-2]",
                              "tests/test_decoder_input.py::test_grad[bf16]",
                              "tests/test_patchify.py::test_bad_input[x has 47]"]
