@@ -33,8 +33,8 @@ shared memory; ``tl.gather`` would need the dimension spread over lanes, and no 
 bf16 is widened from 32-bit words when the tensor starts on a 4-byte boundary (``PRED_WORDS`` /
 ``IMG_WORDS``, from the address on the host), and read value by value otherwise: a misaligned word
 load ends the CUDA context. Per row the mean and the variance are in-thread sums, then a reduction
-over the row's lanes (shuffles at p = 16); the forward reduces ``w * sum(diff^2)`` once per program, the backward stores
-``coef * w * diff``. Row numbers and in-image offsets are int32 (the launcher asserts the sizes),
+over the row's lanes (shuffles at p = 16); the forward reduces ``w * sum(diff^2)`` once per program,
+the backward stores ``coef * w * diff``. Row numbers and in-image offsets are int32 (the launcher asserts the sizes),
 byte offsets int64; ``rows // R`` and ``patch // GW`` are a multiply-high and a shift (``_magic``);
 ``EVEN`` (the rows fill every program) drops the row mask. Addresses live on a 2-D grid
 ``[BLOCK_R * BLOCK_CH, V]``, viewed as 3-D only for the sums: on a 3-D grid Triton 3.6 spreads the
