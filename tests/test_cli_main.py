@@ -22,6 +22,17 @@ def test_help(capsys, argv):
     assert "(default " not in out  # one "(default: X)", added by the formatter, per option
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["no-such-command"], []])
+def test_the_command_list_imports_no_command(argv):
+    # Only the named command's module is imported; most import torch, which takes seconds.
+    code = ("import sys\nfrom fastmae.cli import main\n"
+            f"try:\n    rc = main({argv!r})\nexcept SystemExit as e:  # --help\n    rc = e.code\n"
+            "assert 'torch' not in sys.modules and 'fastmae.cli.pretrain' not in sys.modules\nsys.exit(rc)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode in (0, 2), result.stderr
+    assert ("usage: fastmae" in result.stdout) == (argv == ["--help"])
+
+
 def test_every_option_has_help():
     from fastmae.cli import build_parser
 

@@ -20,7 +20,8 @@ import sys
 from fastmae.cli.errors import CLIError, UsageError
 
 # Each command: its module ``fastmae.cli.<name>`` (``add_arguments(parser)``, ``run(args)``) and
-# its one-line help. Modules are imported when the parser is built, not at ``import fastmae.cli``.
+# its one-line help. A module is imported when its options are added to the parser (most import torch,
+# which takes seconds), not at ``import fastmae.cli``: ``fastmae --help`` imports none of them.
 COMMANDS = {
     "pretrain": "MAE pretraining (default: a tiny model on an embedded image set, about 2 min on 2 CPU cores)",
     "visualize": "the official demo's panels (original, masked, reconstruction, + visible)",
@@ -51,16 +52,20 @@ def _module(name):
     return importlib.import_module(f"fastmae.cli.{name}")
 
 
-def build_parser():
-    """The parser for every subcommand (each module adds its own options).
+def build_parser(commands=tuple(COMMANDS)):
+    """The parser for every subcommand, the options of those in ``commands`` added (each module adds
+    its own; the others parse no option).
 
     Returns:
-        ``(parser, {name: subparser})``.
+        ``(parser, {name: subparser})``, a subparser for each name of ``commands``.
     """
     parser = _Parser(prog="fastmae", description="Masked Autoencoder pretraining with fused kernels.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     subparsers = {}
     for name, summary in COMMANDS.items():
+        if name not in commands:
+            sub.add_parser(name, help=summary)
+            continue
         module = _module(name)
         # The docstrings use reST ``literals``; --help shows them as plain text.
         subparsers[name] = sub.add_parser(name, help=summary,
@@ -80,7 +85,7 @@ def parse_args(argv=None):
         checkpoint).
     """
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser, subparsers = build_parser()
+    parser, subparsers = build_parser(_named(argv))
     args, extra = parser.parse_known_args(argv)
     if extra:
         subparsers[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
@@ -88,10 +93,15 @@ def parse_args(argv=None):
     return args
 
 
+def _named(argv):
+    """The command ``argv`` names (its first word), as a tuple of none or one name."""
+    return tuple(argv[:1]) if argv and argv[0] in COMMANDS else ()
+
+
 def _passed_options(argv):
     """The ``dest`` of every option in ``argv`` (already parsed once, so valid): parsed again by
     parsers that have no defaults, the namespace holds only what ``argv`` gave."""
-    parser, subparsers = build_parser()
+    parser, subparsers = build_parser(_named(argv))
     for sub in subparsers.values():
         for action in sub._actions:
             action.default = argparse.SUPPRESS
