@@ -35,7 +35,7 @@ def _rc(path: Path) -> int | None:
 
 def _git(*args: str) -> str | None:
     try:
-        return subprocess.run(("git", *args), capture_output=True, text=True, check=True, timeout=20).stdout.strip()
+        return subprocess.run(("git", *args), capture_output=True, text=True, check=True, timeout=3).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
 
