@@ -16,11 +16,12 @@ BENCH_STEPS = ("ops", "data", "train_step")  # the script's benchmark steps, in 
 MAX_SUMMARY_CHARS = 10_000  # the GPU machine returns the last 12,000 characters of output
 MAX_LISTED = 20  # failing test ids or benchmarks named in the summary (all are in the results file)
 # pytest's verbose lines, "tests/x.py::t[a b] SKIPPED (why) [ 5%]" and with xdist "[gw1] [ 5%] FAILED
-# tests/x.py::t[a b]", and -rfE's "FAILED tests/x.py::t[a b] - message": an id may hold spaces; anchored,
-# so a captured log line that says ERROR is not a test.
+# tests/x.py::t[a b]", and -rfE's "FAILED tests/x.py::t[a b] - message": an id may hold spaces (and " - ");
+# anchored, so a captured log line that says ERROR is not a test.
 _STATUSES = "PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS"
 _ID_FIRST = re.compile(rf"^(\S+\.py(?:::.*?)?) ({_STATUSES})(?: \(.*\))?(?: +\[\s*\d+%\])?$")
-_STATUS_FIRST = re.compile(rf"^(?:\[gw\d+\] \[\s*\d+%\] )?({_STATUSES}) (\S+\.py(?:::.*?)?)(?: - .*)?$")
+_XDIST = re.compile(rf"^\[gw\d+\] \[\s*\d+%\] ({_STATUSES}) (\S+\.py(?:::.*)?)$")
+_SHORT = re.compile(rf"^({_STATUSES}) (\S+\.py(?:::.*?)?)(?: - .*)?$")
 _SUMMARY = re.compile(r"(\d+ (passed|failed|errors?|skipped|deselected|xfailed|xpassed)|no tests ran)\b.* in [\d.]+s")
 
 
@@ -59,8 +60,11 @@ def pytest_log(workdir: Path, name: str) -> dict:
     for line in map(str.rstrip, log.splitlines()):  # xdist ends its lines with a space
         if found := _ID_FIRST.match(line):
             status[found.group(1)] = found.group(2)
-        elif found := _STATUS_FIRST.match(line):
+        elif found := _XDIST.match(line):
             status[found.group(2)] = found.group(1)
+        elif found := _SHORT.match(line):  # the longest id seen that the line starts with, else up to " - "
+            seen = [t for t in status if line.startswith(f"{found.group(1)} {t}")]
+            status[max(seen, key=len, default=found.group(2))] = found.group(1)
     counts = dict(Counter(s.lower() for s in status.values()))
     summaries = [ln.strip("= ") for ln in log.splitlines() if _SUMMARY.search(ln)]
     return {"rc": _rc(workdir / f"{name}.rc"), "ran": bool(log), "summary": summaries[-1] if summaries else None,

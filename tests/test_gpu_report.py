@@ -81,15 +81,19 @@ def test_a_cut_pytest_run_still_names_its_failures(tmp_path):
         "[gw1] [  7%] FAILED tests/test_patchify.py::test_bad_input[x has 47] \n"
         "tests/test_resized_crop.py::test_big SKIPPED (needs CUDA)          [  8%]\n"
         "FAILED tests/test_patchify.py::test_bad_input[x has 47] - AssertionError: boom\n"
+        "[gw0] [  9%] FAILED tests/test_patchify.py::test_bad_input[p - 1 < 0] \n"
+        "FAILED tests/test_patchify.py::test_bad_input[p - 1 < 0] - ValueError: p - 1\n"
+        "ERROR tests/test_broken.py - ImportError: no module\n"  # a collection error: no verbose line
         "ERROR    fastmae.ops:ops.py:12 a captured log line, not a test\n"
         "tests/test_patchify.py:88: AssertionError\n"
         "KeyboardInterrupt\n")
     (tmp_path / "kernel_tests.rc").write_text("124\n")
     got = report.pytest_log(tmp_path, "kernel_tests")
-    assert got["counts"] == {"passed": 3, "failed": 2, "error": 1, "skipped": 2}
+    assert got["counts"] == {"passed": 3, "failed": 3, "error": 2, "skipped": 2}
     assert got["failed"] == ["tests/test_patchify.py::test_patchify[b-2]",
                              "tests/test_decoder_input.py::test_grad[bf16]",
-                             "tests/test_patchify.py::test_bad_input[x has 47]"]
+                             "tests/test_patchify.py::test_bad_input[x has 47]",
+                             "tests/test_patchify.py::test_bad_input[p - 1 < 0]", "tests/test_broken.py"]
     assert got["summary"] is None and got["rc"] == 124 and "time limit" in report.rc_note(got["rc"])
 
 
